@@ -1,0 +1,3 @@
+from autointerp.cli import main
+
+main()

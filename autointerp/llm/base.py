@@ -1,0 +1,110 @@
+"""The one async contract every LLM backend implements.
+
+Requests are frozen dataclasses: settings are per request and immutable, so no request can change
+another's settings (delphi's shared-mutable-settings bug cannot happen). Every call reports its usage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, runtime_checkable
+
+from autointerp.records import Usage
+
+Role = Literal["system", "user", "assistant"]
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: Role
+    content: str
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """Generate an assistant reply to a conversation."""
+
+    messages: tuple[ChatMessage, ...]
+    max_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    json_mode: bool = False
+    """Ask the backend for a JSON object (where supported); callers still validate the output."""
+
+
+@dataclass(frozen=True)
+class CompletionRequest:
+    """Continue a raw text prompt."""
+
+    prompt: str
+    max_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class TopLogprobsRequest:
+    """Top-k next-token log-probabilities after each of several prefixes of one prompt.
+
+    ``positions`` are character offsets into ``prompt``: for each position p the backend returns the
+    distribution of the token that follows ``prompt[:p]``. Simulators compute these offsets when they
+    build the prompt (never by matching output tokens). Backends with prefix caching make each extra
+    position cheap; a transformers backend answers all positions from one forward pass.
+    """
+
+    prompt: str
+    positions: tuple[int, ...]
+    top_k: int = 20
+
+
+@dataclass(frozen=True)
+class TokenLogprobs:
+    """Top-k alternatives for one next token: token text -> log-probability."""
+
+    top: dict[str, float]
+
+
+@dataclass
+class LLMResponse:
+    text: str = ""
+    """Generated text (chat / completion); empty for logprob requests."""
+    logprobs: list[TokenLogprobs] = field(default_factory=list)
+    """For TopLogprobsRequest: one entry per requested position, in order."""
+    usage: Usage = field(default_factory=Usage)
+    cached: bool = False
+    """True when the answer came from the response cache (no request was sent)."""
+    model: str = ""
+
+
+class LLMError(Exception):
+    """A request that failed for good (after retries, or a non-retryable status); carries the reason."""
+
+    def __init__(self, reason: str, *, status: int | None = None, retryable: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+        self.retryable = retryable
+
+
+@runtime_checkable
+class LLMClient(Protocol):
+    """What explainers, simulators and scorers use. A backend may not support every kind of request;
+    it raises ``LLMError`` naming what is unsupported (``supports_*`` tell in advance)."""
+
+    spec: str
+    """The spec this client was built from, e.g. ``openai:gpt-4o-mini`` or ``local:qwen2.5-coder-1.5b``."""
+
+    supports_completion: bool
+    supports_logprobs: bool
+
+    async def chat(self, request: ChatRequest) -> LLMResponse: ...
+
+    async def complete(self, request: CompletionRequest) -> LLMResponse: ...
+
+    async def top_logprobs(self, request: TopLogprobsRequest) -> LLMResponse: ...
+
+    async def aclose(self) -> None: ...
