@@ -8,7 +8,13 @@ import sys
 from rich.console import Console
 from rich.logging import RichHandler
 
-from autointerp.cli import commands_cache, commands_llm, commands_pipeline, commands_report  # noqa: F401
+from autointerp.cli import (  # noqa: F401  (each module registers its commands)
+    commands_cache,
+    commands_llm,
+    commands_pipeline,
+    commands_report,
+    commands_sources,
+)
 from autointerp.cli.app import app
 from autointerp.errors import UserError
 
