@@ -16,6 +16,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import itertools
 import textwrap
 from functools import cache
 from typing import Any
@@ -36,7 +37,7 @@ def field_help(cls: type) -> dict[str, str]:
         if not isinstance(body, ast.ClassDef):
             continue
         stmts = body.body
-        for a, b in zip(stmts, stmts[1:], strict=False):
+        for a, b in itertools.pairwise(stmts):
             if (
                 isinstance(a, ast.AnnAssign)
                 and isinstance(a.target, ast.Name)
