@@ -1,0 +1,214 @@
+"""The HTML report in a real headless Chromium, driven over the DevTools protocol (no downloads).
+
+Needs Debian's ``chromium`` (``apt-get install -y chromium``) and the ``websocket-client`` package;
+skips with the reason when either is missing.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from autointerp.report import build_report
+from autointerp.report.synthetic import write_synthetic_run
+
+CHROMIUM = next((p for p in (shutil.which("chromium"), shutil.which("chromium-browser"), shutil.which("google-chrome"))
+                 if p), None)
+websocket = pytest.importorskip("websocket", reason="websocket-client is not installed (pip install websocket-client)")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="chromium is not installed (Debian: apt-get install -y chromium)"
+)
+
+# Runs before any page script: records alert/confirm/prompt calls instead of showing dialogs.
+HOOK = """
+window.__pwned = [];
+for (const name of ['alert', 'confirm', 'prompt']) {
+  window[name] = function (msg) { window.__pwned.push(name + ':' + String(msg)); };
+}
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Cdp:
+    """A minimal DevTools-protocol client over one page websocket."""
+
+    def __init__(self, ws_url: str) -> None:
+        self.ws = websocket.create_connection(ws_url, timeout=30, suppress_origin=True)
+        self.next_id = 0
+        self.events: list[dict[str, Any]] = []
+
+    def send(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        self.next_id += 1
+        mid = self.next_id
+        self.ws.send(json.dumps({"id": mid, "method": method, "params": params or {}}))
+        while True:
+            msg = json.loads(self.ws.recv())
+            if msg.get("id") == mid:
+                if "error" in msg:
+                    raise RuntimeError(f"{method}: {msg['error']}")
+                return dict(msg.get("result", {}))
+            if "method" in msg:
+                self.events.append(msg)
+
+    def wait_event(self, method: str, timeout: float = 30.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        for e in self.events:
+            if e["method"] == method:
+                return e
+        while time.monotonic() < deadline:
+            msg = json.loads(self.ws.recv())
+            if "method" in msg:
+                self.events.append(msg)
+                if msg["method"] == method:
+                    return msg
+        raise TimeoutError(method)
+
+    def eval(self, expr: str) -> Any:
+        r = self.send("Runtime.evaluate", {"expression": expr, "returnByValue": True, "awaitPromise": True})
+        if "exceptionDetails" in r:
+            raise RuntimeError(f"JS error in {expr!r}: {r['exceptionDetails']}")
+        return r["result"].get("value")
+
+    def drain(self) -> None:
+        """Collect pending events (console messages, dialogs) after a round trip."""
+        self.eval("1")
+
+    def close(self) -> None:
+        self.ws.close()
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Cdp]:
+    assert CHROMIUM is not None
+    port = _free_port()
+    profile = tmp_path / "profile"
+    proc = subprocess.Popen(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--disable-extensions", "--disable-dev-shm-usage", "--window-size=1280,1000",
+         f"--user-data-dir={profile}", f"--remote-debugging-port={port}", "about:blank"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, "HOME": str(tmp_path)},
+    )
+    try:
+        ws_url = None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and ws_url is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=2) as r:
+                    pages = [p for p in json.loads(r.read()) if p.get("type") == "page"]
+                if pages:
+                    ws_url = pages[0]["webSocketDebuggerUrl"]
+            except OSError:
+                if proc.poll() is not None:
+                    pytest.fail(f"chromium exited with status {proc.returncode} before DevTools came up")
+                time.sleep(0.2)
+        assert ws_url, "chromium's DevTools endpoint did not come up within 60 s"
+        cdp = Cdp(ws_url)
+        for domain in ("Page", "Runtime", "Log"):
+            cdp.send(f"{domain}.enable")
+        cdp.send("Page.addScriptToEvaluateOnNewDocument", {"source": HOOK})
+        yield cdp
+        cdp.close()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _errors(cdp: Cdp) -> list[str]:
+    out = []
+    for e in cdp.events:
+        p = e.get("params", {})
+        if e["method"] == "Runtime.exceptionThrown":
+            out.append(json.dumps(p.get("exceptionDetails", {}))[:500])
+        elif e["method"] == "Runtime.consoleAPICalled" and p.get("type") in ("error", "assert"):
+            out.append(json.dumps(p.get("args", []))[:500])
+        elif e["method"] == "Log.entryAdded" and p.get("entry", {}).get("level") == "error":
+            out.append(str(p["entry"].get("text"))[:500])
+    return out
+
+
+def test_report_in_chromium(browser: Cdp, tmp_path: Path) -> None:
+    run = write_synthetic_run(tmp_path / "run", n_features=6, evil_tokens=True)
+    page = build_report(run.path, tmp_path / "report.html")
+    browser.send("Page.navigate", {"url": page.resolve().as_uri()})
+    browser.wait_event("Page.loadEventFired")
+    assert browser.eval("document.body.dataset.ready") == "1", "the report script did not finish rendering"
+    assert browser.eval("document.querySelectorAll('#feature-rows tr').length") == 6
+
+    # Sorting: click the "correlation" header twice (descending first, then ascending).
+    header = "Array.from(document.querySelectorAll('#header-row th')).find(th => th.dataset.key === 's:correlation')"
+    col = browser.eval(f"Array.from(document.querySelectorAll('#header-row th')).indexOf({header})")
+    read_col = (
+        f"Array.from(document.querySelectorAll('#feature-rows tr')).map(tr => tr.children[{col}].textContent)"
+    )
+    browser.eval(f"{header}.click()")
+    desc = browser.eval(read_col)
+    browser.eval(f"{header}.click()")
+    asc = browser.eval(read_col)
+    defined_desc = [float(x) for x in desc if x != "undefined"]
+    defined_asc = [float(x) for x in asc if x != "undefined"]
+    assert defined_desc == sorted(defined_desc, reverse=True) and len(defined_desc) == 5
+    assert defined_asc == sorted(defined_asc)
+    assert desc[-1] == asc[-1] == "undefined", "undefined scores must sort last in both directions"
+    assert browser.eval(f"{header}.getAttribute('aria-sort')") == "ascending"
+
+    # Filter by label text.
+    browser.eval("const f = document.getElementById('filter'); f.value = 'rivers';"
+                 "f.dispatchEvent(new Event('input'))")
+    assert browser.eval("document.querySelectorAll('#feature-rows tr').length") == 1
+    browser.eval("const g = document.getElementById('filter'); g.value = ''; g.dispatchEvent(new Event('input'))")
+
+    # Open feature 0 (the one with hostile tokens): the detail view shows label, scores and examples.
+    assert browser.eval("document.getElementById('detail').hidden") is True
+    browser.eval("Array.from(document.querySelectorAll('#feature-rows tr'))"
+                 ".find(tr => tr.children[0].textContent.endsWith(':0')).click()")
+    assert browser.eval("document.getElementById('detail').hidden") is False
+    assert browser.eval("document.querySelector('#detail .feature-label').textContent") == (
+        "names of European capital cities"
+    )
+    assert browser.eval("document.querySelectorAll('#detail .split').length") == 4
+    assert browser.eval("document.querySelectorAll('#detail .tokrow.sim').length") > 0
+    texts = browser.eval("Array.from(document.querySelectorAll('#detail .tok')).map(t => t.textContent)")
+    assert "<script>alert(1)</script>" in texts and '"><img src=x onerror=alert(1)>' in texts
+
+    # The undefined correlation of feature 1 shows as "undefined" with its reason as a tooltip.
+    tip = browser.eval("Array.from(document.querySelectorAll('#feature-rows td.undef')).map(td => td.title)")
+    assert any("constant" in t for t in tip)
+
+    # Nothing hostile ran: no dialogs, no injected elements, no console errors.
+    browser.drain()
+    assert browser.eval("window.__pwned") == []
+    assert not [e for e in browser.events if e["method"] == "Page.javascriptDialogOpening"]
+    assert browser.eval("document.querySelectorAll('img').length") == 0
+    assert browser.eval("document.scripts.length") == 2
+    assert _errors(browser) == []
+
+    shot = browser.send("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": False})
+    png = tmp_path / "report.png"
+    png.write_bytes(base64.b64decode(shot["data"]))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    if os.environ.get("AUTOINTERP_SCREENSHOT_DIR"):
+        dest = Path(os.environ["AUTOINTERP_SCREENSHOT_DIR"])
+        dest.mkdir(parents=True, exist_ok=True)
+        shutil.copy(png, dest / "report.png")
