@@ -1,0 +1,226 @@
+"""Explainers: show an LLM a feature's top (and quantile) examples, get a short natural-language label.
+
+Two formats (prompt templates under ``prompts/``, few-shot examples inside the templates):
+
+* ``token_activation_pair`` (OpenAI style): each example as lines ``token<TAB>value``, values normalised
+  to 0..10 (or 0..9) by the maximum over the shown examples.
+* ``highlighted`` (delphi style): the example text with active tokens marked ``<<token>>``; contiguous
+  active tokens are merged into one span.
+
+Token text is escaped for display (newline -> ``\\n``, tab -> ``\\t``, other control characters as
+``\\xNN``, special tokens such as ``<bos>`` as ``\\<bos\\>``, a literal ``<<``/``>>`` as ``\\<\\<``/``\\>\\>``).
+The answer's parsing never looks at token text. An empty or unusable answer raises
+:class:`ExplanationFailed` with the reason (it is recorded failed, never scored as a label).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from autointerp.llm.base import ChatRequest, LLMClient, LLMError
+from autointerp.prompts import PromptTemplate, load_template
+from autointerp.records import ActivationRecord, Explanation, FeatureRecord, Usage
+
+log = logging.getLogger(__name__)
+
+EXPLAINER_KINDS = ("token_activation_pair", "highlighted")
+_TEMPLATES = {
+    "token_activation_pair": "explain_token_activation_pair.j2",
+    "highlighted": "explain_highlighted.j2",
+}
+_SPECIAL = re.compile(r"^<[|/]?[A-Za-z_][\w|.-]*\|?>$")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+class ExplanationFailed(Exception):
+    """The explainer's answer could not be turned into a label."""
+
+    def __init__(self, reason: str, raw: str = "", usage: Usage | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.raw = raw
+        self.usage = usage or Usage()
+
+
+def escape_token(token: str) -> str:
+    """Display form of one token's text (never used to parse anything)."""
+    if _SPECIAL.match(token):
+        return token.replace("<", "\\<").replace(">", "\\>")
+    out = token.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r")
+    out = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", out)
+    return out
+
+
+def escape_text(token: str) -> str:
+    """Escape a token for the highlighted format: also neutralise literal ``<<`` and ``>>``."""
+    out = escape_token(token)
+    return out.replace("<<", "\\<\\<").replace(">>", "\\>\\>")
+
+
+def normalise(activations: Sequence[np.ndarray], max_value: int) -> list[np.ndarray]:
+    """Integers 0..max_value, scaled by the maximum over all given examples (negatives -> 0)."""
+    top = max((float(a.max()) for a in activations if len(a)), default=0.0)
+    if top <= 0:
+        return [np.zeros(len(a), dtype=np.int64) for a in activations]
+    return [np.clip(np.rint(np.maximum(a, 0) / top * max_value), 0, max_value).astype(np.int64) for a in activations]
+
+
+def format_token_activation_pairs(records: Sequence[ActivationRecord], max_value: int = 10) -> str:
+    """OpenAI-style listing: ``<start>``, one ``token<TAB>value`` line per token, ``<end>``."""
+    values = normalise([r.activations for r in records], max_value)
+    blocks = []
+    for rec, vals in zip(records, values, strict=True):
+        lines = [f"{escape_token(t)}\t{int(v)}" for t, v in zip(rec.tokens, vals, strict=True)]
+        blocks.append("<start>\n" + "\n".join(lines) + "\n<end>")
+    return "\n\n".join(blocks)
+
+
+def format_highlighted(records: Sequence[ActivationRecord], threshold: float = 0.0) -> str:
+    """delphi-style: the text with active tokens wrapped in ``<<`` ``>>``, runs of active tokens merged.
+
+    A token is active when its activation is > ``threshold`` x the maximum over the shown examples."""
+    top = max((r.max_activation for r in records), default=0.0)
+    cut = threshold * top if top > 0 else 0.0
+    out = []
+    for i, rec in enumerate(records, 1):
+        out.append(f"Example {i}: " + highlight_tokens(rec.tokens, rec.activations > cut))
+    return "\n".join(out)
+
+
+def highlight_tokens(tokens: Sequence[str], mask: np.ndarray) -> str:
+    """The escaped text of ``tokens`` with each run of tokens where ``mask`` is true wrapped in << >>."""
+    active = np.asarray(mask, dtype=bool)
+    # Open a span where a run of active tokens starts, close it where the run ends.
+    prev = np.concatenate([[False], active[:-1]])
+    nxt = np.concatenate([active[1:], [False]])
+    opens = active & ~prev
+    closes = active & ~nxt
+    return "".join(
+        ("<<" if o else "") + escape_text(t) + (">>" if c else "")
+        for t, o, c in zip(tokens, opens.tolist(), closes.tolist(), strict=True)
+    )
+
+
+_PREFIX = re.compile(r"^\s*(?:final\s+)?(?:explanation|label|answer)\s*[:\-]\s*", re.IGNORECASE)
+_COT_MARKER = re.compile(r"(?:final\s+)?(?:explanation|label|answer)\s*:", re.IGNORECASE)
+
+
+def parse_explanation(raw: str, cot: bool = False, max_chars: int = 300) -> str:
+    """Turn the LLM's answer into a label; raise :class:`ExplanationFailed` when it is unusable.
+
+    With chain-of-thought the label is the text after the last ``Explanation:`` marker. Otherwise the
+    first non-empty line is taken. Prefixes (``Explanation:``), wrapping quotes/backticks/asterisks and
+    a trailing period are stripped."""
+    text = raw.strip()
+    if cot:
+        marks = list(_COT_MARKER.finditer(text))
+        if not marks:
+            raise ExplanationFailed("chain-of-thought answer has no 'Explanation:' line", raw)
+        text = text[marks[-1].end() :]
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if not lines:
+        raise ExplanationFailed("empty answer", raw)
+    label = lines[0]
+    for _ in range(3):
+        label = _PREFIX.sub("", label).strip()
+        label = label.strip("\"'`*_ ").strip()
+    label = label.rstrip(".").strip()
+    if not label:
+        raise ExplanationFailed("answer holds no label", raw)
+    if not re.search(r"[A-Za-z0-9]", label):
+        raise ExplanationFailed(f"answer has no words: {label[:40]!r}", raw)
+    if len(label) > max_chars:
+        raise ExplanationFailed(f"label longer than {max_chars} characters (the model did not answer briefly)", raw)
+    return label
+
+
+@dataclass(frozen=True)
+class ExplainerSettings:
+    """How an explainer builds its prompt."""
+
+    kind: str = "token_activation_pair"
+    """Prompt format: token_activation_pair (OpenAI style) or highlighted (delphi style)."""
+    n_top: int = 10
+    """Top-activating train examples shown to the explainer."""
+    n_quantile: int = 0
+    """Quantile (non-top) train examples shown in addition to the top ones."""
+    cot: bool = False
+    """Ask for step-by-step reasoning before the label (needs more output tokens)."""
+    max_value: int = 10
+    """Top of the activation scale shown in token_activation_pair prompts (10, or 9 for 0-9)."""
+    max_tokens: int = 60
+    """Maximum answer length in tokens (raised to 512 with chain-of-thought)."""
+    highlight_threshold: float = 0.0
+    """highlighted format: a token is marked when its activation > this fraction of the maximum."""
+
+
+def select_train_examples(record: FeatureRecord, n_top: int, n_quantile: int) -> list[ActivationRecord]:
+    """The first ``n_top`` train examples by max activation, then ``n_quantile`` others spread evenly."""
+    ordered = sorted(record.train, key=lambda r: r.max_activation, reverse=True)
+    top = ordered[:n_top]
+    rest = ordered[n_top:]
+    if n_quantile > 0 and rest:
+        idx = np.unique(np.linspace(0, len(rest) - 1, num=min(n_quantile, len(rest))).round().astype(int))
+        top = top + [rest[i] for i in idx]
+    return top
+
+
+class Explainer:
+    """An LLM explainer with one prompt format."""
+
+    def __init__(self, client: LLMClient, settings: ExplainerSettings | None = None) -> None:
+        self.client = client
+        self.settings = settings or ExplainerSettings()
+        if self.settings.kind not in EXPLAINER_KINDS:
+            raise ValueError(f"unknown explainer kind {self.settings.kind!r}; use one of {EXPLAINER_KINDS}")
+        self.template: PromptTemplate = load_template(_TEMPLATES[self.settings.kind])
+
+    @property
+    def spec(self) -> str:
+        s = self.settings
+        extra = ",cot" if s.cot else ""
+        return f"{s.kind}[{self.client.spec}]{extra}"
+
+    def build_messages(self, examples: Sequence[ActivationRecord]) -> ChatRequest:
+        s = self.settings
+        if s.kind == "token_activation_pair":
+            body = format_token_activation_pairs(examples, s.max_value)
+        else:
+            body = format_highlighted(examples, s.highlight_threshold)
+        messages = self.template.render_chat({"examples": body, "cot": s.cot, "max_value": s.max_value})
+        return ChatRequest(messages=messages, max_tokens=512 if s.cot else s.max_tokens)
+
+    async def explain(
+        self, record: FeatureRecord, candidate: int = 0, temperature: float = 0.0, seed: int | None = None
+    ) -> Explanation:
+        """One candidate explanation of ``record``; raises :class:`ExplanationFailed` on a bad answer."""
+        examples = select_train_examples(record, self.settings.n_top, self.settings.n_quantile)
+        if not examples:
+            raise ExplanationFailed("the record has no train examples to show")
+        if max(r.max_activation for r in examples) <= 0:
+            raise ExplanationFailed("the feature never fired in its train examples (dead feature)")
+        base = self.build_messages(examples)
+        req = ChatRequest(messages=base.messages, max_tokens=base.max_tokens, temperature=temperature, seed=seed)
+        try:
+            resp = await self.client.chat(req)
+        except LLMError as e:
+            raise ExplanationFailed(f"explainer request failed: {e.reason}") from e
+        try:
+            label = parse_explanation(resp.text, cot=self.settings.cot)
+        except ExplanationFailed as e:
+            e.usage = resp.usage
+            raise
+        return Explanation(
+            feature=record.id,
+            text=label,
+            explainer=self.spec,
+            prompt_hash=self.template.hash,
+            raw=resp.text,
+            usage=resp.usage,
+            candidate=candidate,
+        )

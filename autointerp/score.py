@@ -1,0 +1,427 @@
+"""Scorers: pure functions over arrays (simulation scores), plus LLM-judged classifiers.
+
+Simulation scores (OpenAI's definitions, ``neuron_explainer/explanations/scoring.py``):
+
+* ``correlation``: pooled Pearson correlation over every token of the ``test_top`` + ``test_random``
+  records (OpenAI's ``ev_correlation_score``: flatten true and simulated activations over all records,
+  ``np.corrcoef``). Also ``correlation_top``, ``correlation_random``, ``correlation_quantiles``.
+* ``r_squared`` = ``1 - mean((true - pred)^2) / mean(true^2)`` and ``absolute_deviation_explained`` =
+  ``1 - mean(|true - pred|) / mean(|true|)``, over the pooled top + random tokens, after a linear
+  calibration of the simulation fitted on the ``valid`` records (slope <= 0 is refused: undefined).
+
+Classifiers (LLM judge, balanced accuracy, so a judge that always answers the same scores 0.5):
+
+* ``detection`` (delphi): is the feature active anywhere in this example? Positives from
+  ``test_quantiles`` + ``test_top`` (records that fire), negatives from ``test_random`` records that
+  never fire (checked). ``per_prompt`` examples per request (default 5).
+* ``fuzzing`` (delphi): are the marked tokens the ones the feature fires on? Positives: firing records
+  with their active tokens marked; negatives: non-firing records with as many random tokens marked.
+* ``saebench_detection``: SAEBench's setup, reproduced: 2 top + 2 quantile + 10 random windows shuffled
+  into one prompt; the judge lists the examples that activate; score = plain accuracy with every random
+  window labelled negative *without checking the latent* (their caveat: a judge answering "None" scores
+  10/14 = 0.714). ``check_random=True`` gives the corrected version that labels random windows by whether
+  the latent fires in them.
+
+An unparseable judge answer is counted as failed and reported in ``details``, never as right or wrong.
+Undefined scores are ``Score(value=None, reason=...)``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from autointerp.explain import highlight_tokens
+from autointerp.llm.base import ChatRequest, LLMClient, LLMError
+from autointerp.prompts import load_template
+from autointerp.records import ActivationRecord, FeatureRecord, Score, Simulation, Usage
+from autointerp.simulate import CalibrationError, fit_linear
+
+log = logging.getLogger(__name__)
+
+SIMULATION_SCORES = (
+    "correlation",
+    "correlation_top",
+    "correlation_random",
+    "correlation_quantiles",
+    "r_squared",
+    "absolute_deviation_explained",
+)
+CLASSIFIER_SCORERS = ("detection", "fuzzing", "saebench_detection")
+SCORERS = ("simulation", *CLASSIFIER_SCORERS)
+"""Scorer names accepted by the pipeline: ``simulation`` gives every score in SIMULATION_SCORES."""
+
+
+# -- pure functions ----------------------------------------------------------------------------------
+
+
+def pearson(true: np.ndarray, pred: np.ndarray) -> float | str:
+    """Pearson correlation, or the reason it is undefined (as a string)."""
+    t = np.asarray(true, dtype=np.float64)
+    p = np.asarray(pred, dtype=np.float64)
+    if len(t) != len(p):
+        return f"length mismatch ({len(t)} vs {len(p)})"
+    if len(t) < 2:
+        return "fewer than 2 tokens"
+    if np.ptp(t) == 0:
+        return "true activations are constant"
+    if np.ptp(p) == 0:
+        return "simulated activations are constant"
+    return float(np.corrcoef(t, p)[0, 1])
+
+
+def _pool(
+    records: Sequence[ActivationRecord], sims: Sequence[Simulation], max_failed_fraction: float
+) -> tuple[np.ndarray, np.ndarray, int] | str:
+    if not records:
+        return "no records"
+    if len(records) != len(sims):
+        return f"{len(sims)} simulations for {len(records)} records"
+    ok = [(r.activations, s.expected) for r, s in zip(records, sims, strict=True) if s.expected is not None]
+    n_failed = len(records) - len(ok)
+    if not ok:
+        return f"all {len(records)} simulations failed"
+    if n_failed / len(records) > max_failed_fraction:
+        return f"{n_failed} of {len(records)} simulations failed (more than {max_failed_fraction:.0%})"
+    for t, p in ok:
+        if len(t) != len(p):  # type: ignore[arg-type]
+            return "a simulation's length differs from its record's"
+    true = np.concatenate([t for t, _ in ok]).astype(np.float64)
+    pred = np.concatenate([p for _, p in ok]).astype(np.float64)  # type: ignore[misc]
+    return true, pred, n_failed
+
+
+def correlation_score(
+    name: str,
+    records: Sequence[ActivationRecord],
+    sims: Sequence[Simulation],
+    max_failed_fraction: float = 0.2,
+) -> Score:
+    """Pooled Pearson correlation over all tokens of ``records`` (OpenAI's ev_correlation_score)."""
+    settings = {"pooled": True, "max_failed_fraction": max_failed_fraction}
+    pooled = _pool(records, sims, max_failed_fraction)
+    if isinstance(pooled, str):
+        return Score(name, None, reason=pooled, settings=settings)
+    true, pred, n_failed = pooled
+    r = pearson(true, pred)
+    details = {"n_records": len(records), "n_failed": n_failed, "n_tokens": len(true)}
+    if isinstance(r, str):
+        return Score(name, None, reason=r, settings=settings, details=details)
+    return Score(name, r, settings=settings, details=details)
+
+
+def r_squared(true: np.ndarray, pred: np.ndarray) -> float | str:
+    """OpenAI's definition: ``1 - mean((true - pred)^2) / mean(true^2)``."""
+    denom = float(np.mean(np.square(true)))
+    if denom == 0:
+        return "true activations are all zero"
+    return float(1 - np.mean(np.square(true - pred)) / denom)
+
+
+def absolute_deviation_explained(true: np.ndarray, pred: np.ndarray) -> float | str:
+    """OpenAI's definition: ``1 - mean(|true - pred|) / mean(|true|)``."""
+    denom = float(np.mean(np.abs(true)))
+    if denom == 0:
+        return "true activations are all zero"
+    return float(1 - np.mean(np.abs(true - pred)) / denom)
+
+
+def simulation_scores(
+    splits: dict[str, tuple[Sequence[ActivationRecord], Sequence[Simulation]]],
+    calibration: tuple[Sequence[ActivationRecord], Sequence[Simulation]] | None = None,
+    max_failed_fraction: float = 0.2,
+) -> list[Score]:
+    """Every score in :data:`SIMULATION_SCORES` from the simulations of the test splits.
+
+    ``splits`` maps ``test_top``/``test_random``/``test_quantiles`` to (records, simulations);
+    ``calibration`` is (valid records, their simulations) for the linear calibration of r_squared and
+    absolute_deviation_explained."""
+    empty: tuple[Sequence[ActivationRecord], Sequence[Simulation]] = ([], [])
+    top = splits.get("test_top", empty)
+    rnd = splits.get("test_random", empty)
+    qua = splits.get("test_quantiles", empty)
+    both_recs = [*top[0], *rnd[0]]
+    both_sims = [*top[1], *rnd[1]]
+    out = [
+        correlation_score("correlation", both_recs, both_sims, max_failed_fraction),
+        correlation_score("correlation_top", top[0], top[1], max_failed_fraction),
+        correlation_score("correlation_random", rnd[0], rnd[1], max_failed_fraction),
+        correlation_score("correlation_quantiles", qua[0], qua[1], max_failed_fraction),
+    ]
+    settings = {"calibration": "linear least squares on valid records", "pooled": "test_top+test_random"}
+    names = ("r_squared", "absolute_deviation_explained")
+    if calibration is None or not calibration[0]:
+        out += [Score(n, None, reason="no calibration (valid) records", settings=settings) for n in names]
+        return out
+    cal = [(r.activations, s.expected) for r, s in zip(*calibration, strict=True) if s.expected is not None]
+    try:
+        fit = fit_linear([t for t, _ in cal], [p for _, p in cal])  # type: ignore[misc]
+    except CalibrationError as e:
+        out += [Score(n, None, reason=f"calibration refused: {e}", settings=settings) for n in names]
+        return out
+    pooled = _pool(both_recs, both_sims, max_failed_fraction)
+    if isinstance(pooled, str):
+        out += [Score(n, None, reason=pooled, settings=settings) for n in names]
+        return out
+    true, pred, n_failed = pooled
+    pred = fit.apply(pred)
+    details = {"slope": fit.slope, "intercept": fit.intercept, "n_failed": n_failed}
+    for name, fn in zip(names, (r_squared, absolute_deviation_explained), strict=True):
+        v = fn(true, pred)
+        if isinstance(v, str):
+            out.append(Score(name, None, reason=v, settings=settings, details=details))
+        else:
+            out.append(Score(name, v, settings=settings, details=details))
+    return out
+
+
+def balanced_accuracy(labels: Sequence[bool], predictions: Sequence[bool]) -> float | str:
+    """Mean of the true-positive and true-negative rates, or why it is undefined."""
+    y = np.asarray(labels, dtype=bool)
+    p = np.asarray(predictions, dtype=bool)
+    if not y.any():
+        return "no positive examples"
+    if y.all():
+        return "no negative examples"
+    tpr = float((p & y).sum() / y.sum())
+    tnr = float((~p & ~y).sum() / (~y).sum())
+    return (tpr + tnr) / 2
+
+
+def bootstrap_ci(
+    values: Sequence[float | None], n: int = 1000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float, float] | None:
+    """(mean, low, high) of the mean of the defined ``values`` by percentile bootstrap; None if none."""
+    v = np.asarray([x for x in values if x is not None], dtype=np.float64)
+    if len(v) == 0:
+        return None
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(0, len(v), size=(n, len(v)))].mean(axis=1)
+    alpha = (1 - level) / 2
+    return float(v.mean()), float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
+
+
+def derangement(n: int, rng: np.random.Generator) -> np.ndarray:
+    """A random permutation with no fixed point (needs n >= 2): feature i gets feature perm[i]'s label."""
+    if n < 2:
+        raise ValueError("a derangement needs at least 2 items")
+    while True:
+        perm = rng.permutation(n)
+        if not np.any(perm == np.arange(n)):
+            return perm
+
+
+# -- LLM-judged classifiers --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClassifierSettings:
+    """Settings of the detection / fuzzing scorers (delphi defaults: 50 + 50 examples, 5 per prompt)."""
+
+    n_positive: int = 50
+    """Activating examples to classify (from test_quantiles, then test_top)."""
+    n_negative: int = 50
+    """Non-activating examples to classify (test_random windows where the feature never fires)."""
+    per_prompt: int = 5
+    """Examples per judge request."""
+    seed: int = 0
+    """Shuffling and random-highlight seed."""
+
+
+def parse_binary_list(text: str, n: int) -> list[bool] | str:
+    """Strictly parse a JSON list of n values 0/1 (the last ``[...]`` in the answer)."""
+    found = re.findall(r"\[[^\[\]]*\]", text)
+    if not found:
+        return "no [...] list in the answer"
+    try:
+        data = json.loads(found[-1])
+    except json.JSONDecodeError:
+        return "the list is not valid JSON"
+    if not isinstance(data, list) or len(data) != n:
+        return f"expected a list of {n} values"
+    out = []
+    for x in data:
+        if isinstance(x, bool) or x not in (0, 1):
+            return f"value {x!r} is not 0 or 1"
+        out.append(bool(x))
+    return out
+
+
+def _positives_negatives(
+    record: FeatureRecord, s: ClassifierSettings
+) -> tuple[list[ActivationRecord], list[ActivationRecord]]:
+    pos = [r for r in [*record.test_quantiles, *record.test_top] if r.max_activation > 0][: s.n_positive]
+    neg = [r for r in record.test_random if r.max_activation <= 0][: s.n_negative]
+    return pos, neg
+
+
+class _Classifier:
+    name = ""
+    template_name = ""
+
+    def __init__(self, client: LLMClient, settings: ClassifierSettings | None = None) -> None:
+        self.client = client
+        self.settings = settings or ClassifierSettings()
+        self.template = load_template(self.template_name)
+
+    def examples(self, record: FeatureRecord, rng: np.random.Generator) -> tuple[list[str], list[bool]]:
+        raise NotImplementedError
+
+    async def score(self, explanation: str, record: FeatureRecord) -> Score:
+        s = self.settings
+        settings = {**asdict(s), "judge": self.client.spec, "prompt_hash": self.template.hash}
+        rng = np.random.default_rng([s.seed, record.id.index])
+        texts, labels = self.examples(record, rng)
+        if not texts:
+            return Score(self.name, None, reason="no examples to classify", settings=settings)
+        order = rng.permutation(len(texts))
+        texts = [texts[i] for i in order]
+        labels = [labels[i] for i in order]
+        usage = Usage()
+        got_labels: list[bool] = []
+        got_preds: list[bool] = []
+        failures: list[str] = []
+        for start in range(0, len(texts), s.per_prompt):
+            batch = texts[start : start + s.per_prompt]
+            listing = "\n".join(f"Example {i + 1}: {t}" for i, t in enumerate(batch))
+            msgs = self.template.render_chat({"explanation": explanation, "examples": listing, "n": len(batch)})
+            try:
+                resp = await self.client.chat(ChatRequest(messages=msgs, max_tokens=10 + 4 * len(batch)))
+            except LLMError as e:
+                failures.append(f"request failed: {e.reason}")
+                continue
+            usage = usage + resp.usage
+            parsed = parse_binary_list(resp.text, len(batch))
+            if isinstance(parsed, str):
+                failures.append(parsed)
+                continue
+            got_preds += parsed
+            got_labels += labels[start : start + s.per_prompt]
+        details = {
+            "requests": usage.requests,
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "n_examples": len(texts),
+            "n_classified": len(got_preds),
+            "failed_prompts": len(failures),
+            "failures": failures[:5],
+        }
+        if not got_preds:
+            return Score(self.name, None, reason="no judge answer could be parsed", settings=settings, details=details)
+        ba = balanced_accuracy(got_labels, got_preds)
+        if isinstance(ba, str):
+            return Score(self.name, None, reason=ba, settings=settings, details=details)
+        return Score(self.name, ba, settings=settings, details=details)
+
+
+class DetectionScorer(_Classifier):
+    """delphi-style detection: does the feature fire anywhere in this example?"""
+
+    name = "detection"
+    template_name = "score_detection.j2"
+
+    def examples(self, record: FeatureRecord, rng: np.random.Generator) -> tuple[list[str], list[bool]]:
+        pos, neg = _positives_negatives(record, self.settings)
+        texts = [highlight_tokens(r.tokens, np.zeros(len(r.tokens), dtype=bool)) for r in [*pos, *neg]]
+        return texts, [True] * len(pos) + [False] * len(neg)
+
+
+class FuzzingScorer(_Classifier):
+    """delphi-style fuzzing: are the marked tokens the ones the feature fires on?"""
+
+    name = "fuzzing"
+    template_name = "score_fuzzing.j2"
+
+    def examples(self, record: FeatureRecord, rng: np.random.Generator) -> tuple[list[str], list[bool]]:
+        pos, neg = _positives_negatives(record, self.settings)
+        texts = [highlight_tokens(r.tokens, r.activations > 0) for r in pos]
+        counts = [int((r.activations > 0).sum()) for r in pos] or [1]
+        for r in neg:
+            k = min(len(r.tokens), int(rng.choice(counts)))
+            mask = np.zeros(len(r.tokens), dtype=bool)
+            mask[rng.choice(len(r.tokens), size=k, replace=False)] = True
+            texts.append(highlight_tokens(r.tokens, mask))
+        return texts, [True] * len(pos) + [False] * len(neg)
+
+
+@dataclass(frozen=True)
+class SAEBenchSettings:
+    """SAEBench autointerp scoring setup (their defaults)."""
+
+    n_top: int = 2
+    """Top-activating windows in the scoring set."""
+    n_quantile: int = 2
+    """Importance-weighted windows (we take test_quantiles) in the scoring set."""
+    n_random: int = 10
+    """Random windows in the scoring set."""
+    check_random: bool = False
+    """False reproduces SAEBench (random windows labelled negative unchecked); True labels them by
+    whether the latent actually fires in them (the corrected version)."""
+    seed: int = 0
+    """Shuffling seed."""
+
+
+def parse_index_list(text: str, n: int) -> set[int] | str:
+    """SAEBench answer: comma-separated example numbers (1-based) or "None"; strictly validated."""
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    if not lines:
+        return "empty answer"
+    last = lines[-1].strip().rstrip(".")
+    if last.lower() == "none":
+        return set()
+    parts = [p.strip() for p in last.split(",")]
+    if not all(p.isdigit() for p in parts):
+        return f"not a list of example numbers: {last[:40]!r}"
+    idx = {int(p) for p in parts}
+    if not all(1 <= i <= n for i in idx):
+        return f"example number out of 1..{n}"
+    return idx
+
+
+class SAEBenchDetectionScorer:
+    """SAEBench's detection accuracy (see the module docstring for its caveat and the corrected mode)."""
+
+    def __init__(self, client: LLMClient, settings: SAEBenchSettings | None = None) -> None:
+        self.client = client
+        self.settings = settings or SAEBenchSettings()
+        self.template = load_template("score_saebench.j2")
+        self.name = "saebench_detection_checked" if self.settings.check_random else "saebench_detection"
+
+    async def score(self, explanation: str, record: FeatureRecord) -> Score:
+        s = self.settings
+        settings = {**asdict(s), "judge": self.client.spec, "prompt_hash": self.template.hash}
+        rng = np.random.default_rng([s.seed, record.id.index])
+        top = record.test_top[: s.n_top]
+        qua = record.test_quantiles[: s.n_quantile]
+        rnd = record.test_random[: s.n_random]
+        recs = [*top, *qua, *rnd]
+        if not recs:
+            return Score(self.name, None, reason="no examples", settings=settings)
+        labels = [True] * (len(top) + len(qua)) + [(r.max_activation > 0) if s.check_random else False for r in rnd]
+        order = rng.permutation(len(recs))
+        recs = [recs[i] for i in order]
+        labels = [labels[i] for i in order]
+        listing = "\n".join(
+            f"{i + 1}. {highlight_tokens(r.tokens, np.zeros(len(r.tokens), dtype=bool))}" for i, r in enumerate(recs)
+        )
+        msgs = self.template.render_chat({"explanation": explanation, "examples": listing, "n": len(recs)})
+        details: dict[str, object] = {"n_examples": len(recs), "n_positive_labels": int(sum(labels))}
+        try:
+            resp = await self.client.chat(ChatRequest(messages=msgs, max_tokens=60))
+        except LLMError as e:
+            return Score(self.name, None, reason=f"judge request failed: {e.reason}", settings=settings)
+        details.update(requests=resp.usage.requests, prompt_tokens=resp.usage.prompt_tokens)
+        parsed = parse_index_list(resp.text, len(recs))
+        if isinstance(parsed, str):
+            details["raw"] = resp.text[:200]
+            return Score(
+                self.name, None, reason=f"unparseable judge answer: {parsed}", settings=settings, details=details
+            )
+        preds = [(i + 1) in parsed for i in range(len(recs))]
+        acc = float(np.mean(np.asarray(preds) == np.asarray(labels)))
+        return Score(self.name, acc, settings=settings, details=details)

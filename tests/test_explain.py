@@ -1,0 +1,105 @@
+"""Explainers: prompt formats, escaping, answer parsing, failures."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from fake_llm import FakeLLM, synthetic_record
+
+from autointerp.explain import (
+    Explainer,
+    ExplainerSettings,
+    ExplanationFailed,
+    escape_text,
+    escape_token,
+    format_highlighted,
+    format_token_activation_pairs,
+    parse_explanation,
+    select_train_examples,
+)
+from autointerp.prompts import load_template
+from autointerp.records import ActivationRecord
+
+
+def _rec(tokens: list[str], acts: list[float]) -> ActivationRecord:
+    return ActivationRecord(tokens=tokens, token_ids=list(range(len(tokens))), activations=np.array(acts))
+
+
+def test_escaping_of_token_text() -> None:
+    assert escape_token("\n") == "\\n"
+    assert escape_token("a\tb") == "a\\tb"
+    assert escape_token("<bos>") == "\\<bos\\>"
+    assert escape_token("\x01") == "\\x01"
+    assert escape_text("a<<b>>") == "a\\<\\<b\\>\\>"
+
+
+def test_token_activation_pairs_normalised_by_max_over_examples() -> None:
+    text = format_token_activation_pairs([_rec(["a", "\n"], [0, 2.0]), _rec(["b", "c"], [4.0, -1.0])], 10)
+    assert "a\t0\n\\n\t5" in text
+    assert "b\t10\nc\t0" in text
+    assert text.count("<start>") == 2
+    nine = format_token_activation_pairs([_rec(["x"], [3.0])], 9)
+    assert "x\t9" in nine
+
+
+def test_highlighted_merges_contiguous_spans_and_escapes() -> None:
+    text = format_highlighted([_rec(["The", " New", " York", " <<", " x"], [0, 1, 2, 0, 3])])
+    assert text == "Example 1: The<< New York>> \\<\\<<< x>>"
+
+
+@pytest.mark.parametrize(
+    ("raw", "cot", "label"),
+    [
+        ("Explanation: names of cities.", False, "names of cities"),
+        ('"the word cat"', False, "the word cat"),
+        ("  \n**Explanation:** `numbers`\nmore text", False, "numbers"),
+        ("Tokens 1 and 3 are high...\nExplanation: dates in May", True, "dates in May"),
+    ],
+)
+def test_parse_explanation(raw: str, cot: bool, label: str) -> None:
+    assert parse_explanation(raw, cot=cot) == label
+
+
+@pytest.mark.parametrize(
+    ("raw", "cot"), [("", False), ("Explanation: ...", False), ("x" * 400, False), ("no marker", True)]
+)
+def test_parse_explanation_rejects_garbage(raw: str, cot: bool) -> None:
+    with pytest.raises(ExplanationFailed):
+        parse_explanation(raw, cot=cot)
+
+
+async def test_explainer_builds_prompt_from_train_only_and_parses() -> None:
+    rec = synthetic_record(3)
+    fake = FakeLLM()
+    ex = Explainer(fake, ExplainerSettings(kind="highlighted", n_top=3))
+    expl = await ex.explain(rec, candidate=1, temperature=0.7, seed=5)
+    assert expl.text == "the word cat"
+    assert expl.candidate == 1 and expl.feature == rec.id
+    assert expl.prompt_hash == load_template("explain_highlighted.j2").hash
+    req = fake.chat_requests[0]
+    assert req.temperature == 0.7 and req.seed == 5
+    last = req.messages[-1].content
+    assert last.count("Example ") == 3 and "<< cat>>" in last
+    # few-shot example lives in the template
+    assert any(m.role == "assistant" for m in req.messages)
+
+
+async def test_explainer_failures_are_reported() -> None:
+    rec = synthetic_record(0)
+    with pytest.raises(ExplanationFailed, match="empty"):
+        await Explainer(FakeLLM(chat_fn=lambda r: "   ")).explain(rec)
+    with pytest.raises(ExplanationFailed, match="request failed"):
+        await Explainer(FakeLLM(fail_chat=True)).explain(rec)
+    for r in rec.train:
+        r.activations[:] = 0
+    with pytest.raises(ExplanationFailed, match="dead"):
+        await Explainer(FakeLLM()).explain(rec)
+
+
+def test_select_train_examples_top_then_quantiles() -> None:
+    rec = synthetic_record(1)
+    for i, r in enumerate(rec.train):
+        r.activations[0] = float(10 + i)
+    chosen = select_train_examples(rec, 2, 2)
+    assert [r.max_activation for r in chosen[:2]] == [15.0, 14.0]
+    assert len(chosen) == 4
