@@ -1,0 +1,548 @@
+"""Explain -> simulate -> score over many features, into a resumable run directory.
+
+Entry points:
+
+* :func:`run_explain` ``(config, run_dir, records=None, clients=None) -> RunSummary``: explain, select
+  the best of N candidates (simulation correlation on ``valid``), add shuffled-label baselines, simulate
+  the test splits, score.
+* :func:`run_score` ``(run_dir, scorers, ...) -> RunSummary``: (re)score the explanations of an existing
+  run with other scorers.
+
+Run directory files (schema documented in ``datasets/labelled-dataset-card.md``)::
+
+    records.jsonl       FeatureRecord.to_json() per feature (the run is self-contained)
+    explanations.jsonl  Explanation.to_json() + explanation_id ("<feature>#<candidate>" | "<feature>#baseline")
+                        + selected (best-of-N winner) [+ failed: reason, for an unusable answer]
+    simulations.jsonl   {explanation_id, feature, split, record_index, simulator, simulation}
+    scores.jsonl        {explanation_id, feature, baseline, scorer, score: Score.to_json()}
+    errors.jsonl        {feature, stage, error}: per-feature errors (the feature is retried on rerun)
+    usage.json          Usage per role (explainer / simulator / scorer) and total, cost included
+
+Resuming: every row is keyed (explanation id; explanation id + split + record index; explanation id +
+score name + scorer spec); a rerun reads what is there and only computes what is missing, so nothing is
+duplicated or lost. Features run concurrently (``concurrency``), each bounded further by its clients'
+own limits; one feature's error never stops the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from autointerp.config import config_to_dict
+from autointerp.errors import UserError
+from autointerp.explain import EXPLAINER_KINDS, Explainer, ExplainerSettings, ExplanationFailed
+from autointerp.llm.base import LLMClient
+from autointerp.prompts import load_template
+from autointerp.records import ActivationRecord, Explanation, FeatureRecord, Score, Simulation, Usage
+from autointerp.rundir import RunDir, append_jsonl, atomic_write_json, read_jsonl
+from autointerp.score import (
+    SCORERS,
+    SIMULATION_SCORES,
+    ClassifierSettings,
+    DetectionScorer,
+    FuzzingScorer,
+    SAEBenchDetectionScorer,
+    SAEBenchSettings,
+    bootstrap_ci,
+    correlation_score,
+    derangement,
+    simulation_scores,
+)
+from autointerp.simulate import SIMULATOR_KINDS, make_simulator
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LLM = "local:qwen2.5-coder-1.5b"
+TEST_SPLITS = ("test_top", "test_random", "test_quantiles")
+
+
+@dataclass(frozen=True)
+class ExplainConfig:
+    """Settings of an explain run (field docstrings are the CLI help)."""
+
+    explainer: str = DEFAULT_LLM
+    """LLM spec of the explainer, e.g. local:qwen2.5-coder-1.5b, openai:gpt-4o-mini, anthropic:claude-..."""
+    simulator: str = DEFAULT_LLM
+    """LLM spec of the simulator (logprob simulation needs a completion backend: local:, transformers:)."""
+    judge: str = ""
+    """LLM spec of the detection/fuzzing judge; empty: same as the explainer."""
+    explainer_kind: str = "token_activation_pair"
+    """Explainer prompt format: token_activation_pair (OpenAI style) or highlighted (delphi style)."""
+    n_top_examples: int = 10
+    """Top-activating train examples shown to the explainer."""
+    n_quantile_examples: int = 0
+    """Quantile train examples shown to the explainer besides the top ones."""
+    cot: bool = False
+    """Ask the explainer to reason step by step before its label."""
+    n_candidates: int = 1
+    """Candidate explanations per feature; with more than 1 the best by simulation on 'valid' is kept."""
+    candidate_temperature: float = 0.7
+    """Sampling temperature of candidates after the first (the first is greedy)."""
+    simulator_kind: str = "auto"
+    """Simulator: logprob (all-at-once), json (chat APIs), or auto (logprob when the backend can)."""
+    scorers: str = "simulation"
+    """Comma-separated scorers: simulation (correlation, r_squared, ...), detection, fuzzing,
+    saebench_detection."""
+    max_records_per_split: int = 5
+    """Records simulated per split (test_top, test_random, test_quantiles, valid); 0 for all."""
+    classifier_examples: int = 50
+    """Activating and non-activating examples each, per detection/fuzzing scorer (delphi: 50 + 50)."""
+    examples_per_prompt: int = 5
+    """Examples per detection/fuzzing judge request (delphi: 5)."""
+    baseline: bool = True
+    """Also score a shuffled baseline: each feature gets another feature's label (a derangement)."""
+    seed: int = 0
+    """Seed of candidate sampling, the baseline permutation and the judges' example order."""
+    concurrency: int = 4
+    """Features processed at once (each client also limits its own requests in flight)."""
+    max_failed_fraction: float = 0.2
+    """Largest fraction of failed simulations a correlation may skip before it is undefined."""
+    threads: int = 2
+    """CPU threads of local LLM backends."""
+    timeout_s: float = 600.0
+    """Seconds one LLM request may take (local models on CPU are slow)."""
+
+    def __post_init__(self) -> None:
+        if self.explainer_kind not in EXPLAINER_KINDS:
+            raise UserError(f"--explainer-kind {self.explainer_kind!r} is unknown; use one of {EXPLAINER_KINDS}")
+        if self.simulator_kind not in SIMULATOR_KINDS:
+            raise UserError(f"--simulator-kind {self.simulator_kind!r} is unknown; use one of {SIMULATOR_KINDS}")
+        bad = [s for s in self.scorer_list if s not in SCORERS]
+        if bad:
+            raise UserError(f"unknown scorer(s) {', '.join(bad)}; use a comma list of {', '.join(SCORERS)}")
+        if self.n_candidates < 1:
+            raise UserError("--n-candidates must be at least 1")
+
+    @property
+    def scorer_list(self) -> list[str]:
+        return [s.strip() for s in self.scorers.split(",") if s.strip()]
+
+    @property
+    def judge_spec(self) -> str:
+        return self.judge or self.explainer
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ExplainConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass
+class Clients:
+    """The LLM clients of a run (may be the same object for several roles)."""
+
+    explainer: LLMClient
+    simulator: LLMClient
+    judge: LLMClient
+
+
+@dataclass
+class RunSummary:
+    """What a run did; ``scores`` maps score name -> {"explained"|"baseline": (mean, low, high) or None}."""
+
+    run_dir: Path
+    n_features: int
+    n_explained: int
+    n_failed_explanations: int
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    usage: dict[str, Usage] = field(default_factory=dict)
+    scores: dict[str, dict[str, tuple[float, float, float] | None]] = field(default_factory=dict)
+    n_scored: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+def open_clients(config: ExplainConfig) -> tuple[Clients, list[LLMClient]]:
+    """Build the clients of ``config`` (one client per distinct spec); returns them and the ones to close."""
+    from autointerp.llm.base import ClientConfig
+    from autointerp.llm.factory import make_client
+
+    cc = ClientConfig(threads=config.threads, timeout_s=config.timeout_s)
+    made: dict[str, LLMClient] = {}
+
+    def get(spec: str) -> LLMClient:
+        if spec not in made:
+            made[spec] = make_client(spec, cc)
+        return made[spec]
+
+    clients = Clients(get(config.explainer), get(config.simulator), get(config.judge_spec))
+    return clients, list(made.values())
+
+
+# -- run state -----------------------------------------------------------------------------------------
+
+
+class _State:
+    """What the run directory already holds, plus appenders that keep it in sync."""
+
+    def __init__(self, run: RunDir) -> None:
+        self.run = run
+        self.records: dict[str, FeatureRecord] = {}
+        for row in read_jsonl(run.file("records.jsonl")):
+            self.records[str(row["id"])] = FeatureRecord.from_json(row)
+        self.explanations: dict[str, dict[str, Any]] = {}
+        for row in read_jsonl(run.file("explanations.jsonl")):
+            self.explanations[str(row["explanation_id"])] = row
+        self.sims: dict[tuple[str, str, int], Simulation] = {}
+        for row in read_jsonl(run.file("simulations.jsonl")):
+            key = (str(row["explanation_id"]), str(row["split"]), int(row["record_index"]))
+            self.sims[key] = Simulation.from_json(row["simulation"])
+        self.scores: dict[tuple[str, str, str], Score] = {}
+        for row in read_jsonl(run.file("scores.jsonl")):
+            sc = Score.from_json(row["score"])
+            self.scores[(str(row["explanation_id"]), sc.name, str(row.get("scorer", "")))] = sc
+        self.usage: dict[str, Usage] = {"explainer": Usage(), "simulator": Usage(), "scorer": Usage()}
+        self.errors: list[dict[str, Any]] = []
+
+    def add_records(self, records: Sequence[FeatureRecord]) -> None:
+        new = [r for r in records if str(r.id) not in self.records]
+        append_jsonl(self.run.file("records.jsonl"), [r.to_json() for r in new])
+        for r in new:
+            self.records[str(r.id)] = r
+
+    def add_explanations(self, rows: list[dict[str, Any]]) -> None:
+        append_jsonl(self.run.file("explanations.jsonl"), rows)
+        for row in rows:
+            self.explanations[row["explanation_id"]] = row
+
+    def add_sim(self, eid: str, feature: str, split: str, idx: int, simulator: str, sim: Simulation) -> None:
+        row = {
+            "explanation_id": eid,
+            "feature": feature,
+            "split": split,
+            "record_index": idx,
+            "simulator": simulator,
+            "simulation": sim.to_json(),
+        }
+        append_jsonl(self.run.file("simulations.jsonl"), [row])
+        self.sims[(eid, split, idx)] = sim
+
+    def add_score(self, eid: str, feature: str, baseline: bool, scorer: str, score: Score) -> None:
+        row = {
+            "explanation_id": eid,
+            "feature": feature,
+            "baseline": baseline,
+            "scorer": scorer,
+            "score": score.to_json(),
+        }
+        append_jsonl(self.run.file("scores.jsonl"), [row])
+        self.scores[(eid, score.name, scorer)] = score
+
+    def add_error(self, feature: str, stage: str, error: BaseException) -> None:
+        row = {"feature": feature, "stage": stage, "error": f"{type(error).__name__}: {error}"}
+        log.warning("feature %s failed at %s: %s", feature, stage, row["error"])
+        append_jsonl(self.run.file("errors.jsonl"), [row])
+        self.errors.append(row)
+
+    def save_usage(self) -> None:
+        path = self.run.file("usage.json")
+        old: dict[str, Any] = {}
+        if path.exists():
+            try:
+                old = dict(json.loads(path.read_text(encoding="utf-8")))
+            except (OSError, ValueError):
+                old = {}
+        out: dict[str, Any] = {}
+        total = Usage()
+        for role, u in self.usage.items():
+            prev = Usage.from_json(old[role]) if isinstance(old.get(role), dict) else Usage()
+            merged = prev + u
+            out[role] = merged.to_json()
+            total = total + merged
+        out["total"] = total.to_json()
+        atomic_write_json(path, out)
+
+
+def _limit(records: list[ActivationRecord], n: int) -> list[ActivationRecord]:
+    return records if n <= 0 else records[:n]
+
+
+class _Runner:
+    def __init__(self, config: ExplainConfig, state: _State, clients: Clients) -> None:
+        self.config = config
+        self.state = state
+        self.clients = clients
+        settings = ExplainerSettings(
+            kind=config.explainer_kind,
+            n_top=config.n_top_examples,
+            n_quantile=config.n_quantile_examples,
+            cot=config.cot,
+        )
+        self.explainer = Explainer(clients.explainer, settings)
+        self.sem = asyncio.Semaphore(max(1, config.concurrency))
+
+    # -- simulation with the run-dir cache ---------------------------------------------------------
+    async def simulations(self, eid: str, text: str, record: FeatureRecord, split: str) -> list[Simulation]:
+        recs = _limit(getattr(record, split), self.config.max_records_per_split)
+        missing = [i for i in range(len(recs)) if (eid, split, i) not in self.state.sims]
+        if missing:
+            sim = make_simulator(self.config.simulator_kind, self.clients.simulator, text)
+            results = await asyncio.gather(*(sim.simulate(recs[i].tokens) for i in missing))
+            self.state.usage["simulator"] = self.state.usage["simulator"] + sim.usage
+            for i, res in zip(missing, results, strict=True):
+                self.state.add_sim(eid, str(record.id), split, i, sim.spec, res)
+        return [self.state.sims[(eid, split, i)] for i in range(len(recs))]
+
+    # -- phase 1: explain and select ----------------------------------------------------------------
+    async def explain_feature(self, record: FeatureRecord) -> None:
+        fid = str(record.id)
+        if any(r["feature"] == fid and not r.get("baseline") for r in self.state.explanations.values()):
+            return
+        cfg = self.config
+        rows: list[dict[str, Any]] = []
+        candidates: list[Explanation] = []
+        for c in range(cfg.n_candidates):
+            temp = 0.0 if c == 0 else cfg.candidate_temperature
+            try:
+                ex = await self.explainer.explain(record, candidate=c, temperature=temp, seed=cfg.seed + c)
+            except ExplanationFailed as e:
+                self.state.usage["explainer"] = self.state.usage["explainer"] + e.usage
+                failed = Explanation(
+                    record.id, "", self.explainer.spec, self.explainer.template.hash, e.raw, e.usage, c
+                )
+                rows.append({**failed.to_json(), "explanation_id": f"{fid}#{c}", "selected": False, "failed": e.reason})
+                continue
+            self.state.usage["explainer"] = self.state.usage["explainer"] + ex.usage
+            candidates.append(ex)
+        best: Explanation | None = None
+        if len(candidates) == 1:
+            best = candidates[0]
+        elif candidates:
+            best_value = -np.inf
+            for ex in candidates:
+                eid = f"{fid}#{ex.candidate}"
+                sims = await self.simulations(eid, ex.text, record, "valid")
+                recs = _limit(record.valid, cfg.max_records_per_split)
+                s = correlation_score("valid_correlation", recs, sims, cfg.max_failed_fraction)
+                value = s.value if s.value is not None else -np.inf
+                if best is None or value > best_value:
+                    best, best_value = ex, value
+        for ex in candidates:
+            row = {**ex.to_json(), "explanation_id": f"{fid}#{ex.candidate}", "selected": ex is best}
+            rows.append(row)
+        rows.sort(key=lambda r: int(r["candidate"]))
+        self.state.add_explanations(rows)
+
+    # -- phase 2: shuffled baseline ---------------------------------------------------------------
+    def add_baselines(self, features: list[str]) -> None:
+        selected = {r["feature"]: r for r in self.state.explanations.values() if r.get("selected")}
+        feats = [f for f in features if f in selected]
+        if len(feats) < 2:
+            if self.config.baseline:
+                log.warning("the shuffled baseline needs at least 2 explained features; none added")
+            return
+        perm = derangement(len(feats), np.random.default_rng(self.config.seed))
+        rows = []
+        for i, f in enumerate(feats):
+            eid = f"{f}#baseline"
+            if eid in self.state.explanations:
+                continue
+            donor = selected[feats[int(perm[i])]]
+            ex = Explanation.from_json(donor)
+            base = replace(ex, feature=self.state.records[f].id, baseline=True, usage=Usage(), candidate=-1)
+            rows.append({**base.to_json(), "explanation_id": eid, "selected": False, "donor": donor["feature"]})
+        self.state.add_explanations(rows)
+
+    # -- phase 3: score -------------------------------------------------------------------------
+    async def score_explanation(self, eid: str, row: dict[str, Any]) -> None:
+        cfg = self.config
+        record = self.state.records[row["feature"]]
+        text = str(row["text"])
+        baseline = bool(row.get("baseline"))
+        fid = str(record.id)
+        for scorer in cfg.scorer_list:
+            if scorer == "simulation":
+                spec = f"{cfg.simulator_kind}[{self.clients.simulator.spec}]"
+                if all((eid, n, spec) in self.state.scores for n in SIMULATION_SCORES):
+                    continue
+                splits: dict[str, tuple[Sequence[ActivationRecord], Sequence[Simulation]]] = {}
+                for split in TEST_SPLITS:
+                    sims = await self.simulations(eid, text, record, split)
+                    splits[split] = (_limit(getattr(record, split), cfg.max_records_per_split), sims)
+                cal_sims = await self.simulations(eid, text, record, "valid")
+                cal = (_limit(record.valid, cfg.max_records_per_split), cal_sims)
+                for sc in simulation_scores(splits, cal, cfg.max_failed_fraction):
+                    if (eid, sc.name, spec) not in self.state.scores:
+                        self.state.add_score(eid, fid, baseline, spec, sc)
+                continue
+            judge = self.clients.judge
+            if scorer == "saebench_detection":
+                for check in (False, True):
+                    sb = SAEBenchDetectionScorer(judge, SAEBenchSettings(check_random=check, seed=cfg.seed))
+                    if (eid, sb.name, judge.spec) in self.state.scores:
+                        continue
+                    sc = await sb.score(text, record)
+                    self._count_scorer_usage(sc)
+                    self.state.add_score(eid, fid, baseline, judge.spec, sc)
+                continue
+            if (eid, scorer, judge.spec) in self.state.scores:
+                continue
+            cs = ClassifierSettings(
+                n_positive=cfg.classifier_examples,
+                n_negative=cfg.classifier_examples,
+                per_prompt=cfg.examples_per_prompt,
+                seed=cfg.seed,
+            )
+            clf = DetectionScorer(judge, cs) if scorer == "detection" else FuzzingScorer(judge, cs)
+            sc = await clf.score(text, record)
+            self._count_scorer_usage(sc)
+            self.state.add_score(eid, fid, baseline, judge.spec, sc)
+
+    def _count_scorer_usage(self, sc: Score) -> None:
+        d = sc.details
+        u = Usage(int(d.get("prompt_tokens", 0)), int(d.get("completion_tokens", 0)), int(d.get("requests", 0)))
+        self.state.usage["scorer"] = self.state.usage["scorer"] + u
+
+    # -- orchestration --------------------------------------------------------------------------
+    async def guarded(self, feature: str, stage: str, coro: Any) -> None:
+        async with self.sem:
+            try:
+                await coro
+            except Exception as e:  # one feature's failure never stops the run
+                self.state.add_error(feature, stage, e)
+
+    async def explain_all(self, features: list[str]) -> None:
+        await asyncio.gather(
+            *(self.guarded(f, "explain", self.explain_feature(self.state.records[f])) for f in features)
+        )
+
+    async def score_all(self, features: list[str]) -> None:
+        fs = set(features)
+        todo = [
+            (eid, row)
+            for eid, row in self.state.explanations.items()
+            if row["feature"] in fs and (row.get("selected") or row.get("baseline")) and not row.get("failed")
+        ]
+        await asyncio.gather(
+            *(self.guarded(row["feature"], "score", self.score_explanation(eid, row)) for eid, row in todo)
+        )
+
+
+def _prompt_names(config: ExplainConfig) -> list[str]:
+    names = [
+        "explain_token_activation_pair.j2"
+        if config.explainer_kind == "token_activation_pair"
+        else "explain_highlighted.j2"
+    ]
+    names += ["simulate_all_at_once.j2", "simulate_json.j2"]
+    sc = config.scorer_list
+    if "detection" in sc:
+        names.append("score_detection.j2")
+    if "fuzzing" in sc:
+        names.append("score_fuzzing.j2")
+    if "saebench_detection" in sc:
+        names.append("score_saebench.j2")
+    return names
+
+
+def summarize(
+    run_dir: Path, errors: list[dict[str, Any]] | None = None, usage: dict[str, Usage] | None = None
+) -> RunSummary:
+    """Counts and run-level means (bootstrap 95% CI) of every score, explained vs baseline."""
+    state = _State(RunDir.open(run_dir))
+    feats = list(state.records)
+    explained = {r["feature"] for r in state.explanations.values() if r.get("selected")}
+    failed = {r["feature"] for r in state.explanations.values() if r.get("failed") and r["feature"] not in explained}
+    by: dict[str, dict[str, list[float | None]]] = {}
+    for (eid, name, _), sc in state.scores.items():
+        row = state.explanations.get(eid, {})
+        group = "baseline" if row.get("baseline") else "explained"
+        by.setdefault(name, {"explained": [], "baseline": []})[group].append(sc.value)
+    scores = {name: {g: bootstrap_ci(v, n=1000, seed=0) for g, v in groups.items()} for name, groups in by.items()}
+    n_scored = {name: {g: sum(x is not None for x in v) for g, v in groups.items()} for name, groups in by.items()}
+    return RunSummary(
+        run_dir=Path(run_dir),
+        n_features=len(feats),
+        n_explained=len(explained),
+        n_failed_explanations=len(failed),
+        errors=errors or [],
+        usage=usage or {},
+        scores=scores,
+        n_scored=n_scored,
+    )
+
+
+async def run_explain(
+    config: ExplainConfig,
+    run_dir: Path,
+    records: Sequence[FeatureRecord] | None = None,
+    clients: Clients | None = None,
+) -> RunSummary:
+    """Explain, select, baseline, simulate and score ``records`` into ``run_dir`` (resumable).
+
+    ``records`` None: use the records already in ``run_dir/records.jsonl``. ``clients`` None: built from
+    the config's specs (and closed at the end)."""
+    run = RunDir.create(Path(run_dir), "explain", config_to_dict(config))
+    for name in _prompt_names(config):
+        run.record_prompt(name, load_template(name).text)
+    run.update_manifest(
+        {
+            "models": {"explainer": config.explainer, "simulator": config.simulator, "judge": config.judge_spec},
+            "seeds": {"seed": config.seed},
+        }
+    )
+    state = _State(run)
+    if records is not None:
+        state.add_records(records)
+    if not state.records:
+        raise UserError(f"{run_dir} holds no feature records; pass records or a --cache-run with sampled features")
+    features = [str(r.id) for r in records] if records is not None else list(state.records)
+    to_close: list[LLMClient] = []
+    if clients is None:
+        clients, to_close = open_clients(config)
+    run.set_stage("explain", "running")
+    try:
+        runner = _Runner(config, state, clients)
+        await runner.explain_all(features)
+        if config.baseline:
+            runner.add_baselines(features)
+        await runner.score_all(features)
+    finally:
+        state.save_usage()
+        for c in to_close:
+            await c.aclose()
+    run.set_stage("explain", "done" if not state.errors else "done_with_errors", errors=len(state.errors))
+    return summarize(run.path, state.errors, state.usage)
+
+
+async def run_score(
+    run_dir: Path,
+    scorers: str,
+    judge: str | None = None,
+    simulator: str | None = None,
+    clients: Clients | None = None,
+) -> RunSummary:
+    """Score the selected and baseline explanations of an existing run with ``scorers`` (comma list).
+
+    Other settings come from the run's manifest; ``judge``/``simulator`` override its LLM specs."""
+    run = RunDir.open(Path(run_dir))
+    manifest = run.manifest()
+    config = ExplainConfig.from_dict(dict(manifest.get("config", {})))
+    config = replace(config, scorers=scorers)
+    if judge:
+        config = replace(config, judge=judge)
+    if simulator:
+        config = replace(config, simulator=simulator)
+    for name in _prompt_names(config):
+        run.record_prompt(name, load_template(name).text)
+    state = _State(run)
+    if not state.explanations:
+        raise UserError(f"{run_dir} holds no explanations; run `autointerp explain` first")
+    to_close: list[LLMClient] = []
+    if clients is None:
+        clients, to_close = open_clients(config)
+    try:
+        runner = _Runner(config, state, clients)
+        await runner.score_all(list(state.records))
+    finally:
+        state.save_usage()
+        for c in to_close:
+            await c.aclose()
+    run.set_stage("score", "done", scorers=scorers)
+    return summarize(run.path, state.errors, state.usage)

@@ -1,0 +1,116 @@
+"""Pipeline: run directory schema, best-of-N, baseline, resume without duplicates, error isolation, rescoring."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from fake_llm import FakeLLM, synthetic_record
+
+from autointerp.errors import UserError
+from autointerp.llm.base import ChatRequest
+from autointerp.pipeline import Clients, ExplainConfig, run_explain, run_score
+from autointerp.rundir import RunDir, read_jsonl
+
+KEYWORDS = [" cat", " dog", " bird", " mat"]
+
+
+def smart_chat(req: ChatRequest) -> str:
+    system = req.messages[0].content
+    last = req.messages[-1].content
+    if "Summarize" in system or "summarize" in system:
+        tops = re.findall(r"^(.*)\t10$", last, re.M)
+        if "boom" in last:
+            raise RuntimeError("explainer exploded")
+        return f"Explanation: {tops[0].strip()} tokens" if tops else "Explanation:"
+    word = re.findall(r"Feature explanation: (\w+)", last)[0]
+    lines = [ln for ln in last.splitlines() if ln.startswith("Example ")]
+    if "marked between" in system:
+        spans = [re.findall(r"<<(.*?)>>", ln) for ln in lines]
+        return str([int(bool(sp) and all(re.fullmatch(rf"( {word})+", x) for x in sp)) for sp in spans])
+    return str([int(f" {word}" in ln) for ln in lines])
+
+
+def _records(n: int = 4):  # type: ignore[no-untyped-def]
+    return [synthetic_record(i, KEYWORDS[i % len(KEYWORDS)]) for i in range(n)]
+
+
+def _count(path: Path) -> int:
+    return sum(1 for _ in read_jsonl(path))
+
+
+async def test_run_writes_schema_and_beats_baseline(tmp_path: Path) -> None:
+    fake = FakeLLM(chat_fn=smart_chat)
+    cfg = ExplainConfig(scorers="simulation,detection", n_top_examples=4, max_records_per_split=3)
+    summary = await run_explain(cfg, tmp_path / "run", _records(), Clients(fake, fake, fake))
+    run = tmp_path / "run"
+    assert summary.n_features == 4 and summary.n_explained == 4 and not summary.errors
+    expl = list(read_jsonl(run / "explanations.jsonl"))
+    assert {r["explanation_id"] for r in expl} >= {"toy/L0/mlp_neurons:0#0", "toy/L0/mlp_neurons:0#baseline"}
+    sel = [r for r in expl if r["selected"]]
+    assert len(sel) == 4 and sel[0]["text"] == "cat tokens"
+    base = [r for r in expl if r["baseline"]]
+    assert len(base) == 4 and all(b["text"] != f"{b['feature']}" for b in base)
+    sims = list(read_jsonl(run / "simulations.jsonl"))
+    assert {"explanation_id", "feature", "split", "record_index", "simulator", "simulation"} <= set(sims[0])
+    scores = list(read_jsonl(run / "scores.jsonl"))
+    assert {"explanation_id", "feature", "baseline", "score"} <= set(scores[0])
+    corr = summary.scores["correlation"]
+    assert corr["explained"] is not None and corr["baseline"] is not None
+    assert corr["explained"][0] > 0.9 > corr["baseline"][0]
+    assert summary.scores["detection"]["explained"][0] == 1.0  # type: ignore[index]
+    manifest = RunDir.open(run).manifest()
+    assert "simulate_all_at_once.j2" in manifest["prompts"] and manifest["stages"]["explain"]["status"] == "done"
+    assert (run / "usage.json").exists() and summary.usage["explainer"].requests == 4
+
+    # resume: nothing recomputed, nothing duplicated
+    n_req = len(fake.chat_requests) + len(fake.logprob_requests)
+    sizes = [_count(run / f) for f in ("explanations.jsonl", "simulations.jsonl", "scores.jsonl")]
+    await run_explain(cfg, run, _records(), Clients(fake, fake, fake))
+    assert len(fake.chat_requests) + len(fake.logprob_requests) == n_req
+    assert [_count(run / f) for f in ("explanations.jsonl", "simulations.jsonl", "scores.jsonl")] == sizes
+
+    # a different config in the same run dir is refused
+    with pytest.raises(UserError):
+        await run_explain(ExplainConfig(seed=3), run, _records(), Clients(fake, fake, fake))
+
+    # rescoring with another scorer adds only its rows
+    s2 = await run_score(run, "fuzzing", clients=Clients(fake, fake, fake))
+    assert s2.scores["fuzzing"]["explained"][0] == 1.0  # type: ignore[index]
+    assert _count(run / "scores.jsonl") == sizes[2] + 8
+
+
+async def test_best_of_n_and_error_isolation(tmp_path: Path) -> None:
+    recs = _records(3)
+    recs[2].train[0].tokens[0] = "boom"  # the fake explainer raises on this feature
+    answers = iter(["Explanation: sat tokens"] * 100)
+
+    def chat(req: ChatRequest) -> str:
+        # candidate 0 (greedy) is wrong, candidate 1 (temperature > 0) is right
+        if req.temperature > 0 and "summarize" in req.messages[0].content.lower():
+            return smart_chat(req)
+        if "summarize" in req.messages[0].content.lower():
+            if "boom" in req.messages[-1].content:
+                raise RuntimeError("explainer exploded")
+            return next(answers)
+        return smart_chat(req)
+
+    fake = FakeLLM(chat_fn=chat)
+    cfg = ExplainConfig(n_candidates=2, baseline=True)
+    summary = await run_explain(cfg, tmp_path / "r", recs, Clients(fake, fake, fake))
+    assert len(summary.errors) == 1 and summary.errors[0]["stage"] == "explain"
+    assert _count(tmp_path / "r" / "errors.jsonl") == 1
+    expl = {r["explanation_id"]: r for r in read_jsonl(tmp_path / "r" / "explanations.jsonl")}
+    assert expl["toy/L0/mlp_neurons:0#1"]["selected"] and not expl["toy/L0/mlp_neurons:0#0"]["selected"]
+    sims = list(read_jsonl(tmp_path / "r" / "simulations.jsonl"))
+    assert any(s["explanation_id"].endswith("#0") and s["split"] == "valid" for s in sims)
+    assert summary.n_explained == 2
+
+
+async def test_failed_explanation_is_recorded_not_scored(tmp_path: Path) -> None:
+    fake = FakeLLM(chat_fn=lambda r: "Explanation: ...")
+    summary = await run_explain(ExplainConfig(baseline=False), tmp_path / "f", _records(2), Clients(fake, fake, fake))
+    rows = list(read_jsonl(tmp_path / "f" / "explanations.jsonl"))
+    assert all(r["failed"] and not r["selected"] for r in rows)
+    assert summary.n_failed_explanations == 2 and _count(tmp_path / "f" / "scores.jsonl") == 0
