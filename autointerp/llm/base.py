@@ -7,6 +7,7 @@ another's settings (delphi's shared-mutable-settings bug cannot happen). Every c
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
 
 from autointerp.records import Usage
@@ -83,11 +84,61 @@ class LLMResponse:
 class LLMError(Exception):
     """A request that failed for good (after retries, or a non-retryable status); carries the reason."""
 
-    def __init__(self, reason: str, *, status: int | None = None, retryable: bool = False) -> None:
+    def __init__(
+        self,
+        reason: str,
+        *,
+        status: int | None = None,
+        retryable: bool = False,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.status = status
+        """HTTP status of the last attempt, when there was one."""
         self.retryable = retryable
+        """True for transient failures (429, 5xx, timeouts, connection errors, garbage bodies)."""
+        self.retry_after = retry_after
+        """Seconds the server asked us to wait (``Retry-After``), when it said."""
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """How a client talks to its backend: timeouts, retries, limits, cache, threads, prices."""
+
+    timeout_s: float = 60.0
+    """Seconds one attempt of one request may take before it is abandoned (and retried). Always set."""
+    max_attempts: int = 5
+    """Attempts per request, the first included, before it is reported failed (retryable errors only)."""
+    backoff_s: float = 0.5
+    """Base of the exponential backoff between attempts (full jitter), in seconds."""
+    max_backoff_s: float = 30.0
+    """Longest wait between two attempts, in seconds (a longer Retry-After is capped to this)."""
+    max_concurrency: int = 16
+    """Requests in flight at once, per client."""
+    requests_per_minute: float | None = None
+    """Request rate limit (token bucket); None for no limit."""
+    tokens_per_minute: float | None = None
+    """Token rate limit (prompt estimate + max_tokens, token bucket); None for no limit."""
+    cache: bool = True
+    """Keep every successful answer in a persistent SQLite cache, so a rerun sends no request."""
+    cache_path: Path | None = None
+    """The response cache file; default: <cache dir>/llm-cache.sqlite."""
+    threads: int | None = None
+    """CPU threads for local backends (llama.cpp n_threads and n_threads_batch, torch); None: all cores."""
+    context_size: int = 8192
+    """Context length (tokens) of a local llama.cpp server."""
+    device: str = "cpu"
+    """Torch device of the transformers backend, e.g. "cpu" or "cuda"."""
+    dtype: str = "float32"
+    """Torch dtype of the transformers backend: float32, bfloat16 or float16."""
+    prices_path: Path | None = None
+    """A JSON price table to use instead of the packaged one (see autointerp/data/prices.json)."""
+    api_key_env: str | None = None
+    """Environment variable holding the API key; default OPENAI_API_KEY / ANTHROPIC_API_KEY by backend."""
+    api_keys_file: Path | None = None
+    """JSON file {"openai": KEY, "anthropic": KEY, ...} read when the environment variable is unset;
+    default ~/.config/autointerp/api_keys.json."""
 
 
 @runtime_checkable

@@ -1,0 +1,283 @@
+"""OpenAI and OpenAI-compatible backends (OpenAI, vLLM servers, OpenRouter, llama.cpp) via ``AsyncOpenAI``.
+
+The SDK's own retries are off (``max_retries=0``) and its timeout is set: retries happen once, in
+:mod:`autointerp.llm.reliable`. The API key lives only in the SDK client object; it is never part of a
+cache key, a log line or a manifest.
+
+``top_logprobs`` sends one request whose ``prompt`` is the list ``[prompt[:p] for p in positions]``, each
+completed by one token with ``logprobs=top_k``: servers with prefix caching (llama.cpp, vLLM) read the
+shared prefix once. The text up to each position is sent as is, so a position must sit where the tokenizer
+would end a token anyway (callers put positions after a separator such as ``"\\t"``); otherwise the last
+prompt token differs from the one in the full prompt. On vLLM servers, ``prompt_logprobs`` (in
+``extra_body``) can instead answer all positions from the one full prompt (``use_prompt_logprobs``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from autointerp.llm.base import (
+    ChatRequest,
+    CompletionRequest,
+    LLMError,
+    LLMResponse,
+    TokenLogprobs,
+    TopLogprobsRequest,
+)
+from autointerp.llm.errors import garbage, map_exception
+from autointerp.records import Usage
+
+logger = logging.getLogger(__name__)
+
+
+def _as_dict(obj: Any) -> Any:
+    dump = getattr(obj, "model_dump", None)
+    return dump() if callable(dump) else obj
+
+
+def parse_top_logprobs(logprobs: Any) -> dict[str, float] | None:
+    """Top-k alternatives of the first generated token, from any of the formats servers use.
+
+    Accepts the OpenAI legacy completions format (``top_logprobs: [{token: lp}]``), the chat / llama.cpp
+    format (``content: [{token, logprob, top_logprobs: [{token, logprob}]}]``) and llama.cpp's native
+    ``completion_probabilities`` (``probs: [{tok_str, prob}]``). Returns None when nothing usable is found.
+    """
+    import math
+
+    lp = _as_dict(logprobs)
+    if not isinstance(lp, dict):
+        return None
+    top = lp.get("top_logprobs")
+    if isinstance(top, list) and top and isinstance(top[0], dict) and top[0]:
+        first = top[0]
+        if all(isinstance(v, (int, float)) for v in first.values()):
+            return {str(k): float(v) for k, v in first.items()}
+    content = lp.get("content")
+    if isinstance(content, list) and content and isinstance(content[0], dict):
+        alts = content[0].get("top_logprobs")
+        if isinstance(alts, list) and alts:
+            out: dict[str, float] = {}
+            for a in alts:
+                if isinstance(a, dict) and "token" in a and isinstance(a.get("logprob"), (int, float)):
+                    tok = str(a["token"])
+                    out.setdefault(tok, float(a["logprob"]))
+            return out or None
+    probs = lp.get("probs")
+    if isinstance(probs, list) and probs:
+        out = {}
+        for a in probs:
+            if isinstance(a, dict) and "tok_str" in a and isinstance(a.get("prob"), (int, float)):
+                p = float(a["prob"])
+                out[str(a["tok_str"])] = math.log(p) if p > 0 else -math.inf
+        return out or None
+    return None
+
+
+def _usage(u: Any) -> Usage:
+    u = _as_dict(u)
+    if not isinstance(u, dict):
+        return Usage(requests=1)
+    return Usage(
+        prompt_tokens=int(u.get("prompt_tokens") or 0),
+        completion_tokens=int(u.get("completion_tokens") or 0),
+        requests=1,
+    )
+
+
+class OpenAIBackend:
+    """Chat, completions and next-token logprobs through the ``openai`` SDK."""
+
+    def __init__(
+        self,
+        spec: str,
+        model: str,
+        *,
+        api_key: str,
+        base_url: str | None,
+        timeout_s: float,
+        use_max_completion_tokens: bool = False,
+        supports_completion: bool = True,
+        use_prompt_logprobs: bool = False,
+    ) -> None:
+        from openai import AsyncOpenAI
+
+        self.spec = spec
+        self.model = model
+        self.supports_completion = supports_completion
+        self.supports_logprobs = supports_completion
+        self.use_max_completion_tokens = use_max_completion_tokens
+        self.use_prompt_logprobs = use_prompt_logprobs
+        self._client = AsyncOpenAI(api_key=api_key, base_url=base_url, timeout=timeout_s, max_retries=0)
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+    def _limit(self, n: int) -> dict[str, Any]:
+        return {"max_completion_tokens": n} if self.use_max_completion_tokens else {"max_tokens": n}
+
+    async def chat(self, request: ChatRequest) -> LLMResponse:
+        args: dict[str, Any] = {
+            "model": self.model,
+            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+            "temperature": request.temperature,
+            "top_p": request.top_p,
+            **self._limit(request.max_tokens),
+        }
+        if request.stop:
+            args["stop"] = list(request.stop)
+        if request.seed is not None:
+            args["seed"] = request.seed
+        if request.json_mode:
+            args["response_format"] = {"type": "json_object"}
+        try:
+            r = await self._client.chat.completions.create(**args)
+        except Exception as e:
+            raise map_exception(e, self.spec) from e
+        choices = getattr(r, "choices", None)
+        if not choices or getattr(choices[0], "message", None) is None:
+            raise garbage(self.spec, "no choices[0].message in chat response")
+        text = choices[0].message.content
+        if text is None:
+            text = ""
+        return LLMResponse(text=str(text), usage=_usage(getattr(r, "usage", None)), model=str(r.model or self.model))
+
+    def _check_completion(self) -> None:
+        if not self.supports_completion:
+            raise LLMError(
+                f"{self.spec} does not serve raw completions / logprobs; use a chat-only method or another backend"
+            )
+
+    async def complete(self, request: CompletionRequest) -> LLMResponse:
+        self._check_completion()
+        args: dict[str, Any] = {
+            "model": self.model,
+            "prompt": request.prompt,
+            "temperature": request.temperature,
+            "top_p": request.top_p,
+            "max_tokens": request.max_tokens,
+        }
+        if request.stop:
+            args["stop"] = list(request.stop)
+        if request.seed is not None:
+            args["seed"] = request.seed
+        try:
+            r = await self._client.completions.create(**args)
+        except Exception as e:
+            raise map_exception(e, self.spec) from e
+        choices = getattr(r, "choices", None)
+        if not choices or not isinstance(getattr(choices[0], "text", None), str):
+            raise garbage(self.spec, "no choices[0].text in completion response")
+        return LLMResponse(text=choices[0].text, usage=_usage(getattr(r, "usage", None)), model=str(r.model or ""))
+
+    async def top_logprobs(self, request: TopLogprobsRequest) -> LLMResponse:
+        self._check_completion()
+        check_positions(request)
+        if not request.positions:
+            return LLMResponse(model=self.model)
+        if self.use_prompt_logprobs:
+            got = await self._prompt_logprobs(request)
+            if got is not None:
+                return got
+        prompts = [request.prompt[:p] for p in request.positions]
+        try:
+            r = await self._client.completions.create(
+                model=self.model,
+                prompt=prompts,
+                max_tokens=1,
+                temperature=0.0,
+                logprobs=request.top_k,
+            )
+        except Exception as e:
+            raise map_exception(e, self.spec) from e
+        choices = list(getattr(r, "choices", None) or [])
+        if len(choices) != len(prompts):
+            raise garbage(self.spec, f"{len(choices)} choices for {len(prompts)} prompts")
+        choices.sort(key=lambda c: int(getattr(c, "index", 0) or 0))
+        out: list[TokenLogprobs] = []
+        for i, c in enumerate(choices):
+            top = parse_top_logprobs(getattr(c, "logprobs", None))
+            if top is None:
+                raise garbage(self.spec, f"no top logprobs for position {request.positions[i]}")
+            out.append(TokenLogprobs(top=top))
+        return LLMResponse(logprobs=out, usage=_usage(getattr(r, "usage", None)), model=str(r.model or ""))
+
+    async def _prompt_logprobs(self, request: TopLogprobsRequest) -> LLMResponse | None:
+        """vLLM's extension: logprobs of every prompt token from one request. None if unavailable/unaligned."""
+        try:
+            r = await self._client.completions.create(
+                model=self.model,
+                prompt=request.prompt,
+                max_tokens=1,
+                temperature=0.0,
+                extra_body={"prompt_logprobs": request.top_k, "return_token_ids": True},
+            )
+        except Exception as e:
+            err = map_exception(e, self.spec)
+            if err.retryable:
+                raise err from e
+            logger.info("%s: prompt_logprobs refused (%s); using one completion per position", self.spec, err)
+            self.use_prompt_logprobs = False
+            return None
+        choices = getattr(r, "choices", None) or []
+        c0 = _as_dict(choices[0]) if choices else {}
+        plp = c0.get("prompt_logprobs") if isinstance(c0, dict) else None
+        ids = c0.get("prompt_token_ids") if isinstance(c0, dict) else None
+        result = align_prompt_logprobs(request, plp, ids)
+        if result is None:
+            logger.info("%s: prompt_logprobs missing or not aligned; using one completion per position", self.spec)
+            self.use_prompt_logprobs = False
+            return None
+        return LLMResponse(logprobs=result, usage=_usage(getattr(r, "usage", None)), model=str(r.model or ""))
+
+
+def check_positions(request: TopLogprobsRequest) -> None:
+    n = len(request.prompt)
+    for p in request.positions:
+        if not 0 < p <= n:
+            raise LLMError(f"top_logprobs position {p} is outside the prompt (1..{n})")
+    if request.top_k < 1:
+        raise LLMError(f"top_logprobs top_k must be >= 1, got {request.top_k}")
+
+
+def align_prompt_logprobs(request: TopLogprobsRequest, plp: Any, prompt_token_ids: Any) -> list[TokenLogprobs] | None:
+    """Map vLLM ``prompt_logprobs`` to character positions; None when they cannot be aligned.
+
+    vLLM gives, per prompt token i, ``{token_id: {logprob, rank, decoded_token}}`` (the entry of token 0 is
+    None), holding the top-k alternatives *and* the actual prompt token; ``prompt_token_ids`` (asked for
+    with ``return_token_ids``) says which one is actual. Entry i is the distribution of token i given the
+    text before it, so position p is answered by the token that starts at character p. Token texts must
+    concatenate to the end of the prompt (token 0, e.g. BOS, covers the rest), else alignment fails.
+    """
+    if not isinstance(plp, list) or not isinstance(prompt_token_ids, list) or len(plp) != len(prompt_token_ids):
+        return None
+    texts: list[str] = []
+    for i in range(1, len(plp)):
+        entry = plp[i]
+        if not isinstance(entry, dict):
+            return None
+        actual = entry.get(str(prompt_token_ids[i]), entry.get(prompt_token_ids[i]))  # type: ignore[call-overload]
+        if not isinstance(actual, dict) or not isinstance(actual.get("decoded_token"), str):
+            return None
+        texts.append(actual["decoded_token"])
+    tail = "".join(texts)
+    if not request.prompt.endswith(tail):
+        return None
+    start = len(request.prompt) - len(tail)
+    starts: dict[int, int] = {}
+    offset = start
+    for i, t in enumerate(texts, start=1):
+        starts.setdefault(offset, i)
+        offset += len(t)
+    out: list[TokenLogprobs] = []
+    for p in request.positions:
+        j = starts.get(p)
+        if j is None:
+            return None
+        entry = plp[j]
+        ranked = sorted(
+            (v for v in entry.values() if isinstance(v, dict) and isinstance(v.get("logprob"), (int, float))),
+            key=lambda v: -float(v["logprob"]),
+        )[: request.top_k]
+        out.append(TokenLogprobs(top={str(v.get("decoded_token", "")): float(v["logprob"]) for v in ranked}))
+    return out

@@ -1,0 +1,262 @@
+"""Loopback HTTP servers for testing LLM clients offline: a fake OpenAI-compatible server and a fault proxy.
+
+Both are small HTTP/1.1 servers written on asyncio streams (keep-alive, Content-Length bodies), bound to
+127.0.0.1 on a free port. They exist so that retries, rate limits, caching and concurrency can be tested
+and benchmarked through the *real* SDKs without any network:
+
+- :class:`FakeOpenAIServer` answers ``/v1/chat/completions`` and ``/v1/completions`` after a fixed latency,
+  deterministically from the request (the reply echoes the prompt and the temperature), and counts requests.
+- :class:`FaultProxy` forwards to an upstream server (the fake one, or a real llama.cpp server) and, on a
+  schedule, answers instead with 429 + Retry-After, 500, 400, a stall, a truncated body or garbage JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+import httpx
+
+logger = logging.getLogger(__name__)
+
+_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 429: "Too Many Requests", 500: "Internal Server Error"}
+
+
+@dataclass
+class HTTPReply:
+    """What a handler answers. ``mode`` lets a test server misbehave on purpose."""
+
+    status: int = 200
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+    mode: Literal["normal", "truncate", "stall"] = "normal"
+    """truncate: announce the full length, send half the body, close; stall: never answer."""
+
+
+S = TypeVar("S", bound="LoopbackHTTPServer")
+
+Handler = Callable[[str, str, dict[str, str], bytes], Awaitable[HTTPReply]]
+
+
+def json_reply(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> HTTPReply:
+    return HTTPReply(status, json.dumps(obj).encode(), {"Content-Type": "application/json", **(headers or {})})
+
+
+class LoopbackHTTPServer:
+    """A minimal asyncio HTTP/1.1 server on 127.0.0.1 calling ``handle(method, path, headers, body)``."""
+
+    def __init__(self) -> None:
+        self._server: asyncio.Server | None = None
+        self.port = 0
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def handle(self, method: str, path: str, headers: dict[str, str], body: bytes) -> HTTPReply:
+        raise NotImplementedError
+
+    async def start(self: S) -> S:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, backlog=1024)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            for w in list(self._writers):
+                w.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 2.0)
+            self._server = None
+
+    async def __aenter__(self: S) -> S:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        try:
+            while True:
+                line = await reader.readline()
+                if not line:
+                    return
+                try:
+                    method, path, _ = line.decode("latin-1").split(" ", 2)
+                except ValueError:
+                    return
+                headers: dict[str, str] = {}
+                while True:
+                    h = await reader.readline()
+                    if h in (b"\r\n", b"\n", b""):
+                        break
+                    k, _, v = h.decode("latin-1").partition(":")
+                    headers[k.strip().lower()] = v.strip()
+                n = int(headers.get("content-length", "0") or 0)
+                body = await reader.readexactly(n) if n else b""
+                reply = await self.handle(method, path, headers, body)
+                if reply.mode == "stall":
+                    await asyncio.sleep(3600)
+                    return
+                head = [f"HTTP/1.1 {reply.status} {_REASONS.get(reply.status, 'Status')}"]
+                hdrs = {"Content-Length": str(len(reply.body)), **reply.headers}
+                head += [f"{k}: {v}" for k, v in hdrs.items()]
+                data = reply.body if reply.mode == "normal" else reply.body[: len(reply.body) // 2]
+                writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + data)
+                await writer.drain()
+                if reply.mode == "truncate" or headers.get("connection", "").lower() == "close":
+                    return
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            return
+        finally:
+            self._writers.discard(writer)
+            with contextlib.suppress(Exception):
+                writer.close()
+
+
+class FakeOpenAIServer(LoopbackHTTPServer):
+    """An OpenAI-compatible server that answers after ``latency_s``, deterministically, and counts requests.
+
+    Chat reply: ``"t=<temperature> <last user message>"``. Completion reply: ``"t=<temperature> ok"``; with
+    ``logprobs=k`` it returns k alternatives ``"a0".."a{k-1}"`` (log-probabilities -1, -2, ...) in the
+    OpenAI legacy ``top_logprobs`` format, or llama.cpp's ``content`` format when ``logprobs_format`` says so.
+    """
+
+    def __init__(self, latency_s: float = 0.0, logprobs_format: Literal["openai", "llamacpp"] = "openai") -> None:
+        super().__init__()
+        self.latency_s = latency_s
+        self.logprobs_format = logprobs_format
+        self.requests = 0
+        self.bodies: list[dict[str, Any]] = []
+        self.auth_headers: list[str] = []
+
+    async def handle(self, method: str, path: str, headers: dict[str, str], body: bytes) -> HTTPReply:
+        self.requests += 1
+        self.auth_headers.append(headers.get("authorization", ""))
+        if self.latency_s:
+            await asyncio.sleep(self.latency_s)
+        try:
+            req = json.loads(body or b"{}")
+        except json.JSONDecodeError:
+            return json_reply({"error": {"message": "bad json"}}, 400)
+        self.bodies.append(req)
+        temp = req.get("temperature", 1.0)
+        if path.endswith("/chat/completions"):
+            last = req["messages"][-1]["content"]
+            text = f"t={temp} {last}"
+            return json_reply(
+                {
+                    "id": "fake",
+                    "object": "chat.completion",
+                    "created": 0,
+                    "model": req.get("model", ""),
+                    "choices": [
+                        {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+                    ],
+                    "usage": {"prompt_tokens": len(last.split()) + 5, "completion_tokens": 3, "total_tokens": 0},
+                }
+            )
+        if path.endswith("/completions"):
+            prompts = req["prompt"] if isinstance(req["prompt"], list) else [req["prompt"]]
+            k = req.get("logprobs")
+            choices = []
+            for i, p in enumerate(prompts):
+                choice: dict[str, Any] = {"index": i, "text": f"t={temp} ok", "finish_reason": "length"}
+                if k:
+                    alts = {f"a{j}": -(j + 1.0) for j in range(int(k))}
+                    if self.logprobs_format == "openai":
+                        choice["logprobs"] = {
+                            "tokens": ["a0"],
+                            "token_logprobs": [-1.0],
+                            "top_logprobs": [alts],
+                            "text_offset": [len(p)],
+                        }
+                    else:
+                        choice["logprobs"] = {
+                            "content": [
+                                {
+                                    "token": "a0",
+                                    "logprob": -1.0,
+                                    "top_logprobs": [{"token": t, "logprob": lp} for t, lp in alts.items()],
+                                }
+                            ]
+                        }
+                choices.append(choice)
+            return json_reply(
+                {
+                    "id": "fake",
+                    "object": "text_completion",
+                    "created": 0,
+                    "model": req.get("model", ""),
+                    "choices": choices,
+                    "usage": {"prompt_tokens": sum(len(p.split()) for p in prompts), "completion_tokens": 1},
+                }
+            )
+        if path.endswith("/models"):
+            return json_reply({"object": "list", "data": [{"id": "fake", "object": "model"}]})
+        return json_reply({"error": {"message": f"no route {path}"}}, 404)
+
+
+FaultKind = Literal["429", "500", "400", "stall", "truncate", "garbage"]
+Schedule = Callable[[int, dict[str, Any]], "FaultKind | None"]
+"""(attempt number of this request body, starting at 1; the parsed body) -> a fault, or None to forward."""
+
+
+class FaultProxy(LoopbackHTTPServer):
+    """Forwards every request to ``upstream`` unless ``schedule`` picks a fault for it.
+
+    Attempts are counted per identical request body, so a schedule can fail the first attempt of a request
+    and let its retry through. ``log`` records (body key, attempt, fault or "ok") for every request seen.
+    """
+
+    def __init__(self, upstream: str, schedule: Schedule, retry_after_s: float = 0.05) -> None:
+        super().__init__()
+        self.upstream = upstream.rstrip("/")
+        self.schedule = schedule
+        self.retry_after_s = retry_after_s
+        self.attempts: dict[bytes, int] = {}
+        self.log: list[tuple[str, int, str]] = []
+        self._client: httpx.AsyncClient | None = None
+
+    async def stop(self) -> None:
+        await super().stop()
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def handle(self, method: str, path: str, headers: dict[str, str], body: bytes) -> HTTPReply:
+        attempt = self.attempts.get(body, 0) + 1
+        self.attempts[body] = attempt
+        try:
+            parsed = json.loads(body or b"{}")
+        except json.JSONDecodeError:
+            parsed = {}
+        fault = self.schedule(attempt, parsed)
+        self.log.append((body.decode(errors="replace"), attempt, fault or "ok"))
+        if fault == "429":
+            return json_reply({"error": {"message": "rate limited"}}, 429, {"Retry-After": f"{self.retry_after_s:g}"})
+        if fault == "500":
+            return json_reply({"error": {"message": "internal error"}}, 500)
+        if fault == "400":
+            return json_reply({"error": {"message": "bad request"}}, 400)
+        if fault == "stall":
+            return HTTPReply(mode="stall")
+        if self._client is None:
+            self._client = httpx.AsyncClient(timeout=600)
+        fwd = {k: v for k, v in headers.items() if k in ("content-type", "authorization", "x-api-key")}
+        fwd.update({k: v for k, v in headers.items() if k.startswith("anthropic-")})
+        r = await self._client.request(method, self.upstream + path, content=body, headers=fwd)
+        out = HTTPReply(r.status_code, r.content, {"Content-Type": r.headers.get("content-type", "application/json")})
+        if fault == "truncate":
+            out.mode = "truncate"
+        elif fault == "garbage":
+            out.body = b'{"choices": [{"text": "oops'
+        return out
