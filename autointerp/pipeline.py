@@ -93,6 +93,8 @@ class ExplainConfig:
     saebench_detection."""
     max_records_per_split: int = 5
     """Records simulated per split (test_top, test_random, test_quantiles, valid); 0 for all."""
+    score_quantiles: bool = False
+    """Also simulate the test_quantiles records (for correlation_quantiles; costs one more split)."""
     classifier_examples: int = 50
     """Activating and non-activating examples each, per detection/fuzzing scorer (delphi: 50 + 50)."""
     examples_per_prompt: int = 5
@@ -363,6 +365,8 @@ class _Runner:
                     continue
                 splits: dict[str, tuple[Sequence[ActivationRecord], Sequence[Simulation]]] = {}
                 for split in TEST_SPLITS:
+                    if split == "test_quantiles" and not cfg.score_quantiles:
+                        continue
                     sims = await self.simulations(eid, text, record, split)
                     splits[split] = (_limit(getattr(record, split), cfg.max_records_per_split), sims)
                 cal_sims = await self.simulations(eid, text, record, "valid")

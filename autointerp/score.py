@@ -151,7 +151,9 @@ def simulation_scores(
         correlation_score("correlation", both_recs, both_sims, max_failed_fraction),
         correlation_score("correlation_top", top[0], top[1], max_failed_fraction),
         correlation_score("correlation_random", rnd[0], rnd[1], max_failed_fraction),
-        correlation_score("correlation_quantiles", qua[0], qua[1], max_failed_fraction),
+        correlation_score("correlation_quantiles", qua[0], qua[1], max_failed_fraction)
+        if "test_quantiles" in splits
+        else Score("correlation_quantiles", None, reason="test_quantiles records were not simulated"),
     ]
     settings = {"calibration": "linear least squares on valid records", "pooled": "test_top+test_random"}
     names = ("r_squared", "absolute_deviation_explained")

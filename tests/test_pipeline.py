@@ -114,3 +114,32 @@ async def test_failed_explanation_is_recorded_not_scored(tmp_path: Path) -> None
     rows = list(read_jsonl(tmp_path / "f" / "explanations.jsonl"))
     assert all(r["failed"] and not r["selected"] for r in rows)
     assert summary.n_failed_explanations == 2 and _count(tmp_path / "f" / "scores.jsonl") == 0
+
+
+async def test_export_formats_and_cli(tmp_path: Path) -> None:
+    import json
+
+    import pandas as pd
+
+    from autointerp.cli import main
+    from autointerp.export import export_run
+
+    fake = FakeLLM(chat_fn=smart_chat)
+    run = tmp_path / "run"
+    await run_explain(ExplainConfig(max_records_per_split=2), run, _records(3), Clients(fake, fake, fake))
+    n = export_run(run, "parquet", tmp_path / "o.parquet")
+    df = pd.read_parquet(tmp_path / "o.parquet")
+    assert n == 3 and list(df["explanation"]) == ["cat tokens", "dog tokens", "bird tokens"]
+    assert {"score_correlation", "baseline_correlation", "prompt_hash", "frequency", "hook", "index"} <= set(df.columns)
+    assert df["score_correlation"].min() > 0.9
+    export_run(run, "csv", tmp_path / "o.csv")
+    assert pd.read_csv(tmp_path / "o.csv").shape[0] == 3
+    main(["export", str(run), "--format", "neuronpedia", "--out", str(tmp_path / "np.json")])
+    np_rows = json.loads((tmp_path / "np.json").read_text())
+    assert np_rows[0]["description"] == "cat tokens" and np_rows[0]["index"] == "0"
+    assert {"modelId", "layer", "explanationModelName", "typeName"} <= set(np_rows[0])
+    main(["export", str(run), "--format", "jsonl", "--out", str(tmp_path / "o.jsonl")])
+    assert len((tmp_path / "o.jsonl").read_text().splitlines()) == 3
+    with pytest.raises(SystemExit) as e:
+        main(["export", str(run), "--format", "xml", "--out", str(tmp_path / "o.xml")])
+    assert e.value.code == 2

@@ -1,5 +1,231 @@
-"""CLI commands of this stage (registered on the shared app)."""
+"""``autointerp explain`` (sample if needed, explain, simulate, score), ``autointerp score`` (rescore a run)
+and ``autointerp export`` (feature table as parquet / jsonl / csv / Neuronpedia JSON)."""
 
 from __future__ import annotations
 
-from autointerp.cli.app import app  # noqa: F401
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from autointerp.cli.app import app
+from autointerp.config import field_help
+from autointerp.errors import UserError
+from autointerp.pipeline import ExplainConfig
+
+console = Console()
+log = logging.getLogger(__name__)
+
+_H = field_help(ExplainConfig)
+_D = ExplainConfig()
+
+
+def _sample_records(
+    model: str | None,
+    hook: str | None,
+    sae: str | None,
+    features: str | None,
+    tokens: int,
+    corpus: str,
+    device: str,
+    threads: int,
+    run_dir: Path,
+) -> Any:
+    """Sample activations (issue #2's sampler) into ``run_dir/cache`` and return the FeatureRecords."""
+    from autointerp.corpus import load_corpus
+    from autointerp.sampling import SamplingConfig, load_feature_records, parse_feature_ranges, run_sampling
+    from autointerp.sources.registry import resolve_address, resolve_source
+    from autointerp.subject import load_subject
+
+    if sae:
+        address = sae
+    elif model and hook:
+        address = f"{model}/{hook}"
+    else:
+        raise UserError(
+            "give --cache-run DIR, or --sae ADDRESS, or --model NAME with --hook HOOK (e.g. L6/mlp_neurons)"
+        )
+    spec = resolve_address(address)
+    source = resolve_source(address)
+    subject = load_subject(spec.model, device=device, threads=threads)
+    cfg = SamplingConfig(tokens=tokens, features=tuple(parse_feature_ranges(features)) if features else None)
+    windows = load_corpus(corpus, subject.tokenizer, window=cfg.window, max_tokens=tokens, seed=cfg.seed)
+    cache_run = run_dir / "cache"
+    console.print(f"sampling {tokens} tokens of {corpus} through {escape(address)} ...")
+    run_sampling(subject, source, windows, cfg, cache_run)
+    return load_feature_records(cache_run)
+
+
+def _load_cache_run(cache_run: Path, features: str | None) -> Any:
+    from autointerp.sampling import load_feature_records, parse_feature_ranges
+
+    feats = parse_feature_ranges(features) if features else None
+    return load_feature_records(cache_run, feats)
+
+
+def _fmt(v: tuple[float, float, float] | None) -> str:
+    if v is None:
+        return "-"
+    return f"{v[0]:.3f} [{v[1]:.2f}, {v[2]:.2f}]"
+
+
+def _print_results(run_dir: Path, summary: Any) -> None:
+    from autointerp.export import feature_rows
+
+    rows = feature_rows(run_dir)
+    names = [n for n in ("correlation", "detection", "fuzzing", "saebench_detection") if n in summary.scores]
+    table = Table(title=f"features ({escape(str(run_dir))})")
+    table.add_column("feature")
+    table.add_column("explanation", overflow="fold", max_width=50)
+    for n in names:
+        table.add_column(n, justify="right")
+        table.add_column("baseline", justify="right", style="dim")
+    for r in rows[:200]:
+        cells = [escape(r["feature"]), escape(str(r["explanation"] or f"(failed: {r['failed']})"))]
+        for n in names:
+            v, b = r.get(f"score_{n}"), r.get(f"baseline_{n}")
+            cells += ["-" if v is None else f"{v:.3f}", "-" if b is None else f"{b:.3f}"]
+        table.add_row(*cells)
+    console.print(table)
+    if len(rows) > 200:
+        console.print(f"({len(rows) - 200} more features: see `autointerp export`)")
+    means = Table(title="run-level means (95% bootstrap CI)")
+    for col in ("score", "explained", "n", "shuffled baseline", "n"):
+        means.add_column(col)
+    for name, groups in sorted(summary.scores.items()):
+        n = summary.n_scored.get(name, {})
+        means.add_row(
+            name,
+            _fmt(groups.get("explained")),
+            str(n.get("explained", 0)),
+            _fmt(groups.get("baseline")),
+            str(n.get("baseline", 0)),
+        )
+    console.print(means)
+    usage = ", ".join(f"{k}: {u.requests} requests / {u.prompt_tokens} prompt tokens" for k, u in summary.usage.items())
+    console.print(
+        f"{summary.n_explained}/{summary.n_features} features explained, "
+        f"{summary.n_failed_explanations} failed explanations, {len(summary.errors)} errors. {usage}"
+    )
+    for e in summary.errors[:10]:
+        console.print(f"[red]error[/] {escape(e['feature'])} ({e['stage']}): {escape(e['error'])}")
+    console.print(f"run directory: {escape(str(run_dir))}")
+
+
+@app.command()
+def explain(
+    cache_run: Path | None = typer.Option(None, "--cache-run", help="A run directory written by `autointerp cache`."),
+    sae: str | None = typer.Option(None, "--sae", help="SAE address to sample, e.g. gemma2-9b/L20 (see `sources`)."),
+    model: str | None = typer.Option(None, "--model", help="Subject model for neurons, e.g. gemma3-270m."),
+    hook: str | None = typer.Option(None, "--hook", help="Hook point of the neurons, e.g. L6/mlp_neurons."),
+    features: str | None = typer.Option(None, "--features", help="Feature ranges, e.g. 0-99,200; default all."),
+    tokens: int = typer.Option(50_000, "--tokens", help="Corpus tokens to sample when no --cache-run is given."),
+    corpus: str = typer.Option("wiki", "--corpus", help="Corpus to sample from (wiki, lee, a file, hf:<name>)."),
+    device: str = typer.Option("cpu", "--device", help="Torch device of the subject model when sampling."),
+    run_dir: Path | None = typer.Option(
+        None, "--run-dir", help="Run directory; default ~/autointerp-runs/explain-<time>."
+    ),
+    explainer: str = typer.Option(_D.explainer, "--explainer", help=_H["explainer"]),
+    simulator: str = typer.Option(_D.simulator, "--simulator", help=_H["simulator"]),
+    judge: str = typer.Option(_D.judge, "--judge", help=_H["judge"]),
+    explainer_kind: str = typer.Option(_D.explainer_kind, "--explainer-kind", help=_H["explainer_kind"]),
+    n_top_examples: int = typer.Option(_D.n_top_examples, "--n-top-examples", help=_H["n_top_examples"]),
+    n_quantile_examples: int = typer.Option(
+        _D.n_quantile_examples, "--n-quantile-examples", help=_H["n_quantile_examples"]
+    ),
+    cot: bool = typer.Option(_D.cot, "--cot/--no-cot", help=_H["cot"]),
+    n_candidates: int = typer.Option(_D.n_candidates, "--n-candidates", help=_H["n_candidates"]),
+    candidate_temperature: float = typer.Option(
+        _D.candidate_temperature, "--candidate-temperature", help=_H["candidate_temperature"]
+    ),
+    simulator_kind: str = typer.Option(_D.simulator_kind, "--simulator-kind", help=_H["simulator_kind"]),
+    scorers: str = typer.Option(_D.scorers, "--scorers", help=_H["scorers"]),
+    max_records_per_split: int = typer.Option(
+        _D.max_records_per_split, "--max-records-per-split", help=_H["max_records_per_split"]
+    ),
+    score_quantiles: bool = typer.Option(
+        _D.score_quantiles, "--score-quantiles/--no-score-quantiles", help=_H["score_quantiles"]
+    ),
+    classifier_examples: int = typer.Option(
+        _D.classifier_examples, "--classifier-examples", help=_H["classifier_examples"]
+    ),
+    examples_per_prompt: int = typer.Option(
+        _D.examples_per_prompt, "--examples-per-prompt", help=_H["examples_per_prompt"]
+    ),
+    baseline: bool = typer.Option(_D.baseline, "--baseline/--no-baseline", help=_H["baseline"]),
+    seed: int = typer.Option(_D.seed, "--seed", help=_H["seed"]),
+    concurrency: int = typer.Option(_D.concurrency, "--concurrency", help=_H["concurrency"]),
+    threads: int = typer.Option(_D.threads, "--threads", help=_H["threads"]),
+    timeout_s: float = typer.Option(_D.timeout_s, "--timeout-s", help=_H["timeout_s"]),
+) -> None:
+    """Explain features: sample (or reuse --cache-run), explain, simulate, score; print a table.
+
+    Rerunning the same command with the same --run-dir resumes: finished work is skipped."""
+    from autointerp.paths import default_run_dir
+    from autointerp.pipeline import run_explain
+
+    config = ExplainConfig(
+        explainer=explainer,
+        simulator=simulator,
+        judge=judge,
+        explainer_kind=explainer_kind,
+        n_top_examples=n_top_examples,
+        n_quantile_examples=n_quantile_examples,
+        cot=cot,
+        n_candidates=n_candidates,
+        candidate_temperature=candidate_temperature,
+        simulator_kind=simulator_kind,
+        scorers=scorers,
+        max_records_per_split=max_records_per_split,
+        score_quantiles=score_quantiles,
+        classifier_examples=classifier_examples,
+        examples_per_prompt=examples_per_prompt,
+        baseline=baseline,
+        seed=seed,
+        concurrency=concurrency,
+        threads=threads,
+        timeout_s=timeout_s,
+    )
+    out = run_dir or default_run_dir("explain")
+    if cache_run is not None:
+        records = _load_cache_run(cache_run, features)
+    elif (out / "records.jsonl").exists() and not (sae or model):
+        records = None  # resuming: the run dir is self-contained
+    else:
+        records = _sample_records(model, hook, sae, features, tokens, corpus, device, threads, out)
+    if records is not None and not records:
+        raise UserError("no feature records to explain; check --features and the cache run")
+    summary = asyncio.run(run_explain(config, out, records))
+    _print_results(out, summary)
+
+
+@app.command()
+def score(
+    run_dir: Path = typer.Argument(..., help="A run directory written by `autointerp explain`."),
+    scorers: str = typer.Option("detection,fuzzing", "--scorers", help=_H["scorers"]),
+    judge: str | None = typer.Option(None, "--judge", help="Judge LLM spec; default: the run's."),
+    simulator: str | None = typer.Option(None, "--simulator", help="Simulator LLM spec; default: the run's."),
+) -> None:
+    """Score the explanations of an existing run with (other) scorers; adds rows to scores.jsonl."""
+    from autointerp.pipeline import run_score
+
+    summary = asyncio.run(run_score(run_dir, scorers, judge=judge, simulator=simulator))
+    _print_results(run_dir, summary)
+
+
+@app.command()
+def export(
+    run_dir: Path = typer.Argument(..., help="A run directory written by `autointerp explain`."),
+    fmt: str = typer.Option("parquet", "--format", help="parquet, jsonl, csv, or neuronpedia (JSON list)."),
+    out: Path = typer.Option(..., "--out", help="Output file."),
+) -> None:
+    """Export one row per feature: ids, explanation, explainer, prompt hash, every score, activation stats."""
+    from autointerp.export import export_run
+
+    n = export_run(run_dir, fmt, out)
+    console.print(f"wrote {n} rows to {escape(str(out))}")

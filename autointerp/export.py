@@ -1,0 +1,153 @@
+"""Export an explain run: one row per feature, as parquet, JSONL, CSV, or Neuronpedia explanations.
+
+Columns (parquet/jsonl/csv): ``feature`` (full id), ``source``, ``model``, ``hook``, ``index``,
+``explanation``, ``explainer`` (kind and LLM spec), ``prompt_hash``, ``candidate``, ``failed`` (reason
+when no usable label was produced), activation statistics (``frequency``, ``max_activation``,
+``mean_activation``, ``mean_active``), then per score name ``score_<name>`` (value or empty),
+``score_<name>_reason`` (why undefined), ``baseline_<name>`` (the shuffled-label baseline's value), and
+``score_settings`` (JSON: name -> {scorer spec, settings}).
+
+Neuronpedia format (``--format neuronpedia``): a JSON list shaped like the rows of Neuronpedia's
+explanation export (``/api/explanation/export``): ``modelId``, ``layer`` (Neuronpedia's source id, e.g.
+``20-gemmascope-res-16k``), ``index`` (string), ``description``, ``explanationModelName``, ``typeName``
+(``oai_token-act-pair`` or ``np_highlighted``), plus ``scores`` (name -> value) and ``autointerpPromptHash``.
+When the registry knows the source's Neuronpedia id it is used; otherwise ``modelId``/``layer`` fall back to
+our model name and hook and ``neuronpediaIdKnown`` is false.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from autointerp.errors import UserError
+from autointerp.records import FeatureId, FeatureStats, Score
+from autointerp.rundir import RunDir, atomic_write_text, read_jsonl
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("parquet", "jsonl", "csv", "neuronpedia")
+
+
+def feature_rows(run_dir: Path) -> list[dict[str, Any]]:
+    """One flat dict per feature of the run (see the module doc for the columns)."""
+    run = RunDir.open(Path(run_dir))
+    stats: dict[str, FeatureStats] = {}
+    for rec_row in read_jsonl(run.file("records.jsonl")):
+        stats[str(rec_row["id"])] = FeatureStats.from_json(rec_row["stats"])
+    expl = {str(r["explanation_id"]): r for r in read_jsonl(run.file("explanations.jsonl"))}
+    scores: dict[str, dict[str, tuple[Score, str]]] = {}
+    for score_row in read_jsonl(run.file("scores.jsonl")):
+        sc = Score.from_json(score_row["score"])
+        scores.setdefault(str(score_row["explanation_id"]), {})[sc.name] = (sc, str(score_row.get("scorer", "")))
+    chosen: dict[str, dict[str, Any]] = {}
+    for r in expl.values():
+        if r.get("baseline"):
+            continue
+        f = str(r["feature"])
+        if r.get("selected") or f not in chosen:
+            chosen[f] = r
+    rows = []
+    for f in stats:
+        fid = FeatureId.parse(f)
+        model, _, hook = fid.source.partition("/")
+        st = stats[f]
+        e = chosen.get(f, {})
+        eid = str(e.get("explanation_id", ""))
+        row: dict[str, Any] = {
+            "feature": f,
+            "source": fid.source,
+            "model": model,
+            "hook": hook,
+            "index": fid.index,
+            "explanation": e.get("text") if e and not e.get("failed") else None,
+            "explainer": e.get("explainer"),
+            "prompt_hash": e.get("prompt_hash"),
+            "candidate": e.get("candidate"),
+            "failed": e.get("failed") if e else "not explained",
+            "frequency": st.frequency,
+            "max_activation": st.max,
+            "mean_activation": st.mean,
+            "mean_active": st.mean_active,
+        }
+        settings: dict[str, Any] = {}
+        for name, (sc, scorer) in sorted(scores.get(eid, {}).items()):
+            row[f"score_{name}"] = sc.value
+            row[f"score_{name}_reason"] = sc.reason
+            settings[name] = {"scorer": scorer, **sc.settings}
+        for name, (sc, _) in sorted(scores.get(f"{f}#baseline", {}).items()):
+            row[f"baseline_{name}"] = sc.value
+        row["score_settings"] = json.dumps(settings, sort_keys=True, default=str)
+        rows.append(row)
+    return rows
+
+
+def _neuronpedia_ids(source: str) -> tuple[str, str, bool]:
+    model, _, hook = source.partition("/")
+    try:
+        from autointerp.sources.registry import resolve_address
+
+        spec = resolve_address(source)
+    except Exception:  # unknown address (neurons of a local model, ...): fall back
+        return model, hook, False
+    if spec.neuronpedia and "/" in spec.neuronpedia:
+        m, _, layer = spec.neuronpedia.partition("/")
+        return m, layer, True
+    return spec.model, hook, False
+
+
+def neuronpedia_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    ids: dict[str, tuple[str, str, bool]] = {}
+    for r in rows:
+        if not r["explanation"]:
+            continue
+        if r["source"] not in ids:
+            ids[r["source"]] = _neuronpedia_ids(r["source"])
+        model_id, layer, known = ids[r["source"]]
+        explainer = str(r["explainer"] or "")
+        llm = explainer[explainer.find("[") + 1 : explainer.rfind("]")] if "[" in explainer else explainer
+        out.append(
+            {
+                "modelId": model_id,
+                "layer": layer,
+                "index": str(r["index"]),
+                "description": r["explanation"],
+                "explanationModelName": llm.partition(":")[2] or llm,
+                "typeName": "np_highlighted" if explainer.startswith("highlighted") else "oai_token-act-pair",
+                "scores": {
+                    k[6:]: v for k, v in r.items() if k.startswith("score_") and not k.endswith(("_reason", "settings"))
+                },
+                "autointerpPromptHash": r["prompt_hash"],
+                "neuronpediaIdKnown": known,
+            }
+        )
+    return out
+
+
+def export_run(run_dir: Path, fmt: str, out: Path) -> int:
+    """Write the run's feature table to ``out`` in ``fmt``; returns the number of rows written."""
+    if fmt not in FORMATS:
+        raise UserError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
+    rows = feature_rows(run_dir)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "neuronpedia":
+        np_rows = neuronpedia_rows(rows)
+        atomic_write_text(out, json.dumps(np_rows, indent=1) + "\n")
+        return len(np_rows)
+    if fmt == "jsonl":
+        atomic_write_text(out, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+        return len(rows)
+    import pandas as pd
+
+    df = pd.DataFrame(rows)
+    if fmt == "csv":
+        atomic_write_text(out, df.to_csv(index=False))
+    else:
+        tmp = out.with_name(f".{out.name}.tmp")
+        df.to_parquet(tmp, index=False)
+        tmp.replace(out)
+    return len(rows)
