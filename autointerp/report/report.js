@@ -185,7 +185,11 @@
     t.appendChild(head);
     f.explanations.forEach(function (e) {
       var tr = el("tr", e.selected ? "selected" : (e.baseline ? "baseline" : ""));
-      tr.appendChild(el("td", "label", e.text));
+      if (e.failed) {
+        var ft = el("td", "label undef", "explainer answer unusable");
+        ft.title = e.failed;
+        tr.appendChild(ft);
+      } else { tr.appendChild(el("td", "label", e.text)); }
       tr.appendChild(el("td", null, e.baseline ? "shuffled baseline" : (e.selected ? "selected #" + e.candidate : "candidate #" + e.candidate)));
       tr.appendChild(el("td", "spec", e.explainer));
       tr.appendChild(el("td", "spec", e.simulator || ""));

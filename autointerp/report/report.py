@@ -123,6 +123,7 @@ def report_data(run: RunData, *, max_examples: int = 20) -> dict[str, Any]:
                         "candidate": e.candidate,
                         "baseline": e.baseline,
                         "selected": sel is not None and e.explanation_id == sel.explanation_id,
+                        "failed": e.failed,
                         "simulator": run.simulators.get(e.explanation_id),
                         "scores": {n: _score_json(run.scores.get(e.explanation_id, {}).get(n)) for n in names},
                     }

@@ -43,6 +43,8 @@ class ExplanationRow:
     selected: bool
     raw: dict[str, Any]
     """The whole JSON line."""
+    failed: str | None = None
+    """Why the explainer's answer was unusable (no label); None for a usable explanation."""
 
 
 @dataclass
@@ -82,7 +84,7 @@ class RunData:
     def selected(self, feature: str) -> ExplanationRow | None:
         """The selected (non-baseline) explanation of ``feature``: the one marked ``selected``, else the
         first non-baseline candidate; None when the feature has no explanation."""
-        cands = [e for e in self.explanations_of(feature) if not e.baseline]
+        cands = [e for e in self.explanations_of(feature) if not e.baseline and not e.failed]
         marked = [e for e in cands if e.selected]
         if marked:
             return marked[-1]
@@ -135,6 +137,7 @@ def load_run(path: Path, *, records: bool = True) -> RunData:
             baseline=bool(row.get("baseline", False)),
             selected=bool(row.get("selected", False)),
             raw=row,
+            failed=None if not row.get("failed") else str(row["failed"]),
         )
     for row in read_jsonl(run.file("simulations.jsonl")):
         try:
