@@ -218,10 +218,19 @@ CellRunner = Callable[[Cell, Path, list[FeatureRecord]], Awaitable[None]]
 
 
 def load_records(cache_run: Path, features: Sequence[int] | None) -> list[FeatureRecord]:
-    """The sampled records of ``cache_run`` (records.jsonl), restricted to ``features`` (indices)."""
-    path = Path(cache_run).expanduser() / "records.jsonl"
+    """The sampled records of ``cache_run`` restricted to ``features`` (indices): a cache run
+    (``records/`` written by the sampler) or an explain run directory (``records.jsonl``)."""
+    cache_run = Path(cache_run).expanduser()
+    if (cache_run / "records" / "meta.json").exists():
+        from autointerp.sampling import load_feature_records
+
+        return load_feature_records(cache_run, features)
+    path = cache_run / "records.jsonl"
     if not path.exists():
-        raise UserError(f"{cache_run} holds no records.jsonl; pass the run directory of a finished `autointerp cache`")
+        raise UserError(
+            f"{cache_run} holds no sampled records (records/ or records.jsonl); "
+            "pass the run directory of a finished `autointerp cache`"
+        )
     want = None if features is None else set(features)
     out = []
     for row in read_jsonl(path):
@@ -235,6 +244,48 @@ def load_records(cache_run: Path, features: Sequence[int] | None) -> list[Featur
                 f"feature(s) {', '.join(map(str, missing[:10]))} are not in {cache_run}; "
                 "pick features the cache run sampled"
             )
+    return out
+
+
+_CACHE_KEYS = ("model", "hook", "sae", "corpus", "device", "dtype", "threads")
+
+
+def sample_once(cache: dict[str, Any], features: Sequence[int] | None, out: Path) -> Path:
+    """Sample the sweep's features once into ``out`` (resumable; every cell reads this one sample).
+
+    ``cache`` holds ``model`` + ``hook`` (neurons) or ``sae`` (an SAE address), optionally ``corpus``
+    (default wiki), ``device``, ``dtype``, and any sampling setting (tokens, window, n_top, ...)."""
+    from autointerp.corpus import load_corpus
+    from autointerp.sampling import SamplingConfig, run_sampling
+    from autointerp.sources.registry import resolve_address, resolve_source
+    from autointerp.subject import load_subject
+
+    sampling_keys = [f.name for f in dataclasses.fields(SamplingConfig) if f.name != "features"]
+    unknown = sorted(set(cache) - set(_CACHE_KEYS) - set(sampling_keys))
+    if unknown:
+        raise UserError(
+            f"unknown cache setting(s) {', '.join(unknown)}; use {', '.join([*_CACHE_KEYS, *sampling_keys])}"
+        )
+    if cache.get("sae"):
+        address = str(cache["sae"])
+    elif cache.get("model") and cache.get("hook"):
+        address = f"{cache['model']}/{cache['hook']}"
+    else:
+        raise UserError("the sweep's `cache` needs `sae: ADDRESS`, or `model:` with `hook:` (e.g. L6/mlp_neurons)")
+    cfg = SamplingConfig(
+        **{k: cache[k] for k in sampling_keys if k in cache},
+        features=None if features is None else tuple(features),
+    )
+    spec = resolve_address(address)
+    source = resolve_source(address)
+    subject = load_subject(
+        spec.model, device=str(cache.get("device", "cpu")), dtype=str(cache.get("dtype", "float32")),
+        threads=int(cache.get("threads", 2)),
+    )
+    windows = load_corpus(str(cache.get("corpus", "wiki")), subject.tokenizer, window=cfg.window,
+                          max_tokens=cfg.tokens, seed=cfg.seed)
+    log.info("sampling %d tokens through %s into %s (once for every cell)", cfg.tokens, address, out)
+    run_sampling(subject, source, windows, cfg, out)
     return out
 
 
@@ -266,11 +317,16 @@ async def run_sweep(
     sweep_dir = Path(sweep_dir)
     cells = expand_grid(spec, allowed)
     if records is None:
-        if not spec.cache_run:
+        if spec.cache:
+            cache_run = sample_once(spec.cache, spec.features, sweep_dir / "cache")
+            records = load_records(cache_run, spec.features)
+        elif spec.cache_run:
+            records = load_records(Path(spec.cache_run), spec.features)
+        else:
             raise UserError(
-                "the sweep names no `cache_run`; run `autointerp cache` first and set cache_run to its folder"
+                "the sweep names no `cache_run` (or `cache` settings); run `autointerp cache` first and set "
+                "cache_run to its folder"
             )
-        records = load_records(Path(spec.cache_run), spec.features)
     if not records:
         raise UserError("the sweep has no features to explain; check `features` and the cache run")
     sweep_dir.mkdir(parents=True, exist_ok=True)

@@ -30,6 +30,7 @@ from autointerp.sweep import (
     load_spec,
     read_index,
     run_sweep,
+    sample_once,
     spec_from_dict,
     tidy_table,
     write_index,
@@ -260,3 +261,10 @@ def test_cli_plot_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     with pytest.raises(SystemExit) as e:
         main(["sweep", str(bad), "--sweep-dir", str(tmp_path / "out")])
     assert e.value.code == 2
+
+
+def test_cache_settings_are_checked(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="unknown cache setting"):
+        sample_once({"model": "gemma3-270m", "hook": "L6/mlp_neurons", "tokenz": 5}, None, tmp_path / "c")
+    with pytest.raises(UserError, match="needs `sae"):
+        sample_once({"tokens": 1000}, None, tmp_path / "c")
