@@ -31,8 +31,10 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -427,3 +429,61 @@ class SAEBenchDetectionScorer:
         preds = [(i + 1) in parsed for i in range(len(recs))]
         acc = float(np.mean(np.asarray(preds) == np.asarray(labels)))
         return Score(self.name, acc, settings=settings, details=details)
+
+
+# -- puzzles: does the correlation scorer rank a true explanation above false ones? ---------------------
+
+
+@dataclass
+class Puzzle:
+    """Hand-made texts with hand-set activations, a true explanation and false ones
+    (``datasets/puzzles/puzzles.json``)."""
+
+    name: str
+    explanation: str
+    false_explanations: list[str]
+    records: list[ActivationRecord]
+
+
+def load_puzzles(path: Path | None = None) -> list[Puzzle]:
+    from autointerp.paths import datasets_dir
+
+    p = path or datasets_dir() / "puzzles" / "puzzles.json"
+    out = []
+    for d in json.loads(p.read_text(encoding="utf-8")):
+        recs = [
+            ActivationRecord(tokens=r["tokens"], token_ids=list(range(len(r["tokens"]))), activations=r["activations"])
+            for r in d["records"]
+        ]
+        out.append(Puzzle(d["name"], d["explanation"], list(d["false_explanations"]), recs))
+    return out
+
+
+@dataclass
+class PuzzleResult:
+    name: str
+    true_score: Score
+    false_scores: list[Score]
+
+    @property
+    def solved(self) -> bool:
+        """True when the true explanation's correlation is defined and above every false one's."""
+        t = self.true_score.value
+        if t is None:
+            return False
+        return all(f.value is None or t > f.value for f in self.false_scores)
+
+
+async def rank_puzzle(puzzle: Puzzle, make_simulator: Callable[[str], Any]) -> PuzzleResult:
+    """Simulate every puzzle record under the true and each false explanation; score by correlation.
+
+    ``make_simulator(explanation)`` returns a simulator (``async simulate(tokens) -> Simulation``)."""
+
+    async def one(text: str) -> Score:
+        sim = make_simulator(text)
+        sims = [await sim.simulate(r.tokens) for r in puzzle.records]
+        return correlation_score("correlation", puzzle.records, sims)
+
+    true = await one(puzzle.explanation)
+    false = [await one(f) for f in puzzle.false_explanations]
+    return PuzzleResult(puzzle.name, true, false)

@@ -51,8 +51,8 @@ def _sample_records(
             "give --cache-run DIR, or --sae ADDRESS, or --model NAME with --hook HOOK (e.g. L6/mlp_neurons)"
         )
     spec = resolve_address(address)
-    source = resolve_source(address)
     subject = load_subject(spec.model, device=device, threads=threads)
+    source = resolve_source(address, subject=subject)
     cfg = SamplingConfig(tokens=tokens, features=tuple(parse_feature_ranges(features)) if features else None)
     windows = load_corpus(corpus, subject.tokenizer, window=cfg.window, max_tokens=tokens, seed=cfg.seed)
     cache_run = run_dir / "cache"
