@@ -50,9 +50,11 @@ async def main() -> None:
     finally:
         await client.aclose()
     n = len(puzzles)
-    print(f"\nllm={args.llm} filler={args.filler!r}: true explanation ranked first in {solved}/{n} "
-          f"({solved / n:.0%}; chance 25%), mean margin over best false {sum(margins) / max(1, len(margins)):.3f}, "
-          f"{time.time() - t0:.0f} s")
+    print(
+        f"\nllm={args.llm} filler={args.filler!r}: true explanation ranked first in {solved}/{n} "
+        f"({solved / n:.0%}; chance 25%), mean margin over best false {sum(margins) / max(1, len(margins)):.3f}, "
+        f"{time.time() - t0:.0f} s"
+    )
 
 
 if __name__ == "__main__":

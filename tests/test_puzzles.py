@@ -41,8 +41,7 @@ async def test_true_explanations_beat_false_ones_with_local_simulator() -> None:
     client = make_client("local:qwen2.5-coder-1.5b", ClientConfig(threads=2, timeout_s=600, cache=False))
     try:
         results = [
-            await rank_puzzle(p, lambda text: LogprobSimulator(client, text))
-            for p in load_puzzles()[:PUZZLE_SUBSET]
+            await rank_puzzle(p, lambda text: LogprobSimulator(client, text)) for p in load_puzzles()[:PUZZLE_SUBSET]
         ]
     finally:
         await client.aclose()
