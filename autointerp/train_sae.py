@@ -13,7 +13,8 @@ Method (what ``autointerp train-sae`` and the embedded SAE in ``datasets/embedde
    (``pre = x W_enc' + b_enc'`` with ``W_enc' = W_enc/s``, ``b_enc' = b_enc - b_dec W_enc``) and pick each
    latent's threshold so that it fires on held-out tokens as often as it did under TopK (the
    ``1 - freq`` quantile of its pre-activation); never-firing latents get a threshold above their
-   maximum. ``W_dec' = s W_dec``, ``b_dec' = s b_dec``.
+   maximum. The thresholds change which latents fire, so the decoder is then refitted by (ridge) least
+   squares on the JumpReLU codes of training tokens (``W_dec``, ``b_dec``; rows no longer unit-norm).
 4. Save ``W_enc``/``W_dec`` as float16 (the loader upcasts), the rest float32, with an
    ``autointerp_sae.json`` sidecar (hook, model, metrics), and measure the saved file through the
    Gemma Scope loader on held-out tokens: fraction of variance explained, L0, dead fraction.
@@ -53,7 +54,7 @@ class TrainSaeConfig:
     """Dead latents used by the AuxK loss (0 turns it off)."""
     aux_coef: float = 1 / 32
     """Weight of the AuxK loss."""
-    dead_after: int = 200_000
+    dead_after: int = 100_000
     """A latent counts as dead for AuxK after this many training tokens without firing."""
     tokens: int = 300_000
     """Corpus tokens to collect activations from (BOS/pad excluded); 10% are held out for evaluation."""
@@ -63,6 +64,8 @@ class TrainSaeConfig:
     """Corpus spec for autointerp.corpus.load_corpus (the embedded Wikipedia summaries by default)."""
     epochs: int = 2
     """Passes over the collected activations."""
+    refit_tokens: int = 60_000
+    """Training tokens used to refit the decoder by least squares after the JumpReLU conversion."""
     batch_size: int = 1024
     """Tokens per optimisation step."""
     lr: float = 2e-3
@@ -106,7 +109,7 @@ def train_topk(
     seed: int,
     aux_k: int = 256,
     aux_coef: float = 1 / 32,
-    dead_after: int = 200_000,
+    dead_after: int = 100_000,
 ) -> tuple[TopKSae, dict[str, Any]]:
     """Train a TopK SAE on raw activations ``acts: [N, d]`` (on their device). Returns it and a log."""
     if acts.ndim != 2 or acts.shape[0] < batch_size:
@@ -173,12 +176,13 @@ def train_topk(
                 W_dec.div_(W_dec.norm(dim=-1, keepdim=True))
             step += 1
             if step % 50 == 0 or step == total:
-                history.append({"step": step, "fvu": float(loss), "aux": float(aux), "dead": n_dead / n_features})
+                fvu = float(loss.detach())
+                history.append({"step": step, "fvu": fvu, "aux": float(aux.detach()), "dead": n_dead / n_features})
                 log.info(
                     "step %d/%d  fvu %.4f  dead %.3f  %.1fs",
                     step,
                     total,
-                    float(loss),
+                    fvu,
                     n_dead / n_features,
                     time.perf_counter() - t0,
                 )
@@ -210,6 +214,18 @@ def to_jumprelu(sae: TopKSae, calib: torch.Tensor) -> dict[str, np.ndarray]:
         "b_dec": (sae.b_dec * s).cpu().numpy().astype(np.float32),
         "threshold": thr.cpu().numpy().astype(np.float32),
     }
+
+
+def refit_decoder(arrays: dict[str, np.ndarray], x: torch.Tensor, ridge: float = 1e-3) -> dict[str, np.ndarray]:
+    """Least-squares decoder (``W_dec``, ``b_dec``) for the JumpReLU codes of ``x`` [M, d] (ridge-regularised):
+    the thresholds change which latents fire, so the TopK decoder is no longer the best one for them."""
+    W_enc = torch.from_numpy(arrays["W_enc"].astype(np.float32))
+    pre = x.float() @ W_enc + torch.from_numpy(arrays["b_enc"])
+    f = torch.relu(pre) * (pre > torch.from_numpy(arrays["threshold"]))
+    a = torch.cat([f, torch.ones(f.shape[0], 1)], 1)
+    gram = (a.T @ a).double() + ridge * a.shape[0] * torch.eye(a.shape[1], dtype=torch.float64)
+    sol = torch.linalg.solve(gram, (a.T @ x.float()).double()).float()
+    return {**arrays, "W_dec": sol[:-1].numpy().astype(np.float16), "b_dec": sol[-1].numpy().astype(np.float32)}
 
 
 def save_gemma_scope(arrays: dict[str, np.ndarray], out: Path, meta: dict[str, Any]) -> Path:
@@ -244,40 +260,49 @@ def evaluate(source: Any, x: torch.Tensor, batch: int = 4096) -> dict[str, float
 
 
 def collect_activations(cfg: TrainSaeConfig) -> torch.Tensor:
-    """Run the subject over corpus windows; activations at ``cfg.hook`` without BOS/pad rows: [N, d] float32."""
-    from autointerp import corpus as corpus_mod
+    """Run the subject over corpus windows; activations at ``cfg.hook`` at document tokens (no BOS, no
+    padding): [N, d] float32 on CPU, N = ``cfg.tokens``. Kept in ``<cache>/sae-acts/`` for reruns."""
+    from autointerp.paths import cache_dir
+    from autointerp.rundir import short_hash
+
+    key = short_hash(json.dumps([cfg.model, cfg.hook, cfg.corpus, cfg.window, cfg.tokens, cfg.seed]))
+    cached = cache_dir() / "sae-acts" / f"{key}.pt"
+    if cached.is_file():
+        log.info("reusing cached activations %s", cached)
+        x: torch.Tensor = torch.load(cached, weights_only=True)
+        return x
+    x = _collect(cfg)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_suffix(".tmp")
+    torch.save(x, tmp)
+    tmp.replace(cached)
+    return x
+
+
+def _collect(cfg: TrainSaeConfig) -> torch.Tensor:
+    from autointerp.corpus import load_corpus
     from autointerp.subject import load_subject
 
     hook = HookPoint.parse(cfg.hook)
     subject = load_subject(cfg.model, device=cfg.device, dtype="float32", threads=cfg.threads)
-    windows = corpus_mod.load_corpus(cfg.corpus, subject.tokenizer, window=cfg.window, max_tokens=int(cfg.tokens * 1.1))
-    ids_all = torch.as_tensor(np.asarray(_window_ids(windows)), dtype=torch.long)
-    skip = {t for t in (subject.tokenizer.bos_token_id, subject.tokenizer.pad_token_id) if t is not None}
-    out: list[torch.Tensor] = []
+    subject.check_hook(hook)
+    windows = load_corpus(cfg.corpus, subject.tokenizer, window=cfg.window, seed=cfg.seed)
+    x = torch.empty((cfg.tokens, subject.hook_dim(hook)), dtype=torch.float32)
     got = 0
+    t0 = time.perf_counter()
     with torch.inference_mode():
-        for s in range(0, ids_all.shape[0], 32):
-            ids = ids_all[s : s + 32]
-            acts = subject.run(ids.to(subject.device), [hook])[hook].float().cpu()
-            keep = torch.ones_like(ids, dtype=torch.bool)
-            for t in skip:
-                keep &= ids != t
-            out.append(acts[keep])
-            got += int(keep.sum())
+        for batch in windows.batches(32):
+            acts = subject.run(batch.input_ids.to(subject.device), [hook])[hook]
+            rows = acts[batch.valid_mask().to(acts.device)].float().cpu()
+            take = min(rows.shape[0], cfg.tokens - got)
+            x[got : got + take] = rows[:take]
+            got += take
             if got >= cfg.tokens:
                 break
-    x = torch.cat(out)[: cfg.tokens]
-    log.info("collected %d activations of width %d at %s", x.shape[0], x.shape[1], hook)
+    if got < cfg.tokens:
+        raise UserError(f"corpus {cfg.corpus!r} gave only {got} tokens, fewer than --tokens {cfg.tokens}; lower it")
+    log.info("collected %d activations of width %d at %s in %.0fs", got, x.shape[1], hook, time.perf_counter() - t0)
     return x
-
-
-def _window_ids(windows: Any) -> Any:
-    """The [n_windows, window] token-id array of a TokenWindows object (field name tolerant)."""
-    for name in ("input_ids", "ids", "tokens", "token_ids"):
-        v = getattr(windows, name, None)
-        if v is not None:
-            return v
-    raise UserError("autointerp.corpus returned windows without token ids")
 
 
 def train_and_save(cfg: TrainSaeConfig) -> dict[str, Any]:
@@ -289,7 +314,7 @@ def train_and_save(cfg: TrainSaeConfig) -> dict[str, Any]:
     x = collect_activations(cfg).to(cfg.device)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     perm = torch.randperm(x.shape[0], generator=gen).to(x.device)
-    n_hold = max(1000, x.shape[0] // 10)
+    n_hold = max(x.shape[0] // 10, min(1000, x.shape[0] // 2))
     held, train = x[perm[:n_hold]], x[perm[n_hold:]]
     sae, info = train_topk(
         train,
@@ -304,7 +329,7 @@ def train_and_save(cfg: TrainSaeConfig) -> dict[str, Any]:
         dead_after=cfg.dead_after,
     )
     calib, evalx = held[: n_hold // 2], held[n_hold // 2 :]
-    arrays = to_jumprelu(sae, calib)
+    arrays = refit_decoder(to_jumprelu(sae, calib), train[: cfg.refit_tokens].cpu())
     out = Path(cfg.out).expanduser()
     topk_metrics = _topk_metrics(sae, evalx)
     meta: dict[str, Any] = {

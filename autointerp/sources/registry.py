@@ -388,17 +388,34 @@ def fetch_files(spec: SaeSpec, *, local_dir: Path | None = None, revision: str |
     return Path(str(first)[: -len(spec.files[0])]) if str(first).endswith(spec.files[0]) else first.parent
 
 
-def resolve_source(address: str, *, local_dir: Path | None = None, revision: str | None = None) -> FeatureSource:
+def resolve_source(
+    address: str,
+    *,
+    local_dir: Path | None = None,
+    revision: str | None = None,
+    subject: Any | None = None,
+    hook_dim: int | None = None,
+) -> FeatureSource:
     """Resolve an address to a loaded :class:`FeatureSource` (SAE or neurons).
+
+    ``subject`` (an :class:`autointerp.subject.Subject`) or ``hook_dim`` gives the width of the subject's
+    activations at the source's hook: neuron sources need it, and SAEs are checked against it
+    (:func:`autointerp.sources.formats.check_compatible`).
 
     SAE files come from ``local_dir`` (laid out like the repo, e.g.
     ``<local_dir>/layer_20/width_16k/average_l0_68/params.npz``), ``$AUTOINTERP_SAE_DIR`` (same layout,
     optionally under ``<repo_id>/``), the project's datasets (embedded SAE), or the Hugging Face hub at the
     pinned (or given) revision; offline, a missing file is a UserError naming repo, revision, file and place."""
     spec = resolve_address(address)
+    model_label = spec.model
+    if subject is not None:
+        hook_dim = int(subject.hook_dim(spec.hook))
+        model_label = str(getattr(subject, "name", spec.model))
     if spec.kind == "neurons":
-        return _neuron_source(spec)
-    from autointerp.sources.formats import load_sae
+        if hook_dim is None:
+            raise UserError(f"{spec.address}: a neuron source needs the subject model to size it (pass subject=)")
+        return _neuron_source(spec, hook_dim)
+    from autointerp.sources.formats import check_compatible, load_sae
 
     root = fetch_files(spec, local_dir=local_dir, revision=revision)
     assert spec.path is not None
@@ -408,17 +425,13 @@ def resolve_source(address: str, *, local_dir: Path | None = None, revision: str
             f"{root / spec.path} has d_in {sae.d_in} and {sae.n_features} features but {spec.address} should have "
             f"d_in {spec.d_in} and {spec.width}: the file is not this SAE; replace it"
         )
-    sae.info.update({"repo_id": spec.repo_id, "revision": spec.revision, "neuronpedia": spec.neuronpedia})
+    sae.info.update({"repo_id": spec.repo_id, "revision": revision or spec.revision, "neuronpedia": spec.neuronpedia})
+    if hook_dim is not None:
+        check_compatible(sae, hook_dim, model_label)
     return sae
 
 
-def _neuron_source(spec: SaeSpec) -> FeatureSource:
-    try:
-        from autointerp.sources import neurons
-    except ImportError as e:
-        raise UserError(f"{spec.address}: neuron sources are not available in this installation ({e})") from e
-    make = getattr(neurons, "neuron_source", None) or getattr(neurons, "NeuronSource", None)
-    if make is None:
-        raise UserError(f"{spec.address}: autointerp.sources.neurons has no NeuronSource")
-    src: FeatureSource = make(spec.model, spec.hook)
-    return src
+def _neuron_source(spec: SaeSpec, hook_dim: int) -> FeatureSource:
+    from autointerp.sources.neurons import neuron_source
+
+    return neuron_source(spec.model, spec.hook, hook_dim)
