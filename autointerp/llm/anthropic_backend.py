@@ -6,11 +6,15 @@ System messages of a :class:`ChatRequest` are joined into the ``system`` paramet
 
 from __future__ import annotations
 
+import inspect
+import logging
 from typing import Any
 
 from autointerp.llm.base import ChatRequest, CompletionRequest, LLMError, LLMResponse, TopLogprobsRequest
 from autointerp.llm.errors import garbage, map_exception
 from autointerp.records import Usage
+
+logger = logging.getLogger(__name__)
 
 
 class AnthropicBackend:
@@ -23,6 +27,9 @@ class AnthropicBackend:
         self.spec = spec
         self.model = model
         self._client = AsyncAnthropic(api_key=api_key, base_url=base_url, timeout=timeout_s, max_retries=0)
+        params = inspect.signature(self._client.messages.create).parameters
+        self._sampling_params = "temperature" in params
+        self._warned = False
 
     async def aclose(self) -> None:
         await self._client.close()
@@ -30,16 +37,17 @@ class AnthropicBackend:
     async def chat(self, request: ChatRequest) -> LLMResponse:
         system = "\n\n".join(m.content for m in request.messages if m.role == "system")
         messages = [{"role": m.role, "content": m.content} for m in request.messages if m.role != "system"]
-        args: dict[str, Any] = {
-            "model": self.model,
-            "max_tokens": request.max_tokens,
-            "messages": messages,
-            "temperature": request.temperature,
-        }
+        args: dict[str, Any] = {"model": self.model, "max_tokens": request.max_tokens, "messages": messages}
         if system:
             args["system"] = system
-        if request.top_p != 1.0:
-            args["top_p"] = request.top_p
+        # Newer SDKs (2.x) have no sampling parameters: send them only where the SDK still takes them.
+        if self._sampling_params:
+            args["temperature"] = request.temperature
+            if request.top_p != 1.0:
+                args["top_p"] = request.top_p
+        elif (request.temperature, request.top_p) != (0.0, 1.0) and not self._warned:
+            self._warned = True
+            logger.info("%s: this anthropic SDK takes no temperature/top_p; they are not sent", self.spec)
         if request.stop:
             args["stop_sequences"] = list(request.stop)
         try:

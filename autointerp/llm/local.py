@@ -75,6 +75,9 @@ class LocalServer:
         p.port = self.port
         p.n_ctx = context_size
         p.n_parallel = 1
+        # HTTP threads: llama.cpp's default (n_parallel + 2) lets idle keep-alive connections of a pooled client
+        # block new ones; requests still queue for the one compute slot.
+        p.n_threads_http = 64
         p.cache_prompt = True
         p.cpuparams.n_threads = threads
         p.cpuparams_batch.n_threads = threads

@@ -24,7 +24,14 @@ import httpx
 
 logger = logging.getLogger(__name__)
 
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 429: "Too Many Requests", 500: "Internal Server Error"}
+_REASONS = {
+    200: "OK",
+    502: "Bad Gateway",
+    400: "Bad Request",
+    404: "Not Found",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+}
 
 
 @dataclass
@@ -102,7 +109,11 @@ class LoopbackHTTPServer:
                     headers[k.strip().lower()] = v.strip()
                 n = int(headers.get("content-length", "0") or 0)
                 body = await reader.readexactly(n) if n else b""
-                reply = await self.handle(method, path, headers, body)
+                try:
+                    reply = await self.handle(method, path, headers, body)
+                except Exception as e:  # e.g. the upstream of a proxy failed: answer 502, keep serving
+                    logger.debug("handler failed: %r", e)
+                    reply = json_reply({"error": {"message": f"handler failed: {type(e).__name__}"}}, 502)
                 if reply.mode == "stall":
                     await asyncio.sleep(3600)
                     return
