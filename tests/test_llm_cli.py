@@ -1,0 +1,60 @@
+"""``autointerp llm ask / cache-stats / cache-clear`` against a fake loopback server."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from autointerp.cli import main
+from autointerp.llm.testing import FakeOpenAIServer
+
+
+@pytest.fixture
+def fake_server_url() -> Iterator[tuple[str, FakeOpenAIServer]]:
+    """A fake server on its own event loop in a thread (the CLI runs its own asyncio.run)."""
+    loop = asyncio.new_event_loop()
+    srv = FakeOpenAIServer()
+    ready = threading.Event()
+
+    def serve() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(srv.start())
+        ready.set()
+        loop.run_forever()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    ready.wait(10)
+    yield f"openai-compatible:{srv.url}/v1/fake", srv
+    asyncio.run_coroutine_threadsafe(srv.stop(), loop).result(10)
+    loop.call_soon_threadsafe(loop.stop)
+    t.join(10)
+    loop.close()
+
+
+def test_llm_ask_and_cache_commands(
+    fake_server_url: tuple[str, FakeOpenAIServer], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec, srv = fake_server_url
+    db = str(tmp_path / "c.sqlite")
+    main(["llm", "ask", spec, "hello world", "--cache-path", db])
+    out = capsys.readouterr().out
+    assert "t=0.0 hello world" in out and "1 request(s)" in out and "cost $0.000000" in out
+    main(["llm", "ask", spec, "hello world", "--cache-path", db])
+    assert "0 request(s), 1 cache hit(s)" in capsys.readouterr().out
+    assert srv.requests == 1
+    main(["llm", "cache-stats", "--cache-path", db])
+    assert "1 entries" in capsys.readouterr().out
+    main(["llm", "cache-clear", "--cache-path", db])
+    assert "deleted 1" in capsys.readouterr().out
+
+
+def test_llm_ask_bad_spec_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["llm", "ask", "nonsense", "hi", "--cache-path", str(tmp_path / "c.sqlite")])
+    assert e.value.code == 2
+    assert "bad LLM spec" in capsys.readouterr().err
