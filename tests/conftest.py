@@ -44,7 +44,7 @@ def make_tiny_tokenizer() -> Any:
     )
 
 
-def make_tiny_model(arch: str, vocab_size: int, seed: int = 0) -> torch.nn.Module:
+def make_tiny_model(arch: str, vocab_size: int, seed: int = 0) -> Any:
     """A 2-layer random causal LM: ``llama`` (LlamaForCausalLM), ``gemma3`` or ``gpt2``."""
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
