@@ -419,53 +419,45 @@ def _param_value(v: Any) -> Any:
     return json.dumps(v, sort_keys=True, default=str)
 
 
-def tidy_table(sweep_dir: Path, cells: Sequence[Cell] | None = None) -> pd.DataFrame:
-    """One row per (feature, cell): ``cell``, the grid params, ``feature``, ``index``, ``label``,
-    ``frequency``, ``max``, and per score ``score_<name>``, ``baseline_<name>`` (nullable floats,
-    ``<NA>`` when undefined or missing) and ``reason_<name>`` (why the score is undefined)."""
-    if cells is None:
-        _, cells = read_index(sweep_dir)
+def run_table(run_dir: Path) -> pd.DataFrame:
+    """One row per feature of one run directory: ``feature``, ``index``, ``label``, ``frequency``, ``max``,
+    and per score ``score_<name>``, ``baseline_<name>`` (nullable floats, ``<NA>`` when undefined or
+    missing) and ``reason_<name>`` (why the score is undefined)."""
+    run = load_run(Path(run_dir), records=False)
+    names = run.score_names()
     rows: list[dict[str, Any]] = []
-    names: dict[str, None] = {}
-    param_keys: dict[str, None] = {}
-    for cell in cells:
-        path = cell_dir(sweep_dir, cell)
-        if not (path / "manifest.json").exists():
-            log.warning("cell %s has not run yet; left out of the tables", cell.name)
-            continue
-        run = load_run(path, records=False)
-        for k in cell.params:
-            param_keys.setdefault(k, None)
-        for fid in run.features():
-            sel, base = run.selected(fid), run.baseline(fid)
-            sel_scores = run.scores.get(sel.explanation_id, {}) if sel else {}
-            base_scores = run.scores.get(base.explanation_id, {}) if base else {}
-            stats = run.stats.get(fid)
-            row: dict[str, Any] = {
-                "cell": cell.name,
-                **{k: _param_value(v) for k, v in cell.params.items()},
-                "feature": fid,
-                "index": FeatureId.parse(fid).index,
-                "label": sel.text if sel else None,
-                "frequency": stats.frequency if stats else None,
-                "max": stats.max if stats else None,
-            }
-            for n in list(sel_scores) + list(base_scores):
-                names.setdefault(n, None)
-            for n in names:
-                s = sel_scores.get(n)
-                b = base_scores.get(n)
-                row[SCORE_PREFIX + n] = None if s is None else s.value
-                row[REASON_PREFIX + n] = (
-                    None if s is not None and s.value is not None
-                    else (s.reason if s is not None else ("no explanation" if sel is None else "not scored"))
-                )
-                row[BASELINE_PREFIX + n] = None if b is None else b.value
-            rows.append(row)
-    cols = ["cell", *param_keys, "feature", "index", "label", "frequency", "max"]
+    for fid in run.features():
+        sel, base = run.selected(fid), run.baseline(fid)
+        sel_scores = run.scores.get(sel.explanation_id, {}) if sel else {}
+        base_scores = run.scores.get(base.explanation_id, {}) if base else {}
+        stats = run.stats.get(fid)
+        row: dict[str, Any] = {
+            "feature": fid,
+            "index": FeatureId.parse(fid).index,
+            "label": sel.text if sel else None,
+            "frequency": stats.frequency if stats else None,
+            "max": stats.max if stats else None,
+        }
+        for n in names:
+            s, b = sel_scores.get(n), base_scores.get(n)
+            row[SCORE_PREFIX + n] = None if s is None else s.value
+            if s is not None:
+                row[REASON_PREFIX + n] = s.reason
+            else:
+                row[REASON_PREFIX + n] = "no usable explanation" if sel is None else "not scored"
+            row[BASELINE_PREFIX + n] = None if b is None else b.value
+        rows.append(row)
+    return _typed(pd.DataFrame(rows, columns=_columns([], names)), names)
+
+
+def _columns(params: list[str], names: list[str]) -> list[str]:
+    cols = [*params, "feature", "index", "label", "frequency", "max"]
     for n in names:
         cols += [SCORE_PREFIX + n, BASELINE_PREFIX + n, REASON_PREFIX + n]
-    df = pd.DataFrame(rows, columns=cols)
+    return cols
+
+
+def _typed(df: pd.DataFrame, names: list[str]) -> pd.DataFrame:
     for n in names:
         for c in (SCORE_PREFIX + n, BASELINE_PREFIX + n):
             df[c] = pd.array(df[c].tolist(), dtype="Float64")
@@ -473,9 +465,38 @@ def tidy_table(sweep_dir: Path, cells: Sequence[Cell] | None = None) -> pd.DataF
     for c in ("frequency", "max"):
         df[c] = pd.array(df[c].tolist(), dtype="Float64")
     for c in ("cell", "feature", "label"):
-        df[c] = df[c].astype("string")
+        if c in df:
+            df[c] = df[c].astype("string")
     df["index"] = df["index"].astype("int64")
     return df
+
+
+def tidy_table(sweep_dir: Path, cells: Sequence[Cell] | None = None) -> pd.DataFrame:
+    """One row per (feature, cell): ``cell``, the grid params, then the columns of :func:`run_table`."""
+    if cells is None:
+        _, cells = read_index(sweep_dir)
+    parts: list[pd.DataFrame] = []
+    param_keys: dict[str, None] = {}
+    names: dict[str, None] = {}
+    for cell in cells:
+        path = cell_dir(sweep_dir, cell)
+        if not (path / "manifest.json").exists():
+            log.warning("cell %s has not run yet; left out of the tables", cell.name)
+            continue
+        t = run_table(path)
+        for k, v in reversed(list(cell.params.items())):
+            t.insert(0, k, [_param_value(v)] * len(t))
+        t.insert(0, "cell", [cell.name] * len(t))
+        param_keys.update(dict.fromkeys(cell.params))
+        names.update(dict.fromkeys(c[len(SCORE_PREFIX):] for c in t.columns if c.startswith(SCORE_PREFIX)))
+        parts.append(t)
+    cols = ["cell", *_columns(list(param_keys), list(names))]
+    rows = [r for t in parts for r in t.astype(object).to_dict("records")]
+    df = pd.DataFrame(rows, columns=cols).astype(object)
+    df = df.where(df.notna(), None)
+    for k in param_keys:
+        df[k] = df[k].infer_objects()
+    return _typed(df, list(names))
 
 
 def score_names(tidy: pd.DataFrame) -> list[str]:

@@ -97,6 +97,14 @@ def test_partial_run_and_selection(tmp_path: Path) -> None:
     assert f["baseline"]["correlation"] is None and f["baseline_label"] is None
     build_report(run.path)  # renders without records or baseline
 
+    # A feature whose only explanation failed: no label, the failure reason instead.
+    bad = Explanation(FeatureId("m/L1/mlp_neurons", 4), "", "x", "0" * 16)
+    append_jsonl(run.file("explanations.jsonl"),
+                 [{**bad.to_json(), "explanation_id": "m/L1/mlp_neurons:4#0", "selected": False,
+                   "failed": "label longer than 300 characters"}])
+    f4 = report_data(load_run(run.path))["features"][1]
+    assert f4["label"] is None and f4["label_failed"] == "label longer than 300 characters"
+
 
 def test_not_a_run_dir(tmp_path: Path) -> None:
     with pytest.raises(RunDirError, match="not a run directory"):

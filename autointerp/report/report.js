@@ -40,10 +40,12 @@
   NAMES.forEach(function (n) {
     COLUMNS.push({ key: "s:" + n, title: n, score: true, get: function (f) { return f.scores[n]; }, kind: "score" });
   });
-  NAMES.forEach(function (n) {
-    COLUMNS.push({ key: "b:" + n, title: "baseline " + n, score: true,
-                   get: function (f) { return f.baseline[n]; }, kind: "score", cls: "baseline-col" });
-  });
+  /* One baseline column (the primary score's) keeps the table narrow; the detail view shows all. */
+  if (DATA.primary_score) {
+    var P = DATA.primary_score;
+    COLUMNS.push({ key: "b:" + P, title: "baseline " + P, score: true,
+                   get: function (f) { return f.baseline[P]; }, kind: "score", cls: "baseline-col" });
+  }
   COLUMNS.push({ key: "frequency", title: "frequency", get: function (f) { return f.stats ? f.stats.frequency : null; }, kind: "num" });
   COLUMNS.push({ key: "max", title: "max", get: function (f) { return f.stats ? f.stats.max : null; }, kind: "num" });
 
@@ -109,7 +111,17 @@
         var td;
         if (col.kind === "score") { td = scoreNode("td", v); }
         else if (col.kind === "num") { td = el("td", "num", fmt(v, 4)); if (v !== null && v !== undefined) { td.title = String(v); } }
+        else if (col.key === "label" && (v === null || v === undefined) && r.f.label_failed) {
+          td = el("td", "label undef", "explanation failed");
+          td.title = r.f.label_failed;
+        }
         else if (v === null || v === undefined) { td = el("td", "missing", col.key === "label" ? "(no explanation)" : ""); }
+        else if (col.key === "label") {
+          td = el("td", "label");
+          var clamp = el("div", "clamp", v);
+          clamp.title = String(v);
+          td.appendChild(clamp);
+        }
         else { td = el("td", col.key, v); }
         if (col.cls) { td.classList.add(col.cls); }
         tr.appendChild(td);
@@ -240,7 +252,7 @@
     close.addEventListener("click", function () { d.hidden = true; state.open = null; renderRows(); });
     d.appendChild(close);
     d.appendChild(el("h2", "feature-id", f.id));
-    var lab = el("p", "feature-label", f.label === null ? "(no explanation)" : f.label);
+    var lab = el("p", "feature-label", f.label === null ? (f.label_failed ? "explanation failed: " + f.label_failed : "(no explanation)") : f.label);
     d.appendChild(lab);
     if (f.baseline_label !== null && f.baseline_label !== undefined) {
       d.appendChild(el("p", "baseline-label", "shuffled baseline label: " + f.baseline_label));

@@ -110,6 +110,9 @@ def report_data(run: RunData, *, max_examples: int = 20) -> dict[str, Any]:
                 "id": fid,
                 "label": sel.text if sel else None,
                 "label_id": sel.explanation_id if sel else None,
+                "label_failed": None if sel else next(
+                    (e.failed for e in run.explanations_of(fid) if e.failed and not e.baseline), None
+                ),
                 "baseline_id": base.explanation_id if base else None,
                 "baseline_label": base.text if base else None,
                 "stats": None if stats is None else _clean(stats.to_json()),
@@ -145,6 +148,7 @@ def report_data(run: RunData, *, max_examples: int = 20) -> dict[str, Any]:
         },
         "usage": run.usage,
         "score_names": names,
+        "primary_score": "correlation" if "correlation" in names else (names[0] if names else None),
         "split_titles": _SPLIT_TITLES,
         "features": features,
     }
