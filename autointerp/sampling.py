@@ -360,6 +360,55 @@ def _update(state: _State, batch: WindowBatch, acts: _BatchActs, cfg: SamplingCo
 
 
 # -- the pass ------------------------------------------------------------------------------------------
+_PRUNE_EVERY = 20
+
+
+class Sampler:
+    """The per-batch part of the pass: ``step(batch)`` runs the model to the hook, encodes, updates the state.
+
+    ``run_sampling`` drives it over a corpus with checkpoints; benchmarks call ``step`` directly."""
+
+    def __init__(self, subject: Subject, source: FeatureSource, config: SamplingConfig) -> None:
+        config.validate()
+        if config.features is not None:
+            feats = list(config.features)
+            bad = [f for f in feats if not 0 <= f < source.n_features]
+            if bad:
+                raise UserError(
+                    f"features {bad[:5]} are out of range for {source.address} (0..{source.n_features - 1}); "
+                    "fix --features"
+                )
+        else:
+            feats = list(range(source.n_features))
+        self.subject, self.source, self.config = subject, source, config
+        self.features = feats
+        dev = subject.device
+        self._positions: torch.Tensor | None = None
+        self._select: torch.Tensor | None = None
+        self._feats_arg: list[int] | None = None
+        if config.features is not None:
+            self._feats_arg = feats
+            self._select = torch.tensor(feats, dtype=torch.int64, device=dev)
+            self._positions = torch.full((source.n_features,), -1, dtype=torch.int64, device=dev)
+            self._positions[self._select] = torch.arange(len(feats), device=dev)
+        subject.check_hook(source.hook)
+        self.state = _State(len(feats), config, dev)
+
+    def step(self, batch: WindowBatch) -> None:
+        """Process one batch of windows."""
+        hook = self.source.hook
+        h = self.subject.run(batch.input_ids, [hook])[hook]
+        bsz, t, d = h.shape
+        enc = self.source.encode(h.reshape(bsz * t, d), self._feats_arg)
+        valid = batch.valid_mask().to(self.subject.device)
+        acts = _BatchActs(enc, self._positions, self._select, len(self.features), bsz, t, valid)
+        _update(self.state, batch, acts, self.config)
+        self.state.next_window = int(batch.index[-1]) + 1
+        self.state.batches += 1
+        if self.state.batches % _PRUNE_EVERY == 0:
+            self.state.prune_tokens()  # keeps the stored windows bounded by the examples held
+
+
 def run_sampling(
     subject: Subject,
     source: FeatureSource,
@@ -383,25 +432,9 @@ def run_sampling(
         return SamplingResult(rec_dir, int(meta["n_tokens"]), int(meta["n_windows"]), len(meta["features"]),
                               int(meta["n_dead"]), 0.0, None, resumed=True)
 
-    if config.features is not None:
-        feats = list(config.features)
-        bad = [f for f in feats if not 0 <= f < source.n_features]
-        if bad:
-            raise UserError(
-                f"features {bad[:5]} are out of range for {source.address} (0..{source.n_features - 1}); fix --features"
-            )
-    else:
-        feats = list(range(source.n_features))
-    dev = subject.device
-    positions: torch.Tensor | None = None
-    select: torch.Tensor | None = None
-    if config.features is not None:
-        select = torch.tensor(feats, dtype=torch.int64, device=dev)
-        positions = torch.full((source.n_features,), -1, dtype=torch.int64, device=dev)
-        positions[torch.tensor(feats, device=dev)] = torch.arange(len(feats), device=dev)
-    hook = source.hook
-    subject.check_hook(hook)
-    state = _State(len(feats), config, dev)
+    sampler = Sampler(subject, source, config)
+    state = sampler.state
+    feats = sampler.features
     ckpt = rec_dir / ".checkpoint.pt"
     fingerprint = {"config": config_to_dict(config), "source": source.address, "corpus": windows.describe()}
     resumed = False
@@ -409,24 +442,16 @@ def run_sampling(
         d = torch.load(ckpt, map_location="cpu", weights_only=False)
         if d.get("fingerprint") != fingerprint:
             raise RunDirError(f"{ckpt} is a checkpoint of another configuration; use a new --run-dir")
-        state.load_dict(d["state"], dev)
+        state.load_dict(d["state"], subject.device)
         resumed = True
         log.info("resuming sampling at window %d (%d tokens done)", state.next_window, state.n_tokens)
 
     t0 = time.perf_counter()
     tokens_run = 0
-    feats_arg = feats if config.features is not None else None
     for batch in windows.batches(config.batch_size, start=state.next_window):
         if state.n_tokens >= config.tokens:
             break
-        h = subject.run(batch.input_ids, [hook])[hook]
-        bsz, t, d = h.shape
-        enc = source.encode(h.reshape(bsz * t, d), feats_arg)
-        valid = batch.valid_mask().to(dev)
-        acts = _BatchActs(enc, positions, select, len(feats), bsz, t, valid)
-        _update(state, batch, acts, config)
-        state.next_window = int(batch.index[-1]) + 1
-        state.batches += 1
+        sampler.step(batch)
         tokens_run += batch.n_tokens
         if state.batches % config.checkpoint_every == 0:
             state.prune_tokens()
