@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -44,7 +45,12 @@ def test_variants_sites_and_models() -> None:
     att = resolve_address("gemma2-9b/L20/att/131k")
     assert (att.hook, att.d_in, att.width) == (HookPoint(20, "attn_z"), 4096, 131072)
     it = resolve_address("gemma2-9b-it/L20")
-    assert (it.model, it.repo_id, it.l0) == ("gemma-2-9b-it", "google/gemma-scope-9b-it-res", 91.0)
+    assert (it.model, it.model_name, it.repo_id, it.l0) == (
+        "google/gemma-2-9b-it",
+        "gemma-2-9b-it",
+        "google/gemma-scope-9b-it-res",
+        91.0,
+    )
     g = resolve_address("gpt2-small/L8")
     assert (g.format, g.hook, g.width, g.repo_id) == (
         "saelens",
@@ -95,6 +101,7 @@ def tiny_site(monkeypatch: pytest.MonkeyPatch) -> registry._Site:
         family="tiny",
         site="res",
         model="tiny-model",
+        subject="tiny-model",
         fmt="gemma_scope",
         hook_kind="resid_post",
         d_in=D,
@@ -225,3 +232,20 @@ def test_cli_sources_list_show_and_unknown(capsys: pytest.CaptureFixture[str], m
     rc, out, err = _cli(["sources", "gemma2-9c/L20"], capsys)
     assert rc == 2 and "did you mean gemma2-9b/L20" in err
     assert len([line for line in err.splitlines() if line.strip()]) == 1
+
+
+def test_neuron_source_is_sized_by_the_subject(tiny_llama: Any) -> None:
+    src = resolve_source("tiny-llama/L1/mlp_neurons", subject=tiny_llama)
+    assert (src.address, src.d_in, src.n_features) == ("tiny-llama/L1/mlp_neurons", 48, 48)
+    with pytest.raises(UserError, match="needs the subject"):
+        resolve_source("tiny-llama/L1/mlp_neurons")
+
+
+def test_resolve_source_checks_the_subject_width(tiny_site: registry._Site, tmp_path: Path) -> None:
+    _write_npz(tmp_path / "layer_2/width_16/average_l0_5/params.npz")
+    assert resolve_source("tiny/L2", local_dir=tmp_path, hook_dim=D).d_in == D
+    with pytest.raises(UserError) as e:
+        resolve_source("tiny/L2", local_dir=tmp_path, hook_dim=640)
+    assert str(e.value) == (
+        f"SAE d_in {D} does not match L2/resid_post of tiny-model (640): pick an SAE for this model or another hook"
+    )

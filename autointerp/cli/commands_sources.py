@@ -86,7 +86,7 @@ def sources(
         return
     root = find_local(spec, sae_dir)
     table.add_row("kind", "SAE")
-    table.add_row("model", spec.model)
+    table.add_row("model", f"{spec.model} ({spec.model_name})")
     table.add_row("hook", f"{spec.hook} ({spec.hook.tl_name})")
     table.add_row("format", spec.format or "-")
     table.add_row("repo", spec.repo_id or f"shipped: {spec.local_root}")

@@ -47,6 +47,14 @@ _MODELS = {
     "gemma2-9b-it": "gemma-2-9b-it",
     "gpt2-small": "gpt2-small",
 }
+# what autointerp.subject.load_subject takes for each family (Hugging Face ids; the embedded name)
+SUBJECTS = {
+    "gemma2-2b": "google/gemma-2-2b",
+    "gemma2-9b": "google/gemma-2-9b",
+    "gemma2-9b-it": "google/gemma-2-9b-it",
+    "gpt2-small": "openai-community/gpt2",
+    "gemma3-270m": "gemma3-270m",
+}
 _PATH = re.compile(r"^layer_(\d+)/width_(\w+)/average_l0_(\d+)$")
 _HOOK_ID = re.compile(r"^blocks\.(\d+)\.hook_(\w+)$")
 
@@ -71,6 +79,7 @@ def build(snapshot: dict[str, Any], embedded: dict[str, Any] | None = None) -> d
                 "family": family,
                 "site": site,
                 "model": _MODELS[family],
+                "subject": SUBJECTS[family],
                 "repo_id": rel["repo_id"],
                 "revision": "main",
                 "revision_pinned": False,
@@ -102,6 +111,7 @@ def build(snapshot: dict[str, Any], embedded: dict[str, Any] | None = None) -> d
                 "family": "gpt2-small",
                 "site": site,
                 "model": "gpt2-small",
+                "subject": SUBJECTS["gpt2-small"],
                 "repo_ids": repos,
                 "revision": "main",
                 "revision_pinned": False,
@@ -150,14 +160,39 @@ WIDTHS = {
 }
 
 
+EMBEDDED_DIR = Path(__file__).resolve().parent.parent.parent / "datasets" / "embedded-sae"
+
+
+def embedded_site() -> dict[str, Any] | None:
+    """The registry entry of the SAE shipped in ``datasets/embedded-sae/`` (L0 from its sidecar), if built."""
+    sidecar = EMBEDDED_DIR / "L6_resid_post" / "autointerp_sae.json"
+    if not sidecar.is_file():
+        return None
+    meta = json.loads(sidecar.read_text())
+    width = {2048: "2k", 4096: "4k"}[int(meta["config"]["n_features"])]
+    l0 = round(float(meta["jumprelu_heldout"]["l0"]), 1)
+    return {
+        "family": "gemma3-270m",
+        "site": "res",
+        "model": "gemma3-270m",
+        "subject": "gemma3-270m",
+        "repo_ids": {},
+        "revision": None,
+        "revision_pinned": True,
+        "format": "gemma_scope",
+        "hook": "resid_post",
+        "d_in": 640,
+        "default_width": width,
+        "local_dir": "embedded-sae",
+        "release": "autointerp embedded SAE",
+        "saes": [[6, width, l0, None, True, "L6_resid_post"]],
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     snapshot = json.loads(Path(args[0]).read_text())
-    embedded = None
-    if OUT.exists():
-        old = json.loads(OUT.read_text())
-        embedded = next((s for s in old["sites"] if s.get("format") == "gemma_scope" and s.get("local_dir")), None)
-    data = build(snapshot, embedded)
+    data = build(snapshot, embedded_site())
     # one row per line keeps the file diffable and small
     text = json.dumps(data, indent=1)
     text = re.sub(r"\[\n\s+([^\[\]{}]*?)\n\s+\]", lambda m: "[" + " ".join(m.group(1).split()) + "]", text)

@@ -64,7 +64,8 @@ def detect_format(path: Path) -> str:
             f"{path} holds no SAE this tool can read (expected params.npz, cfg.json + sae_weights.safetensors, "
             "cfg.json + sae.safetensors, or one OpenAI .pt state dict): point at the SAE's own folder"
         )
-    head = path.read_bytes()[:4] if path.stat().st_size >= 4 else b""
+    with open(path, "rb") as fh:
+        head = fh.read(4)
     if head == b"PK\x03\x04":  # a zip: .npz or a torch zip checkpoint
         members = _zip_names(path)
         if {"W_enc.npy", "b_enc.npy"} <= members:

@@ -61,8 +61,11 @@ class SaeSpec:
     """Canonical address (defaults left out); the ``source`` of every FeatureId of this source."""
     kind: Literal["sae", "neurons"]
     model: str
-    """Subject model name, e.g. ``gemma-2-9b``, ``gpt2-small``, ``gemma3-270m``."""
+    """The subject model as :func:`autointerp.subject.load_subject` takes it: a Hugging Face id
+    (``google/gemma-2-9b``, ``openai-community/gpt2``) or an embedded name (``gemma3-270m``)."""
     hook: HookPoint
+    model_name: str | None = None
+    """Short model name the SAE release uses (``gemma-2-9b``, ``gpt2-small``); for neurons, ``model``."""
     family: str | None = None
     site: str | None = None
     format: str | None = None
@@ -92,6 +95,7 @@ class _Site:
     family: str
     site: str
     model: str
+    subject: str
     fmt: str
     hook_kind: str
     d_in: int
@@ -122,6 +126,7 @@ def _sites() -> tuple[_Site, ...]:
                 family=s["family"],
                 site=s["site"],
                 model=s["model"],
+                subject=s.get("subject") or s["model"],
                 fmt=s["format"],
                 hook_kind=s["hook"],
                 d_in=int(s["d_in"]),
@@ -173,7 +178,8 @@ def _spec(site: _Site, row: tuple[int, str, float | None, str | None, bool, str 
     return SaeSpec(
         address="/".join(parts),
         kind="sae",
-        model=site.model,
+        model=site.subject,
+        model_name=site.model,
         hook=HookPoint(layer, site.hook_kind),
         family=site.family,
         site=site.site,
@@ -227,7 +233,9 @@ def resolve_address(address: str) -> SaeSpec:
         m = _LAYER.match(parts[-2])
         assert m
         hook = HookPoint(int(m.group(1)), parts[-1])
-        return SaeSpec(address=f"{model}/{hook}", kind="neurons", model=model, hook=hook, canonical=True)
+        return SaeSpec(
+            address=f"{model}/{hook}", kind="neurons", model=model, hook=hook, model_name=model, canonical=True
+        )
     fams = families()
     if len(parts) < 2 or parts[0] not in fams:
         why = f"no SAE family {parts[0]!r} (known: {', '.join(fams)})" if parts else "empty address"
@@ -317,7 +325,7 @@ def site_summaries() -> list[dict[str, Any]]:
         out.append(
             {
                 "address": addr,
-                "model": s.model,
+                "model": s.subject,
                 "site": s.site,
                 "layers": _ranges(layers),
                 "widths": widths,
@@ -419,7 +427,9 @@ def resolve_source(
 
     root = fetch_files(spec, local_dir=local_dir, revision=revision)
     assert spec.path is not None
-    sae = load_sae(root / spec.path, format=spec.format, hook=spec.hook, address=spec.address, model_name=spec.model)
+    sae = load_sae(
+        root / spec.path, format=spec.format, hook=spec.hook, address=spec.address, model_name=spec.model_name
+    )
     if (spec.d_in is not None and sae.d_in != spec.d_in) or (spec.width is not None and sae.n_features != spec.width):
         raise UserError(
             f"{root / spec.path} has d_in {sae.d_in} and {sae.n_features} features but {spec.address} should have "
