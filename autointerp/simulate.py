@@ -13,9 +13,11 @@ A simulation that cannot be made is ``Simulation(expected=None, failed=reason)``
   *Slot filling.* In the prompt every slot of the simulated text is filled with the filler ``"0"``
   (the most common true value), so the text before slot i is exactly what the model reads in a single
   forward pass: previous slots read "0". The few-shot example in the template shows real values.
-  *Digit mass.* If the digits hold less than ``min_digit_mass`` (default 0.05) of the probability at any
-  slot, the model was not answering on the scale there: the whole record's simulation is failed
-  (reason names how many slots), never guessed.
+  *Digit mass.* A slot where the digits hold less than ``min_digit_mass`` (default 0.05) of the
+  probability is *flagged*: the model was not answering on the scale there (it often wants to continue
+  an unusual token instead). Flagged slots still use their renormalised digit distribution, but when more
+  than ``max_flagged_fraction`` (default 0.1) of a record's slots are flagged, or any slot has no digit
+  at all among the top-k, the whole record's simulation is failed with the reason, never guessed.
 
 * :class:`JsonSimulator` (chat-only APIs): asks for a JSON list of ``[token_index, value]`` pairs, one
   per token; the answer is validated strictly (length, every index once, integer values in range);
@@ -116,6 +118,7 @@ class LogprobSimulator:
         top_k: int = 20,
         min_digit_mass: float = 0.05,
         filler: str = "0",
+        max_flagged_fraction: float = 0.1,
     ) -> None:
         self.client = client
         self.explanation = explanation
@@ -123,6 +126,7 @@ class LogprobSimulator:
         self.top_k = top_k
         self.min_digit_mass = min_digit_mass
         self.filler = filler
+        self.max_flagged_fraction = max_flagged_fraction
         self.usage = Usage()
         self.spec = f"logprob[{client.spec}]"
 
@@ -146,12 +150,19 @@ class LogprobSimulator:
         mass = np.zeros(len(tokens), dtype=np.float64)
         for i, tl in enumerate(resp.logprobs):
             dist[i], mass[i] = digit_distribution(tl.top)
+        none = int((mass <= 0).sum())
+        if none:
+            return Simulation(
+                expected=None, failed=f"no digit among the top-{self.top_k} at {none} of {len(tokens)} slots"
+            )
         low = int((mass < self.min_digit_mass).sum())
-        if low:
+        if low > self.max_flagged_fraction * len(tokens):
             return Simulation(
                 expected=None,
                 failed=f"digit probability below {self.min_digit_mass} at {low} of {len(tokens)} slots",
             )
+        if low:
+            log.debug("%d of %d slots with digit probability below %s", low, len(tokens), self.min_digit_mass)
         dist /= mass[:, None]
         expected = dist @ np.arange(MAX_VALUE + 1, dtype=np.float64)
         return Simulation(expected=expected.astype(np.float32), distribution=dist.astype(np.float32))

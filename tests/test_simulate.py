@@ -55,6 +55,20 @@ async def test_low_digit_mass_fails_instead_of_guessing() -> None:
     fake = FakeLLM(logprob_fn=lambda prompt, pos: {"unknown": -0.01, "5": -8.0})
     sim = await LogprobSimulator(fake, "x").simulate(["a", "b"])
     assert sim.expected is None and sim.failed is not None and "digit probability" in sim.failed
+    fake = FakeLLM(logprob_fn=lambda prompt, pos: {"unknown": -0.01})
+    sim = await LogprobSimulator(fake, "x").simulate(["a", "b"])
+    assert sim.failed is not None and "no digit" in sim.failed
+
+
+async def test_few_flagged_slots_are_tolerated() -> None:
+    # one slot of 20 (5% <= 10%) has low digit mass: renormalised, not failed
+    def lp(prompt: str, pos: int) -> dict[str, float]:
+        if prompt[:pos].endswith("odd\t"):
+            return {"ing": -0.01, "7": -6.0}
+        return {"0": -0.01}
+
+    sim = await LogprobSimulator(FakeLLM(logprob_fn=lp), "x").simulate(["a"] * 19 + ["odd"])
+    assert sim.expected is not None and sim.expected[-1] == pytest.approx(7.0) and sim.expected[0] == 0
 
 
 def test_parse_json_simulation_strict() -> None:
