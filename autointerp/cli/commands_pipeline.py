@@ -31,6 +31,7 @@ def _sample_records(
     sae: str | None,
     features: str | None,
     tokens: int,
+    window: int,
     corpus: str,
     device: str,
     threads: int,
@@ -53,7 +54,9 @@ def _sample_records(
     spec = resolve_address(address)
     subject = load_subject(spec.model, device=device, threads=threads)
     source = resolve_source(address, subject=subject)
-    cfg = SamplingConfig(tokens=tokens, features=tuple(parse_feature_ranges(features)) if features else None)
+    cfg = SamplingConfig(
+        tokens=tokens, window=window, features=tuple(parse_feature_ranges(features)) if features else None
+    )
     windows = load_corpus(corpus, subject.tokenizer, window=cfg.window, max_tokens=tokens, seed=cfg.seed)
     cache_run = run_dir / "cache"
     console.print(f"sampling {tokens} tokens of {corpus} through {escape(address)} ...")
@@ -125,6 +128,7 @@ def explain(
     hook: str | None = typer.Option(None, "--hook", help="Hook point of the neurons, e.g. L6/mlp_neurons."),
     features: str | None = typer.Option(None, "--features", help="Feature ranges, e.g. 0-99,200; default all."),
     tokens: int = typer.Option(50_000, "--tokens", help="Corpus tokens to sample when no --cache-run is given."),
+    window: int = typer.Option(64, "--window", help="Tokens per sampled window when no --cache-run is given."),
     corpus: str = typer.Option("wiki", "--corpus", help="Corpus to sample from (wiki, lee, a file, hf:<name>)."),
     device: str = typer.Option("cpu", "--device", help="Torch device of the subject model when sampling."),
     run_dir: Path | None = typer.Option(
@@ -197,7 +201,7 @@ def explain(
     elif (out / "records.jsonl").exists() and not (sae or model):
         records = None  # resuming: the run dir is self-contained
     else:
-        records = _sample_records(model, hook, sae, features, tokens, corpus, device, threads, out)
+        records = _sample_records(model, hook, sae, features, tokens, window, corpus, device, threads, out)
     if records is not None and not records:
         raise UserError("no feature records to explain; check --features and the cache run")
     summary = asyncio.run(run_explain(config, out, records))
