@@ -217,15 +217,21 @@ class _State:
 
 def _merge(state_key: torch.Tensor, cand: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Keep the K largest of [state (F, K) | candidates (F, B)]. Returns (feature, slot, candidate) triples:
-    candidate ``b`` of feature ``f`` replaces slot ``k`` (an evicted or empty one). Untouched slots stay put."""
+    candidate ``b`` of feature ``f`` replaces slot ``k`` (an evicted or empty one). Untouched slots stay put.
+
+    Only rows where some candidate beats the row's smallest kept key are merged (few, once warmed up)."""
     k = state_key.shape[1]
-    comb = torch.cat([state_key, cand], dim=1)
+    rows = (cand > state_key.amin(dim=1, keepdim=True)).any(dim=1).nonzero(as_tuple=True)[0]
+    if len(rows) == 0:
+        empty = rows.new_zeros(0)
+        return empty, empty, empty
+    comb = torch.cat([state_key[rows], cand[rows]], dim=1)
     sel = comb.topk(k, dim=1).indices
     chosen = torch.zeros_like(comb, dtype=torch.bool).scatter_(1, sel, True)
     _, ke = (~chosen[:, :k]).nonzero(as_tuple=True)
     fa, ba = chosen[:, k:].nonzero(as_tuple=True)
     # Row-major order and equal counts per row make the two lists line up feature by feature.
-    return fa, ke, ba
+    return rows[fa], ke, ba
 
 
 class _BatchActs:
@@ -243,9 +249,13 @@ class _BatchActs:
                     vals = vals.index_select(-1, select)  # the source ignored the subset: select it here
                 elif not torch.equal(acts.feature_ids.to(select.device), select):
                     raise RuntimeError("source returned other feature columns than the ones asked for")
-            self.dense = vals.reshape(b, t, -1).masked_fill(~valid[:, :, None], 0.0)
-            if self.dense.shape[-1] != n_feat:
-                raise RuntimeError(f"source returned {self.dense.shape[-1]} features, expected {n_feat}")
+            vals = vals.reshape(b * t, -1)
+            if vals.shape[-1] != n_feat:
+                raise RuntimeError(f"source returned {vals.shape[-1]} features, expected {n_feat}")
+            # BOS/padding rows are set in place (no copy of [N, F]): -inf for the maxima, then 0 for the sums.
+            self.invalid_rows = (~valid.reshape(-1)).nonzero(as_tuple=True)[0]
+            self.flat = vals  # [N, F]
+            self.dense = vals.reshape(b, t, -1)
         else:
             v = acts.values.float().reshape(b * t, -1)
             idx = acts.indices.reshape(b * t, -1).long()
@@ -259,14 +269,17 @@ class _BatchActs:
     def stats(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(count_active [F], sum [F] f64, sum_active [F] f64, max [F], window max of firing [B, F] else -inf)."""
         if self.dense is not None:
-            a = self.dense
-            active = (a > 0) & self.valid[:, :, None]
-            count = active.sum(dim=(0, 1))
-            s = a.sum(dim=(0, 1), dtype=torch.float64)
-            sa = torch.where(active, a, torch.zeros_like(a)).sum(dim=(0, 1), dtype=torch.float64)
-            wmax = a.masked_fill(~self.valid[:, :, None], -math.inf).amax(dim=1)  # [B, F]
+            a = self.flat
+            a.index_fill_(0, self.invalid_rows, -math.inf)
+            wmax = self.dense.amax(dim=1)  # [B, F], over document tokens only
+            a.index_fill_(0, self.invalid_rows, 0.0)  # from here on BOS/padding hold 0
             mx = wmax.amax(dim=0)
             cand = torch.where(wmax > 0, wmax, torch.full_like(wmax, -math.inf))
+            # Reductions over tokens as [1, N] @ [N, F] products weighted by the valid mask (fast BLAS).
+            w = self.valid.reshape(1, -1).to(a.dtype)
+            count = (w @ (a > 0).to(a.dtype))[0].round().long()
+            s = (w @ a)[0].double()
+            sa = (w @ a.clamp(min=0.0))[0].double()
             return count, s, sa, mx, cand
         f = self.n_feat
         v, idx, keep = self.sp_val, self.sp_idx, self.sp_keep
@@ -394,6 +407,7 @@ class Sampler:
         subject.check_hook(source.hook)
         self.state = _State(len(feats), config, dev)
 
+    @torch.inference_mode()
     def step(self, batch: WindowBatch) -> None:
         """Process one batch of windows."""
         hook = self.source.hook
@@ -401,8 +415,18 @@ class Sampler:
         bsz, t, d = h.shape
         enc = self.source.encode(h.reshape(bsz * t, d), self._feats_arg)
         valid = batch.valid_mask().to(self.subject.device)
-        acts = _BatchActs(enc, self._positions, self._select, len(self.features), bsz, t, valid)
-        _update(self.state, batch, acts, self.config)
+        # The state update is many small memory-bound ops; on CPU, one thread avoids OpenMP fork/join costs
+        # that dominate them (8x slower with 2 threads on a busy 2-core machine). The model keeps its threads.
+        threads = torch.get_num_threads()
+        single = self.subject.device.type == "cpu" and threads > 1
+        if single:
+            torch.set_num_threads(1)
+        try:
+            acts = _BatchActs(enc, self._positions, self._select, len(self.features), bsz, t, valid)
+            _update(self.state, batch, acts, self.config)
+        finally:
+            if single:
+                torch.set_num_threads(threads)
         self.state.next_window = int(batch.index[-1]) + 1
         self.state.batches += 1
         if self.state.batches % _PRUNE_EVERY == 0:

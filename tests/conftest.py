@@ -16,6 +16,8 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Tiny models are dominated by per-op overhead: one thread is faster, and far faster on a busy machine.
+torch.set_num_threads(1)
 
 WORDS = (
     "the a an of to in and is was for on with as by at from that this it he she they we you city river "
@@ -128,3 +130,4 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     """Runs never land in the user's home; the real model cache stays shared (slow tests reuse it)."""
     monkeypatch.setenv("AUTOINTERP_RUNS", str(tmp_path_factory.mktemp("runs")))
     yield
+    torch.set_num_threads(1)  # a test that loaded a real model with --threads 2 does not slow the next ones

@@ -1,0 +1,145 @@
+"""Sampling overhead: bare forward pass (stopped after the hooked layer) vs the full sampling step.
+
+For each model, the same batches are timed in three arms, interleaved batch by batch (arm order rotates):
+
+- ``bare``: ``Subject.forward_bare`` stopped at the same hook (no capture, no feature work);
+- ``neurons``: ``Sampler.step`` with the neuron source at ``L{layer}/mlp_neurons`` (all d_mlp neurons);
+- ``sae``: ``Sampler.step`` with a random-weight Gemma-Scope-shaped JumpReLU SAE (``params.npz``, 4096 latents,
+  thresholds set so ~2% of latents fire) at ``L{layer}/resid_post``, loaded through autointerp's own loader.
+
+Reports tokens/s per arm and the ratio sampling/bare (goal >= 0.9). Optionally also times the real
+``autointerp cache`` command end to end (``--cli-tokens``).
+
+    .venv/bin/python benchmarks/bench_sampling.py [--models gemma3-270m smollm2-135m] [--batches 6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from autointerp.corpus import load_corpus
+from autointerp.hooks import HookPoint
+from autointerp.sampling import Sampler, SamplingConfig
+from autointerp.sources.neurons import NeuronSource
+from autointerp.subject import Subject, load_subject
+
+LAYERS = {"gemma3-270m": 6, "smollm2-135m": 15}
+
+
+def random_jumprelu(subject: Subject, hook: HookPoint, n_latents: int, calib: torch.Tensor, folder: Path) -> object:
+    """A random Gemma-Scope-shaped params.npz, thresholds at each latent's 98th percentile on ``calib``."""
+    from autointerp.sources.formats import load_sae
+
+    d = subject.hook_dim(hook)
+    g = torch.Generator().manual_seed(0)
+    w_enc = torch.randn(d, n_latents, generator=g) / d**0.5
+    b_enc = torch.zeros(n_latents)
+    x = subject.run(calib, [hook])[hook].reshape(-1, d).float()
+    pre = x @ w_enc + b_enc
+    threshold = torch.quantile(pre[: min(len(pre), 2048)], 0.98, dim=0).clamp(min=1e-3)
+    np.savez(
+        folder / "params.npz",
+        W_enc=w_enc.numpy(), W_dec=w_enc.T.contiguous().numpy(), b_enc=b_enc.numpy(),
+        b_dec=np.zeros(d, np.float32), threshold=threshold.numpy(),
+    )
+    return load_sae(folder / "params.npz", format="gemma_scope", hook=hook, address=f"random-jumprelu-{n_latents}",
+                    model_name=subject.name).to(subject.device)
+
+
+def bench_model(name: str, batches: int, batch_size: int, window: int, n_latents: int, threads: int) -> dict:
+    subject = load_subject(name, threads=threads)
+    layer = LAYERS.get(name, subject.n_layers // 3)
+    h_neur = HookPoint(layer, "mlp_neurons")
+    h_res = HookPoint(layer, "resid_post")
+    windows = load_corpus("wiki", subject.tokenizer, window, max_tokens=(batches + 1) * batch_size * window)
+    all_batches = list(windows.batches(batch_size))[: batches + 1]
+    warm, timed = all_batches[0], all_batches[1:]
+    with tempfile.TemporaryDirectory() as tmp:
+        sae = random_jumprelu(subject, h_res, n_latents, warm.input_ids, Path(tmp))
+        cfg = SamplingConfig(window=window, batch_size=batch_size)
+        samplers = {
+            "neurons": Sampler(subject, NeuronSource(name, h_neur, subject.hook_dim(h_neur)), cfg),
+            "sae": Sampler(subject, sae, cfg),  # type: ignore[arg-type]
+        }
+        arms = {
+            "bare_neurons": lambda b: subject.forward_bare(b.input_ids, [h_neur]),
+            "neurons": lambda b: samplers["neurons"].step(b),
+            "bare_sae": lambda b: subject.forward_bare(b.input_ids, [h_res]),
+            "sae": lambda b: samplers["sae"].step(b),
+        }
+        for fn in arms.values():  # warm-up
+            fn(warm)
+        secs = dict.fromkeys(arms, 0.0)
+        names = list(arms)
+        for i, b in enumerate(timed):
+            for j in range(len(names)):
+                arm = names[(i + j) % len(names)]
+                t0 = time.perf_counter()
+                arms[arm](b)
+                secs[arm] += time.perf_counter() - t0
+    n_tok = sum(b.input_ids.numel() for b in timed)  # model tokens incl. BOS and padding: same for all arms
+    tps = {k: n_tok / v for k, v in secs.items()}
+    return {
+        "model": name,
+        "layer": layer,
+        "tokens": n_tok,
+        "tps": tps,
+        "ratio_neurons": tps["neurons"] / tps["bare_neurons"],
+        "ratio_sae": tps["sae"] / tps["bare_sae"],
+        "n_neurons": subject.hook_dim(h_neur),
+    }
+
+
+def bench_cli(tokens: int, threads: int) -> float | None:
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "COLUMNS": "200"}
+        cmd = [sys.executable, "-m", "autointerp", "cache", "--model", "gemma3-270m", "--hook", "L6/mlp_neurons",
+               "--tokens", str(tokens), "--threads", str(threads), "--run-dir", f"{tmp}/run"]
+        t0 = time.perf_counter()
+        subprocess.run(cmd, check=True, env=env, capture_output=True)
+        wall = time.perf_counter() - t0
+        import json
+
+        manifest = json.loads(Path(f"{tmp}/run/manifest.json").read_text())
+        rate = manifest["stages"]["cache"].get("tokens_per_s")
+        print(f"autointerp cache gemma3-270m L6/mlp_neurons, {tokens} tokens: {rate:.0f} tok/s in the pass, "
+              f"{wall:.1f} s wall incl. start-up and writing records")
+        return float(rate) if rate else None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=["gemma3-270m", "smollm2-135m"])
+    ap.add_argument("--batches", type=int, default=6)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--window", type=int, default=64)
+    ap.add_argument("--latents", type=int, default=4096)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--cli-tokens", type=int, default=0, help="also time `autointerp cache` on this many tokens")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {args.threads} threads, {os.cpu_count()} cores, batches of "
+          f"{args.batch_size}x{args.window}, {args.batches} timed batches per arm, interleaved")
+    for name in args.models:
+        r = bench_model(name, args.batches, args.batch_size, args.window, args.latents, args.threads)
+        t = r["tps"]
+        print(f"{name} (layer {r['layer']}, {r['tokens']} tokens per arm):")
+        print(f"  neurons ({r['n_neurons']}): bare {t['bare_neurons']:.0f} tok/s, sampling {t['neurons']:.0f} tok/s, "
+              f"ratio {r['ratio_neurons']:.3f}")
+        print(f"  JumpReLU SAE ({args.latents}): bare {t['bare_sae']:.0f} tok/s, sampling {t['sae']:.0f} tok/s, "
+              f"ratio {r['ratio_sae']:.3f}")
+    if args.cli_tokens:
+        bench_cli(args.cli_tokens, args.threads)
+
+
+if __name__ == "__main__":
+    main()
