@@ -1,0 +1,96 @@
+"""Throughput of the full LLM client stack (openai SDK + retries + limiter + cache) against a loopback
+OpenAI-compatible server with a fixed 100 ms latency.
+
+1,000 chat requests at concurrency 32: ideal time 1000 / 32 * 0.1 s = 3.125 s; efficiency = ideal / time
+(goal >= 0.9). Then the same 1,000 requests again with a fresh client on the warm cache: requests counted
+at the server (goal 0) and wall time (goal < 2 s).
+
+The server runs in a child process (its own event loop and CPU), so the client's overhead is what is
+measured. Usage: .venv/bin/python benchmarks/bench_llm_concurrency.py [--requests N] [--concurrency C]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+from autointerp.llm import ChatMessage, ChatRequest, ClientConfig, make_client
+from autointerp.llm.testing import FakeOpenAIServer
+
+
+def serve(latency_s: float, port_q: mp.Queue, count_q: mp.Queue, stop_ev: object) -> None:  # type: ignore[type-arg]
+    async def main() -> None:
+        srv = FakeOpenAIServer(latency_s=latency_s)
+        await srv.start()
+        port_q.put(srv.port)
+        while not stop_ev.is_set():  # type: ignore[attr-defined]
+            await asyncio.sleep(0.05)
+        count_q.put(srv.requests)
+        await srv.stop()
+
+    asyncio.run(main())
+
+
+async def run_batch(spec: str, cfg: ClientConfig, n: int) -> tuple[float, float, int, int]:
+    """(wall s, client CPU s, requests sent, cache hits) for n distinct chat requests."""
+    client = make_client(spec, cfg)
+    reqs = [ChatRequest(messages=(ChatMessage("user", f"request {i}"),), max_tokens=8) for i in range(n)]
+    await client.chat(ChatRequest(messages=(ChatMessage("user", "warm-up"),)))  # imports, first connection
+    before = client.meter.total
+    t0, c0 = time.perf_counter(), time.process_time()
+    out = await asyncio.gather(*(client.chat(r) for r in reqs))
+    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+    await client.aclose()
+    assert len(out) == n
+    after = client.meter.total
+    return dt, cpu, after.requests - before.requests, after.cache_hits - before.cache_hits
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--requests", type=int, default=1000)
+    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--latency", type=float, default=0.1)
+    args = ap.parse_args()
+
+    load0 = f"{os.getloadavg()[0]:.2f}"
+    ctx = mp.get_context("spawn")
+    port_q: mp.Queue = ctx.Queue()  # type: ignore[type-arg]
+    count_q: mp.Queue = ctx.Queue()  # type: ignore[type-arg]
+    stop = ctx.Event()
+    proc = ctx.Process(target=serve, args=(args.latency, port_q, count_q, stop), daemon=True)
+    proc.start()
+    port = port_q.get(timeout=60)
+    spec = f"openai-compatible:http://127.0.0.1:{port}/v1/fake"
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = ClientConfig(
+            cache_path=Path(tmp) / "llm-cache.sqlite",
+            max_concurrency=args.concurrency,
+            timeout_s=30.0,
+            requests_per_minute=1_000_000,
+            tokens_per_minute=100_000_000,
+        )
+        cold, cold_cpu, sent, _ = asyncio.run(run_batch(spec, cfg, args.requests))
+        warm, _, sent2, hits2 = asyncio.run(run_batch(spec, cfg, args.requests))
+    stop.set()
+    server_count = count_q.get(timeout=30)
+    proc.join(10)
+
+    ideal = args.requests / args.concurrency * args.latency
+    print(f"machine: {platform.node()} {platform.machine()}, python {platform.python_version()}")
+    print(f"requests {args.requests}, concurrency {args.concurrency}, server latency {args.latency * 1000:.0f} ms")
+    print(f"load average before/after: {load0} / {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+    print(f"cold: {cold:.3f} s (ideal {ideal:.3f} s) -> efficiency {ideal / cold:.3f} (goal >= 0.9); sent {sent}")
+    print(f"client CPU: {cold_cpu:.3f} s = {cold_cpu / args.requests * 1000:.2f} ms per request")
+    print(f"warm-cache rerun: {warm:.3f} s (goal < 2 s); sent {sent2}, cache hits {hits2}")
+    print(f"requests counted at the server over both runs: {server_count} (goal: {args.requests} + 1 warm-up)")
+
+
+if __name__ == "__main__":
+    main()
