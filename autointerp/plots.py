@@ -78,7 +78,7 @@ def plot_distributions(tidy: pd.DataFrame, score: str, stem: Path) -> list[Path]
     ax.axhline(0, color="#cccccc", lw=0.8, zorder=0)
     title = f"{score} per cell against the shuffled baseline"
     ax.set_title(title + (f" ({n_undef} undefined left out)" if n_undef else ""), fontsize=10)
-    if cells:
+    if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="best", fontsize=8)
     return _save(fig, stem)
 
@@ -87,16 +87,23 @@ def plot_vs_frequency(tidy: pd.DataFrame, score: str, stem: Path) -> list[Path]:
     """``score`` against firing frequency (log x axis), one colour per cell."""
     fig = Figure(figsize=(6.0, 4.2))
     ax: Axes = fig.add_subplot()
+    n_points = 0
     for i, cell in enumerate(_cells(tidy)):
         g = tidy[(tidy["cell"] == cell) & tidy[SCORE_PREFIX + score].notna() & tidy["frequency"].notna()]
         g = g[g["frequency"] > 0]
+        n_points += len(g)
+        if not len(g):
+            continue
         ax.scatter(g["frequency"].to_numpy(dtype=np.float64), g[SCORE_PREFIX + score].to_numpy(dtype=np.float64),
                    s=14, alpha=0.7, color=_COLORS[i % len(_COLORS)], label=cell_label(cell))
-    ax.set_xscale("log")
-    ax.set_xlabel("firing frequency (fraction of tokens)")
+    if n_points:
+        ax.set_xscale("log")
+    else:
+        ax.text(0.5, 0.5, f"no feature has a defined {score}", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("firing frequency (fraction of tokens, log scale)")
     ax.set_ylabel(score)
     ax.set_title(f"{score} vs firing frequency", fontsize=10)
-    if len(tidy):
+    if n_points:
         ax.legend(fontsize=7, loc="best")
     return _save(fig, stem)
 

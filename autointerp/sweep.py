@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from autointerp.config import config_to_dict
 from autointerp.errors import UserError
 from autointerp.records import FeatureId, FeatureRecord
 from autointerp.report.rundata import load_run
@@ -144,6 +145,13 @@ class Cell:
         return cls(str(d["name"]), dict(d["params"]), dict(d["config"]))
 
 
+def _readable_param(key: str, value: Any) -> str:
+    """A grid value for a cell name; numbers and booleans carry their setting's name (``n_top_examples_5``)."""
+    if isinstance(value, (bool, int, float)):
+        return _readable(f"{key}_{value}")
+    return _readable(value)
+
+
 def _readable(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         text = "+".join(_readable(v) for v in value)
@@ -151,7 +159,7 @@ def _readable(value: Any) -> str:
         text = "+".join(f"{k}{_readable(v)}" for k, v in value.items())
     else:
         text = str(value).rsplit("/", 1)[-1]
-    return re.sub(r"[^A-Za-z0-9.+_]+", "_", text).strip("_")[:24] or "x"
+    return re.sub(r"[^A-Za-z0-9.+_]+", "_", text).strip("_")[:32] or "x"
 
 
 def expand_grid(spec: SweepSpec, allowed: Sequence[str] | None = None) -> list[Cell]:
@@ -170,7 +178,7 @@ def expand_grid(spec: SweepSpec, allowed: Sequence[str] | None = None) -> list[C
         params = dict(zip(keys, combo, strict=True))
         config = {**spec.base, **params}
         digest = short_hash(json.dumps(config, sort_keys=True, default=str))[:8]
-        readable = "-".join(_readable(v) for v in combo)[:60] or "base"
+        readable = "-".join(_readable_param(k, v) for k, v in params.items())[:60] or "base"
         cells.append(Cell(f"{readable}-{digest}", params, config))
     if len({c.name for c in cells}) != len(cells):
         raise UserError("the sweep grid repeats a combination of values; list each value once")
@@ -276,12 +284,21 @@ def sample_once(cache: dict[str, Any], features: Sequence[int] | None, out: Path
         **{k: cache[k] for k in sampling_keys if k in cache},
         features=None if features is None else tuple(features),
     )
+    meta = out / "records" / "meta.json"
+    if meta.exists():
+        try:
+            done = json.loads(meta.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            done = {}
+        if done.get("config") == config_to_dict(cfg) and done.get("source") == address:
+            log.info("the sweep's sample in %s is complete; reusing it", out)
+            return out
     spec = resolve_address(address)
-    source = resolve_source(address)
     subject = load_subject(
         spec.model, device=str(cache.get("device", "cpu")), dtype=str(cache.get("dtype", "float32")),
         threads=int(cache.get("threads", 2)),
     )
+    source = resolve_source(address, subject=subject)
     windows = load_corpus(str(cache.get("corpus", "wiki")), subject.tokenizer, window=cfg.window,
                           max_tokens=cfg.tokens, seed=cfg.seed)
     log.info("sampling %d tokens through %s into %s (once for every cell)", cfg.tokens, address, out)
