@@ -258,6 +258,23 @@ def load_records(cache_run: Path, features: Sequence[int] | None) -> list[Featur
 _CACHE_KEYS = ("model", "hook", "sae", "corpus", "device", "dtype", "threads")
 
 
+def check_cache_settings(cache: dict[str, Any]) -> str:
+    """Check a sweep's ``cache`` settings (no model is loaded); returns the source address."""
+    from autointerp.sampling import SamplingConfig
+
+    sampling_keys = [f.name for f in dataclasses.fields(SamplingConfig) if f.name != "features"]
+    unknown = sorted(set(cache) - set(_CACHE_KEYS) - set(sampling_keys))
+    if unknown:
+        raise UserError(
+            f"unknown cache setting(s) {', '.join(unknown)}; use {', '.join([*_CACHE_KEYS, *sampling_keys])}"
+        )
+    if cache.get("sae"):
+        return str(cache["sae"])
+    if cache.get("model") and cache.get("hook"):
+        return f"{cache['model']}/{cache['hook']}"
+    raise UserError("the sweep's `cache` needs `sae: ADDRESS`, or `model:` with `hook:` (e.g. L6/mlp_neurons)")
+
+
 def sample_once(cache: dict[str, Any], features: Sequence[int] | None, out: Path) -> Path:
     """Sample the sweep's features once into ``out`` (resumable; every cell reads this one sample).
 
@@ -268,18 +285,8 @@ def sample_once(cache: dict[str, Any], features: Sequence[int] | None, out: Path
     from autointerp.sources.registry import resolve_address, resolve_source
     from autointerp.subject import load_subject
 
+    address = check_cache_settings(cache)
     sampling_keys = [f.name for f in dataclasses.fields(SamplingConfig) if f.name != "features"]
-    unknown = sorted(set(cache) - set(_CACHE_KEYS) - set(sampling_keys))
-    if unknown:
-        raise UserError(
-            f"unknown cache setting(s) {', '.join(unknown)}; use {', '.join([*_CACHE_KEYS, *sampling_keys])}"
-        )
-    if cache.get("sae"):
-        address = str(cache["sae"])
-    elif cache.get("model") and cache.get("hook"):
-        address = f"{cache['model']}/{cache['hook']}"
-    else:
-        raise UserError("the sweep's `cache` needs `sae: ADDRESS`, or `model:` with `hook:` (e.g. L6/mlp_neurons)")
     cfg = SamplingConfig(
         **{k: cache[k] for k in sampling_keys if k in cache},
         features=None if features is None else tuple(features),
@@ -333,6 +340,8 @@ async def run_sweep(
     handed to ``runner`` again, which resumes it), then write the tables. Returns the cells."""
     sweep_dir = Path(sweep_dir)
     cells = expand_grid(spec, allowed)
+    if spec.cache:
+        check_cache_settings(spec.cache)
     if records is None:
         if spec.cache:
             cache_run = sample_once(spec.cache, spec.features, sweep_dir / "cache")

@@ -25,6 +25,7 @@ from autointerp.sweep import (
     aggregate_table,
     bootstrap_mean_ci,
     cell_dir,
+    check_cache_settings,
     expand_grid,
     explain_settings,
     load_spec,
@@ -243,6 +244,7 @@ def test_example_sweep_file_is_valid() -> None:
     spec = load_spec(EXAMPLE)
     cells = expand_grid(spec, explain_settings())
     assert len(cells) >= 2
+    assert check_cache_settings(spec.cache) == "gemma3-270m/L6/mlp_neurons"
 
 
 def test_cli_plot_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
