@@ -674,6 +674,7 @@ def load_feature_records(run_dir: Path, features: Sequence[int] | None = None) -
     cs = int(meta["content_start"])
     shard_size = int(meta["shard_size"])
     shards: dict[int, dict[str, np.ndarray]] = {}
+    decoded: dict[int, tuple[list[int], list[str]]] = {}
     out: list[FeatureRecord] = []
     for f in wanted:
         fi = pos[f]
@@ -691,8 +692,11 @@ def load_feature_records(run_dir: Path, features: Sequence[int] | None = None) -
                     continue
                 r = row_of[int(w)]
                 n = int(w_len[r])
-                ids = [int(x) for x in w_tokens[r, cs:n]]
-                recs.append(ActivationRecord(tokens=[vocab[i] for i in ids], token_ids=ids,
+                if r not in decoded:
+                    ids = [int(x) for x in w_tokens[r, cs:n]]
+                    decoded[r] = (ids, [vocab[i] for i in ids])
+                ids, toks = decoded[r]
+                recs.append(ActivationRecord(tokens=list(toks), token_ids=list(ids),
                                              activations=a[cs:n].astype(np.float32), window=int(w)))
             split_recs[name] = recs
         s = stats[fi]

@@ -7,7 +7,8 @@ For each model, the same batches are timed in three arms, interleaved batch by b
 - ``sae``: ``Sampler.step`` with a random-weight Gemma-Scope-shaped JumpReLU SAE (``params.npz``, 4096 latents,
   thresholds set so ~2% of latents fire) at ``L{layer}/resid_post``, loaded through autointerp's own loader.
 
-Reports tokens/s per arm and the ratio sampling/bare (goal >= 0.9). Optionally also times the real
+Reports tokens/s per arm and the ratio sampling/bare (goal >= 0.9), from wall time and from process CPU
+time (the latter is steadier on a shared machine). Optionally also times the real
 ``autointerp cache`` command end to end (``--cli-tokens``).
 
     .venv/bin/python benchmarks/bench_sampling.py [--models gemma3-270m smollm2-135m] [--batches 6]
@@ -79,16 +80,21 @@ def bench_model(name: str, batches: int, batch_size: int, window: int, n_latents
         for fn in arms.values():  # warm-up
             fn(warm)
         secs = dict.fromkeys(arms, 0.0)
+        cpu = dict.fromkeys(arms, 0.0)
         names = list(arms)
         for i, b in enumerate(timed):
             for j in range(len(names)):
                 arm = names[(i + j) % len(names)]
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 arms[arm](b)
                 secs[arm] += time.perf_counter() - t0
+                cpu[arm] += time.process_time() - c0
     n_tok = sum(b.input_ids.numel() for b in timed)  # model tokens incl. BOS and padding: same for all arms
     tps = {k: n_tok / v for k, v in secs.items()}
+    cpu_tps = {k: n_tok / v for k, v in cpu.items()}
     return {
+        "cpu_ratio_neurons": cpu_tps["neurons"] / cpu_tps["bare_neurons"],
+        "cpu_ratio_sae": cpu_tps["sae"] / cpu_tps["bare_sae"],
         "model": name,
         "layer": layer,
         "tokens": n_tok,
@@ -134,9 +140,9 @@ def main() -> None:
         t = r["tps"]
         print(f"{name} (layer {r['layer']}, {r['tokens']} tokens per arm):")
         print(f"  neurons ({r['n_neurons']}): bare {t['bare_neurons']:.0f} tok/s, sampling {t['neurons']:.0f} tok/s, "
-              f"ratio {r['ratio_neurons']:.3f}")
+              f"ratio {r['ratio_neurons']:.3f} (CPU-time ratio {r['cpu_ratio_neurons']:.3f})")
         print(f"  JumpReLU SAE ({args.latents}): bare {t['bare_sae']:.0f} tok/s, sampling {t['sae']:.0f} tok/s, "
-              f"ratio {r['ratio_sae']:.3f}")
+              f"ratio {r['ratio_sae']:.3f} (CPU-time ratio {r['cpu_ratio_sae']:.3f})")
     if args.cli_tokens:
         bench_cli(args.cli_tokens, args.threads)
 
