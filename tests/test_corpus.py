@@ -80,6 +80,14 @@ def test_corpus_errors(tmp_path: Path, tiny_tokenizer: Any) -> None:
     bad.write_bytes("the city caf\xe9 of paris\n".encode("latin-1"))
     with pytest.raises(UserError, match="not UTF-8"):
         load_corpus(str(bad), tiny_tokenizer)
+    import importlib.util
+
+    if importlib.util.find_spec("datasets") is None:
+        with pytest.raises(UserError, match="pip install datasets"):
+            load_corpus("hf:someone/corpus:train", tiny_tokenizer)
+    if importlib.util.find_spec("gensim") is None:
+        with pytest.raises(UserError, match="gensim"):
+            load_corpus("lee", tiny_tokenizer)
     other = tmp_path / "x.csv"
     other.write_text("a,b\n")
     with pytest.raises(UserError, match="unsupported"):
