@@ -67,15 +67,18 @@ class Cdp:
                 self.events.append(msg)
 
     def wait_event(self, method: str, timeout: float = 30.0) -> dict[str, Any]:
+        """The next ``method`` event not waited for before (each event is returned once)."""
         deadline = time.monotonic() + timeout
         for e in self.events:
-            if e["method"] == method:
+            if e["method"] == method and not e.get("_seen"):
+                e["_seen"] = True
                 return e
         while time.monotonic() < deadline:
             msg = json.loads(self.ws.recv())
             if "method" in msg:
                 self.events.append(msg)
                 if msg["method"] == method:
+                    msg["_seen"] = True
                     return msg
         raise TimeoutError(method)
 
@@ -189,6 +192,7 @@ def test_report_in_chromium(browser: Cdp, tmp_path: Path) -> None:
     )
     assert browser.eval("document.querySelectorAll('#detail .split').length") == 4
     assert browser.eval("document.querySelectorAll('#detail .tokrow.sim').length") > 0
+    assert browser.eval("decodeURIComponent(location.hash)") == "#synthetic/L0/mlp_neurons:0"
     texts = browser.eval("Array.from(document.querySelectorAll('#detail .tok')).map(t => t.textContent)")
     assert "<script>alert(1)</script>" in texts and '"><img src=x onerror=alert(1)>' in texts
 
@@ -203,6 +207,14 @@ def test_report_in_chromium(browser: Cdp, tmp_path: Path) -> None:
     assert browser.eval("document.querySelectorAll('img').length") == 0
     assert browser.eval("document.scripts.length") == 2
     assert _errors(browser) == []
+
+    # A link with a feature id in the hash opens that feature.
+    browser.eval("location.hash = 'synthetic%2FL0%2Fmlp_neurons%3A2'")
+    browser.send("Page.reload")
+    browser.wait_event("Page.loadEventFired")
+    assert browser.eval("document.body.dataset.ready") == "1"
+    assert browser.eval("document.querySelector('#detail .feature-id').textContent") == "synthetic/L0/mlp_neurons:2"
+    assert browser.eval("window.__pwned") == [] and _errors(browser) == []
 
     shot = browser.send("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": False})
     png = tmp_path / "report.png"

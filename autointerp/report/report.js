@@ -286,6 +286,7 @@
     });
     if (!any) { d.appendChild(el("p", "missing", "No examples recorded for this feature.")); }
     renderRows();
+    try { history.replaceState(null, "", "#" + encodeURIComponent(f.id)); } catch (e) { /* not allowed here */ }
     d.scrollIntoView({ block: "start" });
   }
 
@@ -294,8 +295,9 @@
   document.title = DATA.title;
   var info = document.getElementById("run-info");
   var bits = [DATA.run.command, DATA.run.created_at, DATA.run.path, FEATURES.length + " features"];
-  if (DATA.usage && typeof DATA.usage.requests === "number") {
-    bits.push(DATA.usage.requests + " LLM requests");
+  var usage = DATA.usage && (DATA.usage.total || DATA.usage);
+  if (usage && typeof usage.requests === "number") {
+    bits.push(usage.requests + " LLM requests" + (usage.cache_hits ? " (+" + usage.cache_hits + " from cache)" : ""));
   }
   info.textContent = bits.filter(function (x) { return x !== null && x !== undefined && x !== ""; }).join(" · ");
   var details = el("details", "config");
@@ -308,5 +310,13 @@
   });
   renderHeader();
   renderRows();
+  /* A link to RUN/report.html#<feature id> opens that feature. */
+  if (location.hash.length > 1) {
+    var want = "";
+    try { want = decodeURIComponent(location.hash.slice(1)); } catch (e) { want = ""; }
+    for (var k = 0; k < FEATURES.length; k++) {
+      if (FEATURES[k].id === want) { openFeature(k); break; }
+    }
+  }
   document.body.dataset.ready = "1";
 })();
