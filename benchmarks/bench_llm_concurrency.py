@@ -52,6 +52,29 @@ async def run_batch(spec: str, cfg: ClientConfig, n: int) -> tuple[float, float,
     return dt, cpu, after.requests - before.requests, after.cache_hits - before.cache_hits
 
 
+async def run_bare_sdk(base_url: str, n: int, concurrency: int) -> tuple[float, float]:
+    """Reference arm: the bare openai SDK (typed create(), SDK defaults, an asyncio.Semaphore), no cache."""
+    from openai import AsyncOpenAI
+
+    client = AsyncOpenAI(api_key="none", base_url=base_url, max_retries=0, timeout=30.0)
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(i: int) -> str:
+        async with sem:
+            r = await client.chat.completions.create(
+                model="fake", messages=[{"role": "user", "content": f"bare {i}"}], max_tokens=8, temperature=0.0
+            )
+            return r.choices[0].message.content or ""
+
+    await one(-1)
+    t0, c0 = time.perf_counter(), time.process_time()
+    out = await asyncio.gather(*(one(i) for i in range(n)))
+    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+    await client.close()
+    assert len(out) == n
+    return dt, cpu
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=1000)
@@ -76,8 +99,11 @@ def main() -> None:
             requests_per_minute=1_000_000,
             tokens_per_minute=100_000_000,
         )
+        base = f"http://127.0.0.1:{port}/v1"
+        bare, bare_cpu = asyncio.run(run_bare_sdk(base, args.requests, args.concurrency))
         cold, cold_cpu, sent, _ = asyncio.run(run_batch(spec, cfg, args.requests))
         warm, _, sent2, hits2 = asyncio.run(run_batch(spec, cfg, args.requests))
+        bare2, bare_cpu2 = asyncio.run(run_bare_sdk(base, args.requests, args.concurrency))
     stop.set()
     server_count = count_q.get(timeout=30)
     proc.join(10)
@@ -88,8 +114,14 @@ def main() -> None:
     print(f"load average before/after: {load0} / {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
     print(f"cold: {cold:.3f} s (ideal {ideal:.3f} s) -> efficiency {ideal / cold:.3f} (goal >= 0.9); sent {sent}")
     print(f"client CPU: {cold_cpu:.3f} s = {cold_cpu / args.requests * 1000:.2f} ms per request")
+    print(
+        f"reference, bare openai SDK (runs before and after): {bare:.3f} / {bare2:.3f} s -> efficiency "
+        f"{ideal / bare:.3f} / {ideal / bare2:.3f}; CPU {bare_cpu / args.requests * 1000:.2f} / "
+        f"{bare_cpu2 / args.requests * 1000:.2f} ms per request"
+    )
     print(f"warm-cache rerun: {warm:.3f} s (goal < 2 s); sent {sent2}, cache hits {hits2}")
-    print(f"requests counted at the server over both runs: {server_count} (goal: {args.requests} + 1 warm-up)")
+    expected = args.requests + 1 + 2 * (args.requests + 1)
+    print(f"requests counted at the server: {server_count} (expected {expected}: stack cold + warm-up, 2 bare arms)")
 
 
 if __name__ == "__main__":

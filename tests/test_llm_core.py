@@ -467,3 +467,25 @@ async def test_vllm_server_prompt_logprobs_fallback(tmp_path: Path) -> None:
         await client.top_logprobs(TopLogprobsRequest(prompt="a\tb\tc\t", positions=(2,), top_k=2))
         assert srv.requests == 3  # no second probe
         await client.aclose()
+
+
+async def test_token_bucket_paces_with_a_fake_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """120 requests/min, burst 2: 6 acquisitions need 4 refills of 0.5 s each (no real waiting)."""
+    from autointerp.llm import reliable
+
+    now = [100.0]
+    slept: list[float] = []
+
+    async def fake_sleep(s: float) -> None:
+        slept.append(s)
+        now[0] += s
+
+    monkeypatch.setattr(reliable.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(reliable.asyncio, "sleep", fake_sleep)
+    bucket = reliable.TokenBucket(120, capacity=2)
+    for _ in range(6):
+        await bucket.acquire(1)
+    assert sum(slept) == pytest.approx(2.0)
+    tokens = reliable.TokenBucket(600, capacity=100)  # tokens/min: a 250-token request waits for a full bucket
+    await tokens.acquire(250)
+    assert tokens.level == pytest.approx(0.0)
