@@ -141,9 +141,20 @@ def make_backend(spec: str, config: ClientConfig) -> LLMClient:
 
 
 class ManagedClient:
-    """What :func:`make_client` returns: an :class:`LLMClient` with ``meter``, ``cache_stats()`` and ``aclose()``."""
+    """What :func:`make_client` returns: an :class:`LLMClient` with ``meter``, ``cache_stats()`` and ``aclose()``.
 
-    def __init__(self, backend: LLMClient, config: ClientConfig, meter: UsageMeter, cache: ResponseCache | None):
+    Use one client within one event loop (its semaphore, rate limiters and HTTP connections belong to the
+    loop that first uses them); build a new one for another ``asyncio.run``.
+    """
+
+    def __init__(
+        self,
+        backend: LLMClient,
+        config: ClientConfig,
+        meter: UsageMeter,
+        cache: ResponseCache | None,
+        owns_cache: bool = False,
+    ) -> None:
         self.backend = backend
         self.config = config
         self.meter = meter
@@ -154,6 +165,7 @@ class ManagedClient:
             self.cached = CachedClient(inner, cache)
             inner = self.cached
         self._cache = cache
+        self._owns_cache = owns_cache
         self._outer = MeteredClient(inner, meter)
         self.spec = backend.spec
         self.supports_completion = backend.supports_completion
@@ -176,7 +188,12 @@ class ManagedClient:
         return out
 
     async def aclose(self) -> None:
+        """Close the backend (and stop a local server nobody else uses) and the cache file if this client
+        opened it."""
         await self._outer.aclose()
+        if self._cache is not None and self._owns_cache:
+            self._cache.close()
+            self._cache = None
 
     async def __aenter__(self) -> ManagedClient:
         return self
@@ -199,6 +216,7 @@ def make_client(
     backend = make_backend(spec, config)
     if meter is None:
         meter = UsageMeter(prices=PriceTable.load(config.prices_path))
-    if config.cache and cache is None:
+    owns = config.cache and cache is None
+    if owns:
         cache = ResponseCache(config.cache_path)
-    return ManagedClient(backend, config, meter, cache if config.cache else None)
+    return ManagedClient(backend, config, meter, cache if config.cache else None, owns_cache=owns)

@@ -1,6 +1,6 @@
 """``local:<name>``: an embedded GGUF model served by llama.cpp (xllamacpp) in this process, on loopback.
 
-The server starts on the first request (model load: ~1 s for SmolLM2, a few s for Qwen2.5-Coder-1.5B),
+The server starts when the client is built (model load: ~1 s for SmolLM2, a few s for Qwen2.5-Coder-1.5B),
 listens on 127.0.0.1 on a free port with ``n_threads`` and ``n_threads_batch`` set explicitly, and is
 spoken to with the real ``openai`` SDK (``/v1/chat/completions``, ``/v1/completions`` with ``logprobs``).
 Servers are shared per (GGUF file, context size, threads) within a process and stop when their last
@@ -121,7 +121,7 @@ class LocalServer:
 
 
 class LocalBackend(OpenAIBackend):
-    """An :class:`OpenAIBackend` whose server is an in-process llama.cpp started on the first request."""
+    """An :class:`OpenAIBackend` whose server is an in-process llama.cpp, started (or shared) when built."""
 
     def __init__(self, spec: str, name: str, config: ClientConfig) -> None:
         self.gguf = resolve_gguf(name)
