@@ -299,6 +299,8 @@ def _collect(cfg: TrainSaeConfig) -> torch.Tensor:
             got += take
             if got >= cfg.tokens:
                 break
+            if got // 20_000 != (got - take) // 20_000:
+                log.info("collected %d / %d tokens (%.0fs)", got, cfg.tokens, time.perf_counter() - t0)
     if got < cfg.tokens:
         raise UserError(f"corpus {cfg.corpus!r} gave only {got} tokens, fewer than --tokens {cfg.tokens}; lower it")
     log.info("collected %d activations of width %d at %s in %.0fs", got, x.shape[1], hook, time.perf_counter() - t0)

@@ -249,3 +249,37 @@ def test_resolve_source_checks_the_subject_width(tiny_site: registry._Site, tmp_
     assert str(e.value) == (
         f"SAE d_in {D} does not match L2/resid_post of tiny-model (640): pick an SAE for this model or another hook"
     )
+
+
+def test_embedded_sae_is_shipped_and_resolves() -> None:
+    spec = resolve_address("embedded/gemma3-270m/L6")
+    assert spec == resolve_address("gemma3-270m/L6")
+    assert (spec.address, spec.model, spec.format, spec.repo_id, spec.width) == (
+        "gemma3-270m/L6",
+        "gemma3-270m",
+        "gemma_scope",
+        None,
+        2048,
+    )
+    src = resolve_source("gemma3-270m/L6", hook_dim=640)
+    assert (src.hook, src.d_in, src.n_features) == (HookPoint(6, "resid_post"), 640, 2048)
+    out = src.encode(torch.randn(3, 640) * 50, features=[0, 5])
+    assert out.values.shape == (3, 2)
+
+
+@pytest.mark.slow
+def test_embedded_sae_on_the_real_subject() -> None:
+    """On real gemma3-270m activations the shipped SAE is sparse and reconstructs most of the variance."""
+    from autointerp.corpus import load_corpus
+    from autointerp.sources.sae import LinearSae
+    from autointerp.subject import load_subject
+    from autointerp.train_sae import evaluate
+
+    subject = load_subject("gemma3-270m", threads=2)
+    src = resolve_source("gemma3-270m/L6", subject=subject)
+    assert isinstance(src, LinearSae)
+    windows = load_corpus("wiki", subject.tokenizer, window=64, seed=123)
+    batch = next(windows.batches(8))
+    acts = subject.run(batch.input_ids, [src.hook])[src.hook][batch.valid_mask()]
+    m = evaluate(src, acts)
+    assert m["fve"] > 0.5 and 5 < m["l0"] < 100, m

@@ -92,7 +92,7 @@ def sources(
     table.add_row("repo", spec.repo_id or f"shipped: {spec.local_root}")
     if spec.repo_id:
         table.add_row(
-            "revision", f"{spec.revision}" + ("" if spec.revision_pinned else " (not pinned; --sae-revision pins one)")
+            "revision", f"{spec.revision}" + ("" if spec.revision_pinned else " (not pinned; revision=COMMIT pins one)")
         )
     table.add_row("path", spec.path or "-")
     table.add_row("d_in", str(spec.d_in))

@@ -132,7 +132,7 @@ def build(snapshot: dict[str, Any], embedded: dict[str, Any] | None = None) -> d
             "autointerp/sources/build_registry.py",
             "licence": "MIT (SAELens); the SAE weights themselves carry their own licences (Gemma Scope: CC-BY-4.0)",
             "revisions": "hub revisions are 'main' (revision_pinned false): no commit hashes were available "
-            "offline; pass revision= / --sae-revision to pin one",
+            "offline; resolve_source(address, revision=COMMIT) pins one",
             "row_columns": ["layer", "width", "l0", "neuronpedia", "canonical", "path"],
             "canonical": "Gemma Scope: the average_l0 closest to 100 for each layer and width, from the "
             "'-canonical' releases; single-SAE widths are canonical",

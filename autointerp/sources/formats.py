@@ -224,7 +224,9 @@ def _load_saelens(path: Path, hook: HookPoint | None, address: str, model_name: 
     if arch == "standard" and act_str not in (None, "relu"):
         raise UserError(f"{path}: activation {act_str!r} is not supported for standard SAEs (only relu)")
     try:
-        d_in, d_sae = int(cfg["d_in"]), int(cfg["d_sae"])
+        d_in = int(cfg["d_in"])
+        # old SAELens configs may size the SAE by expansion_factor only: read the width off W_enc then
+        d_sae = int(cfg.get("d_sae") or shapes["W_enc"][1])
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"{path}/cfg.json lacks d_in/d_sae: it is not a SAELens config; download it again") from e
     expected = {"W_enc": (d_in, d_sae), "b_dec": (d_in,)}
@@ -365,7 +367,10 @@ def _load_openai(path: Path, hook: HookPoint | None, address: str, model_name: s
             raise UserError(f"{path}: expected exactly one OpenAI .pt file in the folder, found {len(pts)}")
         path = pts[0]
     try:
-        sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        try:
+            sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # a legacy (non-zip) checkpoint cannot be memory-mapped
+            sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise UserError(
             f"cannot read {path} as a torch state dict ({type(e).__name__}); it is truncated or corrupt"
