@@ -93,3 +93,21 @@ async def test_faults_in_front_of_the_real_server(llama: LocalServer, tmp_path: 
         assert all(isinstance(o, LLMResponse) for o in out), out
         assert client.cache_stats()["retries"] == 4, proxy.log
         await client.aclose()
+
+
+async def test_llama_cpp_and_transformers_logprobs_agree(llama: LocalServer, tmp_path: Path) -> None:
+    """The same GGUF served by llama.cpp and de-quantized into transformers gives the same next-token
+    distributions at the same character positions (a cross-check of both position mappings)."""
+    from autointerp.llm import ClientConfig
+
+    a = make_client("local:smollm2-135m", local_config(tmp_path, cache=False))
+    b = make_client("transformers:smollm2-135m", ClientConfig(threads=2, cache=False, timeout_s=600))
+    prompt = "The capital of France is Paris.\nThe capital of Italy is"
+    req = TopLogprobsRequest(prompt=prompt, positions=(len("The capital of France is"), len(prompt)), top_k=5)
+    ra, rb = await a.top_logprobs(req), await b.top_logprobs(req)
+    for x, y in zip(ra.logprobs, rb.logprobs, strict=True):
+        top3 = sorted(x.top, key=x.top.__getitem__, reverse=True)[:3]
+        assert top3 == sorted(y.top, key=y.top.__getitem__, reverse=True)[:3]
+        assert all(abs(x.top[t] - y.top[t]) < 0.5 for t in top3)
+    await a.aclose()
+    await b.aclose()
