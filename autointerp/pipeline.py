@@ -82,6 +82,9 @@ class ExplainConfig:
     """Quantile train examples shown to the explainer besides the top ones."""
     cot: bool = False
     """Ask the explainer to reason step by step before its label."""
+    highlight_threshold: float = 0.1
+    """highlighted explainer: mark tokens whose activation exceeds this fraction of the examples' maximum
+    (dense features such as MLP neurons are positive almost everywhere)."""
     n_candidates: int = 1
     """Candidate explanations per feature; with more than 1 the best by simulation on 'valid' is kept."""
     candidate_temperature: float = 0.7
@@ -275,6 +278,7 @@ class _Runner:
             n_top=config.n_top_examples,
             n_quantile=config.n_quantile_examples,
             cot=config.cot,
+            highlight_threshold=config.highlight_threshold,
         )
         self.explainer = Explainer(clients.explainer, settings)
         self.sem = asyncio.Semaphore(max(1, config.concurrency))

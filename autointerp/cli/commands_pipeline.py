@@ -143,6 +143,9 @@ def explain(
         _D.n_quantile_examples, "--n-quantile-examples", help=_H["n_quantile_examples"]
     ),
     cot: bool = typer.Option(_D.cot, "--cot/--no-cot", help=_H["cot"]),
+    highlight_threshold: float = typer.Option(
+        _D.highlight_threshold, "--highlight-threshold", help=_H["highlight_threshold"]
+    ),
     n_candidates: int = typer.Option(_D.n_candidates, "--n-candidates", help=_H["n_candidates"]),
     candidate_temperature: float = typer.Option(
         _D.candidate_temperature, "--candidate-temperature", help=_H["candidate_temperature"]
@@ -181,6 +184,7 @@ def explain(
         n_top_examples=n_top_examples,
         n_quantile_examples=n_quantile_examples,
         cot=cot,
+        highlight_threshold=highlight_threshold,
         n_candidates=n_candidates,
         candidate_temperature=candidate_temperature,
         simulator_kind=simulator_kind,
