@@ -258,6 +258,10 @@ def test_cli_plot_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     with pytest.raises(SystemExit) as e:
         main(["plot", str(tmp_path)])
     assert e.value.code == 2
+    with pytest.raises(SystemExit) as e:
+        main(["report", str(tmp_path / "sw")])
+    assert e.value.code == 2
+    assert "is a sweep, not a run" in capsys.readouterr().err
     bad = tmp_path / "bad.yaml"
     bad.write_text("cache_run: x\ngrid:\n  n_exmaples: [1, 2]\n")
     with pytest.raises(SystemExit) as e:

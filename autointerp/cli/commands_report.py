@@ -25,8 +25,13 @@ def report(
     max_examples: int = typer.Option(20, help="Examples shown per split and feature."),
 ) -> None:
     """Write a self-contained interactive HTML report of a run (opens from file://, no network)."""
+    from autointerp.errors import UserError
     from autointerp.report import build_report
 
+    if (run_dir / "sweep.json").exists() and not (run_dir / "manifest.json").exists():
+        cells = sorted(p.name for p in (run_dir / "cells").glob("*") if (p / "manifest.json").exists())
+        example = run_dir / "cells" / (cells[0] if cells else "<cell>")
+        raise UserError(f"{run_dir} is a sweep, not a run; report one of its cells, e.g. autointerp report {example}")
     path = build_report(run_dir, out, max_examples=max_examples)
     console.print(f"report written to [bold]{path}[/]", highlight=False)
 
