@@ -310,6 +310,29 @@ def test_retry_after_parsing_and_error_mapping() -> None:
     assert map_exception(ValueError("x"), "s").retryable is False
 
 
+def test_sdk_exception_classes_map() -> None:
+    import anthropic
+    import httpx2
+    import openai
+
+    req = httpx2.Request("POST", "http://x/v1/messages")
+    for e in (openai.APITimeoutError(req), anthropic.APITimeoutError(req)):
+        m = map_exception(e, "s")
+        assert m.retryable and m.status is None and "timed out" in m.reason
+    for e in (openai.APIConnectionError(request=req), anthropic.APIConnectionError(request=req)):
+        m = map_exception(e, "s")
+        assert m.retryable and "connection" in m.reason
+    resp = httpx2.Response(429, request=req, headers={"retry-after": "7"})
+    for cls in (openai.RateLimitError, anthropic.RateLimitError):
+        m = map_exception(cls("slow down", response=resp, body=None), "s")
+        assert (m.status, m.retryable, m.retry_after) == (429, True, 7.0)
+    for status, cls in ((401, anthropic.AuthenticationError), (404, anthropic.NotFoundError)):
+        r = httpx2.Response(status, request=req)
+        assert map_exception(cls("no", response=r, body=None), "s").retryable is False
+    overloaded = httpx2.Response(529, request=req)
+    assert map_exception(anthropic.APIStatusError("overloaded", response=overloaded, body=None), "s").retryable
+
+
 async def test_retry_waits_honour_retry_after(tmp_path: Path) -> None:
     from tenacity import RetryCallState
 
