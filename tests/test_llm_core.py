@@ -316,6 +316,7 @@ def test_sdk_exception_classes_map() -> None:
     import openai
 
     req = httpx2.Request("POST", "http://x/v1/messages")
+    e: Exception
     for e in (openai.APITimeoutError(req), anthropic.APITimeoutError(req)):
         m = map_exception(e, "s")
         assert m.retryable and m.status is None and "timed out" in m.reason
@@ -323,9 +324,11 @@ def test_sdk_exception_classes_map() -> None:
         m = map_exception(e, "s")
         assert m.retryable and "connection" in m.reason
     resp = httpx2.Response(429, request=req, headers={"retry-after": "7"})
+    cls: Any
     for cls in (openai.RateLimitError, anthropic.RateLimitError):
         m = map_exception(cls("slow down", response=resp, body=None), "s")
         assert (m.status, m.retryable, m.retry_after) == (429, True, 7.0)
+    status: int
     for status, cls in ((401, anthropic.AuthenticationError), (404, anthropic.NotFoundError)):
         r = httpx2.Response(status, request=req)
         assert map_exception(cls("no", response=r, body=None), "s").retryable is False
