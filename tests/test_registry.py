@@ -283,3 +283,18 @@ def test_embedded_sae_on_the_real_subject() -> None:
     acts = subject.run(batch.input_ids, [src.hook])[src.hook][batch.valid_mask()]
     m = evaluate(src, acts)
     assert m["fve"] > 0.5 and 5 < m["l0"] < 100, m
+
+
+def test_cli_fetch(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv(registry.SAE_DIR_ENV, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    rc, out, _ = _cli(["sources", "gemma3-270m/L6", "--fetch"], capsys)
+    assert rc == 0 and "2048 features, jumprelu" in out
+    rc, out, err = _cli(["sources", "gpt2-small/L8", "--fetch", "--sae-dir", str(tmp_path / "saes")], capsys)
+    assert rc == 2 and "jbloom/GPT2-Small-SAEs-Reformatted (revision main)" in err
+    assert "blocks.8.hook_resid_pre/sae_weights.safetensors beside it" in err
+    assert len([line for line in err.splitlines() if line.strip()]) == 1

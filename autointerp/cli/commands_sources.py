@@ -24,6 +24,12 @@ def sources(
     all_l0: bool = typer.Option(
         False, "--all", help="With an address prefix like gemma2-9b/L20: list every width and L0."
     ),
+    fetch: bool = typer.Option(
+        False, "--fetch", help="Get the SAE's files now (local folder, hub cache or download) and load it."
+    ),
+    revision: str | None = typer.Option(
+        None, "--revision", help="Hub revision (commit) to fetch instead of the registry's."
+    ),
 ) -> None:
     """List the SAE addresses this tool knows, or show what one address resolves to."""
     from autointerp.sources.registry import find_local, iter_specs, resolve_address, site_summaries
@@ -102,6 +108,15 @@ def sources(
     table.add_row(
         "local file", str(root / spec.path) if root and spec.path else "not found locally (hub download on use)"
     )
+    if fetch:
+        from autointerp.sources.registry import resolve_source
+
+        src = resolve_source(address, local_dir=sae_dir, revision=revision)
+        info = getattr(src, "info", {})
+        table.add_row(
+            "loaded",
+            f"{info.get('file', '-')}: d_in {src.d_in}, {src.n_features} features, {info.get('architecture', '-')}",
+        )
     console.print(table)
 
 

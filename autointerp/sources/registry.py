@@ -381,6 +381,7 @@ def fetch_files(spec: SaeSpec, *, local_dir: Path | None = None, revision: str |
     except ImportError as e:  # pragma: no cover - a core dependency
         raise UserError("huggingface_hub is not installed: pip install huggingface_hub") from e
     got: list[Path] = []
+    others = "; ".join(spec.files[1:]) + " beside " if len(spec.files) > 1 else ""
     for f in spec.files:
         try:
             got.append(Path(hf_hub_download(repo_id=spec.repo_id, filename=f, revision=rev)))
@@ -388,8 +389,8 @@ def fetch_files(spec: SaeSpec, *, local_dir: Path | None = None, revision: str |
             log.debug("hf_hub_download(%s, %s, %s) failed: %r", spec.repo_id, f, rev, e)
             raise UserError(
                 f"{spec.address} needs {f} from hub repo {spec.repo_id} (revision {rev}) and it is not available "
-                f"({type(e).__name__}): put it at {where / f} and pass --sae-dir {where} (or set {SAE_DIR_ENV}), "
-                "or allow downloads (unset HF_HUB_OFFLINE, log in for gated repos)"
+                f"({type(e).__name__}): put {others}it at {where / f} and pass --sae-dir {where} "
+                f"(or set {SAE_DIR_ENV}), or allow downloads (unset HF_HUB_OFFLINE, log in for gated repos)"
             ) from e
     # hf_hub_download returns <snapshot>/<filename>: the snapshot folder mirrors the repo
     first = got[0]
