@@ -55,6 +55,11 @@ class TopLogprobsRequest:
     distribution of the token that follows ``prompt[:p]``. Simulators compute these offsets when they
     build the prompt (never by matching output tokens). Backends with prefix caching make each extra
     position cheap; a transformers backend answers all positions from one forward pass.
+
+    Choose each p at a token boundary (e.g. right after a ``"\t"`` separator that follows a complete token):
+    llama.cpp / OpenAI-compatible backends send the text ``prompt[:p]`` and the server tokenizes it afresh,
+    so a p inside a token would condition on a different last token; the transformers and vLLM backends
+    refuse such a position with an LLMError.
     """
 
     prompt: str
