@@ -131,7 +131,7 @@ class Cell:
     """One combination of grid values."""
 
     name: str
-    """Directory name: readable values plus a short hash of the full config, e.g. ``qwen-10-1a2b3c4d``."""
+    """Directory name: readable values + a short hash of config, features and sample (`n_top_examples_5-1a2b3c4d`)."""
     params: dict[str, Any]
     """The grid values of this cell (only the settings that vary)."""
     config: dict[str, Any]
@@ -177,7 +177,9 @@ def expand_grid(spec: SweepSpec, allowed: Sequence[str] | None = None) -> list[C
     for combo in itertools.product(*(spec.grid[k] for k in keys)):
         params = dict(zip(keys, combo, strict=True))
         config = {**spec.base, **params}
-        digest = short_hash(json.dumps(config, sort_keys=True, default=str))[:8]
+        # The hash also covers the feature set and the sample, so changing either never reuses old cells.
+        identity = {"config": config, "features": spec.features, "cache": spec.cache or spec.cache_run}
+        digest = short_hash(json.dumps(identity, sort_keys=True, default=str))[:8]
         readable = "-".join(_readable_param(k, v) for k, v in params.items())[:60] or "base"
         cells.append(Cell(f"{readable}-{digest}", params, config))
     if len({c.name for c in cells}) != len(cells):
@@ -322,9 +324,8 @@ def cell_finished(path: Path) -> bool:
         stages = json.loads(manifest.read_text(encoding="utf-8")).get("stages", {})
     except (OSError, json.JSONDecodeError):
         return False
-    return any(isinstance(s, dict) and s.get("status") == "done" for s in stages.values()) and (
-        Path(path) / "scores.jsonl"
-    ).exists()
+    explain = stages.get("explain")
+    return isinstance(explain, dict) and explain.get("status") == "done" and (Path(path) / "scores.jsonl").exists()
 
 
 async def run_sweep(

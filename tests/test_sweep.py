@@ -100,6 +100,8 @@ def test_expand_grid_names_and_validation() -> None:
     assert cells[0].name.startswith("local_qwen2.5_coder_1.5b-simulation-")  # "-" separates values
     assert cell_label(cells[0].name) == "local_qwen2.5_coder_1.5b-simulation"
     assert [c.name for c in expand_grid(spec)] == [c.name for c in cells], "names are stable"
+    other = spec_from_dict({**{"base": spec.base, "grid": spec.grid}, "features": [1, 2]})
+    assert not {c.name for c in expand_grid(other)} & {c.name for c in cells}, "another feature set: new cells"
     with pytest.raises(UserError, match=r"unknown explain setting.*n_exmaples"):
         expand_grid(spec_from_dict({"grid": {"n_exmaples": [1, 2]}}), explain_settings())
 
