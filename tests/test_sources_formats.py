@@ -305,3 +305,51 @@ def test_detect_format_by_structure_not_name(tmp_path: Path) -> None:
     np.savez(bad / "params.npz", W_enc=np.zeros((2, 3), np.float32))
     with pytest.raises(UserError, match=r"lacks b_enc, threshold"):
         load_sae(bad, hook="L0/resid_post")
+
+
+def _write_saelens(path: Path, cfg: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+    from safetensors.torch import save_file
+
+    path.mkdir(parents=True)
+    (path / "cfg.json").write_text(json.dumps(cfg))
+    save_file(tensors, str(path / "sae_weights.safetensors"))
+
+
+def test_saelens_old_style_topk_config_and_scaling_factor(tmp_path: Path) -> None:
+    d, n = 12, 30
+    t = {"W_enc": torch.randn(d, n), "b_enc": torch.randn(n), "W_dec": torch.randn(n, d), "b_dec": torch.randn(d)}
+    # an older SAELens config: hook_point, no architecture, TopK via activation_fn_str/kwargs, no d_sae
+    old = {
+        "d_in": d,
+        "hook_point": "blocks.8.hook_resid_post",
+        "model_name": "gpt2-small",
+        "activation_fn_str": "topk",
+        "activation_fn_kwargs": {"k": 4},
+        "normalize_activations": "layer_norm",
+    }
+    _write_saelens(tmp_path / "old", old, t)
+    sae = load_sae(tmp_path / "old")
+    assert (sae.hook, sae.n_features, sae.k, sae.model_name) == (HookPoint(8, "resid_post"), n, 4, "gpt2-small")
+    x = torch.randn(9, d) * 5
+    xn = x - x.mean(-1, keepdim=True)
+    xn = xn / (xn.std(-1, keepdim=True) + 1e-5)
+    pre = (xn - t["b_dec"]) @ t["W_enc"] + t["b_enc"]
+    v, i = pre.topk(4, dim=-1)
+    ref = torch.zeros_like(pre).scatter(-1, i, torch.relu(v))
+    torch.testing.assert_close(densify(sae.encode(x)), ref, rtol=1e-5, atol=1e-5)
+    # expected_average_only_in with a stored scaling factor: x is multiplied by it
+    scaled = {
+        "d_in": d,
+        "d_sae": n,
+        "architecture": "standard",
+        "normalize_activations": "expected_average_only_in",
+        "norm_scaling_factor": 0.25,
+        "metadata": {"hook_name": "blocks.2.hook_resid_pre"},
+    }
+    _write_saelens(tmp_path / "scaled", scaled, t)
+    ref2 = torch.relu((x * 0.25 - t["b_dec"]) @ t["W_enc"] + t["b_enc"])
+    torch.testing.assert_close(densify(load_sae(tmp_path / "scaled").encode(x)), ref2, rtol=1e-5, atol=1e-5)
+    del scaled["norm_scaling_factor"]
+    _write_saelens(tmp_path / "unscaled", scaled, t)
+    with pytest.raises(UserError, match="without a stored scaling factor"):
+        load_sae(tmp_path / "unscaled")
