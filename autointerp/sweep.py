@@ -660,8 +660,17 @@ def write_tables(sweep_dir: Path, spec: SweepSpec | None = None, cells: Sequence
 
 
 def read_tables(sweep_dir: Path) -> SweepTables:
-    """Read the tables a sweep wrote (rebuilding them from the cells when missing)."""
+    """Read the tables a sweep wrote; rebuild them from the cells when missing or older than the cells'
+    files (e.g. after an interrupted or extended sweep)."""
     sweep_dir = Path(sweep_dir)
-    if not all((sweep_dir / f"{n}.parquet").exists() for n in ("tidy", "aggregate", "paired")):
+    tables = [sweep_dir / f"{n}.parquet" for n in ("tidy", "aggregate", "paired")]
+    if not all(t.exists() for t in tables):
+        return write_tables(sweep_dir)
+    built = min(t.stat().st_mtime for t in tables)
+    _, cells = read_index(sweep_dir)
+    sources = [sweep_dir / SWEEP_INDEX] + [
+        cell_dir(sweep_dir, c) / f for c in cells for f in ("scores.jsonl", "explanations.jsonl")
+    ]
+    if any(p.exists() and p.stat().st_mtime > built for p in sources):
         return write_tables(sweep_dir)
     return SweepTables(*(pd.read_parquet(sweep_dir / f"{n}.parquet") for n in ("tidy", "aggregate", "paired")))

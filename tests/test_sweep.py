@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -30,6 +32,7 @@ from autointerp.sweep import (
     explain_settings,
     load_spec,
     read_index,
+    read_tables,
     run_sweep,
     sample_once,
     spec_from_dict,
@@ -155,6 +158,14 @@ def test_tables_from_cells(tmp_path: Path) -> None:
     assert (tmp_path / "aggregate.csv").read_text().startswith("cell,")
     assert (tmp_path / "paired.csv").exists()
     assert read_index(tmp_path)[1] == cells
+
+    # Tables older than a cell's scores are rebuilt on read.
+    assert len(read_tables(tmp_path).tidy) == 48
+    extra = cell_dir(tmp_path, cells[0]) / "scores.jsonl"
+    future = time.time() + 5
+    os.utime(extra, (future, future))
+    (tmp_path / "tidy.parquet").write_bytes(b"stale")
+    assert len(read_tables(tmp_path).tidy) == 48
 
 
 def test_aggregate_all_undefined() -> None:
