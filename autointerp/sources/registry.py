@@ -439,6 +439,13 @@ def resolve_source(
     sae.info.update({"repo_id": spec.repo_id, "revision": revision or spec.revision, "neuronpedia": spec.neuronpedia})
     if hook_dim is not None:
         check_compatible(sae, hook_dim, model_label)
+    if subject is not None and model_label not in (spec.model, spec.model_name):
+        log.warning(
+            "%s was trained on %s but the subject is %s: the widths match, the features may not mean anything",
+            spec.address,
+            spec.model,
+            model_label,
+        )
     return sae
 
 
