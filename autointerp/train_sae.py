@@ -56,13 +56,13 @@ class TrainSaeConfig:
     """Weight of the AuxK loss."""
     dead_after: int = 100_000
     """A latent counts as dead for AuxK after this many training tokens without firing."""
-    tokens: int = 300_000
-    """Corpus tokens to collect activations from (BOS/pad excluded); 10% are held out for evaluation."""
+    tokens: int = 120_000
+    """Corpus tokens to collect activations from (BOS/pad excluded); 10% are held out (thresholds, evaluation)."""
     window: int = 64
     """Tokens per corpus window."""
     corpus: str = "wiki"
     """Corpus spec for autointerp.corpus.load_corpus (the embedded Wikipedia summaries by default)."""
-    epochs: int = 2
+    epochs: int = 4
     """Passes over the collected activations."""
     refit_tokens: int = 60_000
     """Training tokens used to refit the decoder by least squares after the JumpReLU conversion."""
