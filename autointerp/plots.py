@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from autointerp.errors import UserError
 from autointerp.sweep import BASELINE_PREFIX, SCORE_PREFIX, read_tables, score_names
@@ -98,6 +99,12 @@ def plot_vs_frequency(tidy: pd.DataFrame, score: str, stem: Path) -> list[Path]:
                    s=14, alpha=0.7, color=_COLORS[i % len(_COLORS)], label=cell_label(cell))
     if n_points:
         ax.set_xscale("log")
+        short = FuncFormatter(lambda v, _pos: f"{v:.2g}")
+        ax.xaxis.set_major_formatter(short)
+        lo, hi = ax.get_xlim()
+        # Label the minor ticks only when the data spans less than a decade (else they collide).
+        ax.xaxis.set_minor_formatter(short if hi < 10 * lo else NullFormatter())
+        ax.tick_params(axis="x", which="both", labelsize=7, labelrotation=45)
     else:
         ax.text(0.5, 0.5, f"no feature has a defined {score}", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel("firing frequency (fraction of tokens, log scale)")
