@@ -26,6 +26,8 @@ from autointerp.report.synthetic import write_synthetic_run
 CHROMIUM = next((p for p in (shutil.which("chromium"), shutil.which("chromium-browser"), shutil.which("google-chrome"))
                  if p), None)
 websocket = pytest.importorskip("websocket", reason="websocket-client is not installed (pip install websocket-client)")
+if CHROMIUM is None and os.environ.get("AUTOINTERP_REQUIRE_BROWSER"):
+    raise RuntimeError("AUTOINTERP_REQUIRE_BROWSER is set (CI) but chromium is not installed: apt-get install chromium")
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None, reason="chromium is not installed (Debian: apt-get install -y chromium)"
 )
