@@ -31,11 +31,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--run-dir", type=Path, default=Path("/tmp/autointerp-main-job"))
     ap.add_argument("--features", default="0-4")
+    ap.add_argument("--threads", type=int, default=0, help="pass --threads N (default: the CLI's default)")
     ap.add_argument("--keep", action="store_true", help="resume an existing run dir instead of starting fresh")
     args = ap.parse_args()
     if not args.keep:
         shutil.rmtree(args.run_dir, ignore_errors=True)
     cmd = main_job_command(args.run_dir, args.features)
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     print("command: autointerp " + " ".join(cmd[1:]), flush=True)
     load0 = os.getloadavg()

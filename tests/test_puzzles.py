@@ -26,10 +26,10 @@ def test_puzzles_are_well_formed_and_varied() -> None:
     assert max(Counter(p.explanation for p in puzzles).values()) == 1
 
 
-# Measured with local:qwen2.5-coder-1.5b on all 25 puzzles: see benchmarks/README.md. The subset below
-# is the first PUZZLE_SUBSET puzzles; the assertion allows a margin under the measured rate.
+# Measured with local:qwen2.5-coder-1.5b: 23/25 puzzles solved (92%; chance 25%), and 8/8 of the first
+# 8 (see benchmarks/README.md). The test runs the first 8 and asks for 6 (chance expects 2).
 PUZZLE_SUBSET = 8
-MIN_SOLVED = 5
+MIN_SOLVED = 6
 
 
 @pytest.mark.slow
