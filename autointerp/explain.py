@@ -8,7 +8,8 @@ Two formats (prompt templates under ``prompts/``, few-shot examples inside the t
   active tokens are merged into one span.
 
 Token text is escaped for display (newline -> ``\\n``, tab -> ``\\t``, other control characters as
-``\\xNN``, special tokens such as ``<bos>`` as ``\\<bos\\>``, a literal ``<<``/``>>`` as ``\\<\\<``/``\\>\\>``).
+``\\xNN``, trailing spaces as ``␣``, special tokens such as ``<bos>`` as ``\\<bos\\>``, a literal
+``<<``/``>>`` as ``\\<\\<``/``\\>\\>``). A label that copies a few-shot answer of the prompt is failed.
 The answer's parsing never looks at token text. An empty or unusable answer raises
 :class:`ExplanationFailed` with the reason (it is recorded failed, never scored as a label).
 """
@@ -53,7 +54,9 @@ def escape_token(token: str) -> str:
         return token.replace("<", "\\<").replace(">", "\\>")
     out = token.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r")
     out = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", out)
-    return out
+    # Trailing spaces (and space-only tokens) become visible "␣": they would merge with the tab after them.
+    body = out.rstrip(" ")
+    return body + "␣" * (len(out) - len(body))
 
 
 def escape_text(token: str) -> str:
@@ -139,6 +142,21 @@ def parse_explanation(raw: str, cot: bool = False, max_chars: int = 300) -> str:
     return label
 
 
+def _words(text: str) -> set[str]:
+    return {w for w in re.findall(r"[a-z0-9]+", text.lower()) if len(w) > 2}
+
+
+def copies_example(label: str, example_answer: str, min_overlap: float = 0.5) -> bool:
+    """True when ``label`` (of 2+ words) shares at least half of its words with a few-shot answer of the
+    prompt (Jaccard >= 0.5): small explainers copy the prompt's example labels instead of describing the
+    feature. (A genuine feature that matches a few-shot example is rejected too: the price of the guard.)"""
+    a = _words(label)
+    b = _words(parse_explanation(example_answer)) if example_answer.strip() else set()
+    if len(a) < 2 or not b:
+        return False
+    return len(a & b) / len(a | b) >= min_overlap
+
+
 @dataclass(frozen=True)
 class ExplainerSettings:
     """How an explainer builds its prompt."""
@@ -212,6 +230,10 @@ class Explainer:
             raise ExplanationFailed(f"explainer request failed: {e.reason}") from e
         try:
             label = parse_explanation(resp.text, cot=self.settings.cot)
+            shown = [m.content for m in base.messages if m.role == "assistant"]
+            for example in shown:
+                if copies_example(label, example):
+                    raise ExplanationFailed(f"the label copies a few-shot example of the prompt: {label!r}", resp.text)
         except ExplanationFailed as e:
             e.usage = resp.usage
             raise

@@ -103,3 +103,21 @@ def test_select_train_examples_top_then_quantiles() -> None:
     chosen = select_train_examples(rec, 2, 2)
     assert [r.max_activation for r in chosen[:2]] == [15.0, 14.0]
     assert len(chosen) == 4
+
+
+def test_trailing_spaces_visible_and_copy_guard() -> None:
+    from autointerp.explain import copies_example
+
+    assert escape_token(" ") == "␣" and escape_token("a  ") == "a␣␣" and escape_token(" cat") == " cat"
+    assert copies_example(
+        "words with prefixes like un-, dis- and im-", "Explanation: negative prefixes like un-, dis- and im-"
+    )
+    assert copies_example("names of major cities", "Explanation: names of large cities")
+    assert not copies_example("names of cities and countries", "Explanation: years in dates")
+    assert not copies_example("years", "Explanation: years in dates")
+
+
+async def test_copied_few_shot_label_is_failed() -> None:
+    fake = FakeLLM(chat_fn=lambda r: "Explanation: years in dates")
+    with pytest.raises(ExplanationFailed, match="copies a few-shot"):
+        await Explainer(fake).explain(synthetic_record(0))
