@@ -25,7 +25,7 @@ def test_explain_end_to_end_on_embedded_models(tmp_path: Path) -> None:
         [
             "explain", "--model", "gemma3-270m", "--hook", "L6/mlp_neurons", "--features", "0-3",
             "--tokens", "6000", "--window", "32", "--explainer-kind", "highlighted", "--n-top-examples", "6",
-            "--max-records-per-split", "2", "--run-dir", str(run),
+            "--max-records-per-split", "2", "--threads", "1", "--run-dir", str(run),
         ]
     )  # fmt: skip
     rows = feature_rows(run)

@@ -82,14 +82,18 @@ def _print_results(run_dir: Path, summary: Any) -> None:
 
     rows = feature_rows(run_dir)
     names = [n for n in ("correlation", "detection", "fuzzing", "saebench_detection") if n in summary.scores]
-    table = Table(title=f"features ({escape(str(run_dir))})")
-    table.add_column("feature")
+    sources = sorted({r["source"] for r in rows})
+    one_source = len(sources) == 1
+    title = f"features of {escape(sources[0])}" if one_source else "features"
+    table = Table(title=title)
+    table.add_column("feature", no_wrap=True)
     table.add_column("explanation", overflow="fold", max_width=50)
     for n in names:
         table.add_column(n, justify="right")
         table.add_column("baseline", justify="right", style="dim")
     for r in rows[:200]:
-        cells = [escape(r["feature"]), escape(str(r["explanation"] or f"(failed: {r['failed']})"))]
+        fid = str(r["index"]) if one_source else r["feature"]
+        cells = [escape(fid), escape(str(r["explanation"] or f"(failed: {r['failed']})"))]
         for n in names:
             v, b = r.get(f"score_{n}"), r.get(f"baseline_{n}")
             cells += ["-" if v is None else f"{v:.3f}", "-" if b is None else f"{b:.3f}"]
