@@ -249,13 +249,13 @@ class _BatchActs:
                     vals = vals.index_select(-1, select)  # the source ignored the subset: select it here
                 elif not torch.equal(acts.feature_ids.to(select.device), select):
                     raise RuntimeError("source returned other feature columns than the ones asked for")
-            vals = vals.reshape(b * t, -1)
+            vals = vals.reshape(b * t, -1).contiguous()  # flat and dense below must share storage
             if vals.shape[-1] != n_feat:
                 raise RuntimeError(f"source returned {vals.shape[-1]} features, expected {n_feat}")
             # BOS/padding rows are set in place (no copy of [N, F]): -inf for the maxima, then 0 for the sums.
             self.invalid_rows = (~valid.reshape(-1)).nonzero(as_tuple=True)[0]
             self.flat = vals  # [N, F]
-            self.dense = vals.reshape(b, t, -1)
+            self.dense = vals.view(b, t, -1)
         else:
             v = acts.values.float().reshape(b * t, -1)
             idx = acts.indices.reshape(b * t, -1).long()
