@@ -28,7 +28,18 @@ def setup_logging(verbose: bool = False) -> None:
         handlers=[RichHandler(console=err_console, show_path=False, rich_tracebacks=False)],
         force=True,
     )
-    for noisy in ("httpx", "httpcore", "urllib3", "filelock", "huggingface_hub", "transformers"):
+    for noisy in (
+        "httpx",
+        "httpx2",
+        "httpcore",
+        "httpcore2",
+        "openai",
+        "anthropic",
+        "urllib3",
+        "filelock",
+        "huggingface_hub",
+        "transformers",
+    ):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
