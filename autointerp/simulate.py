@@ -299,21 +299,27 @@ def _ok_pairs(
     return t, s
 
 
-class LinearCalibratedSimulator:
-    """Wraps a simulator; maps its values linearly onto the activation scale (fit by least squares)."""
+class _CalibratedSimulator:
+    """Wraps a simulator and maps its values onto the activation scale with a fit made on calibration
+    records; itself a simulator. Subclasses say how to fit (``_fit_fn``) and name themselves (``_kind``)."""
+
+    _kind = "calibrated"
 
     def __init__(self, inner: Simulator) -> None:
         self.inner = inner
-        self.fit: LinearFit | None = None
-        self.spec = f"linear-calibrated[{inner.spec}]"
+        self.fit: LinearFit | PercentileFit | None = None
+        self.spec = f"{self._kind}[{inner.spec}]"
 
     @property
     def usage(self) -> Usage:
         return self.inner.usage
 
-    async def calibrate(self, records: Sequence[ActivationRecord]) -> LinearFit:
+    def _fit_fn(self, true: list[np.ndarray], simulated: list[np.ndarray]) -> LinearFit | PercentileFit:
+        raise NotImplementedError
+
+    async def _calibrate(self, records: Sequence[ActivationRecord]) -> LinearFit | PercentileFit:
         sims = [await self.inner.simulate(r.tokens) for r in records]
-        self.fit = fit_linear(*_ok_pairs(records, sims))
+        self.fit = self._fit_fn(*_ok_pairs(records, sims))
         return self.fit
 
     async def simulate(self, tokens: Sequence[str]) -> Simulation:
@@ -323,6 +329,20 @@ class LinearCalibratedSimulator:
         if sim.expected is None:
             return sim
         return Simulation(expected=self.fit.apply(sim.expected).astype(np.float32), distribution=sim.distribution)
+
+
+class LinearCalibratedSimulator(_CalibratedSimulator):
+    """Wraps a simulator; maps its values linearly onto the activation scale (fit by least squares)."""
+
+    _kind = "linear-calibrated"
+
+    def _fit_fn(self, true: list[np.ndarray], simulated: list[np.ndarray]) -> LinearFit:
+        return fit_linear(true, simulated)
+
+    async def calibrate(self, records: Sequence[ActivationRecord]) -> LinearFit:
+        fit = await self._calibrate(records)
+        assert isinstance(fit, LinearFit)
+        return fit
 
 
 @dataclass(frozen=True)
@@ -350,28 +370,16 @@ def fit_percentile(true: Sequence[np.ndarray], simulated: Sequence[np.ndarray]) 
     return PercentileFit(x, y)
 
 
-class PercentileCalibratedSimulator:
+class PercentileCalibratedSimulator(_CalibratedSimulator):
     """Wraps a simulator; maps each simulated value's quantile (among calibration simulations) to the
     same quantile of the true calibration activations. Monotone, so it never flips a correlation."""
 
-    def __init__(self, inner: Simulator) -> None:
-        self.inner = inner
-        self.fit: PercentileFit | None = None
-        self.spec = f"percentile-calibrated[{inner.spec}]"
+    _kind = "percentile-calibrated"
 
-    @property
-    def usage(self) -> Usage:
-        return self.inner.usage
+    def _fit_fn(self, true: list[np.ndarray], simulated: list[np.ndarray]) -> PercentileFit:
+        return fit_percentile(true, simulated)
 
     async def calibrate(self, records: Sequence[ActivationRecord]) -> PercentileFit:
-        sims = [await self.inner.simulate(r.tokens) for r in records]
-        self.fit = fit_percentile(*_ok_pairs(records, sims))
-        return self.fit
-
-    async def simulate(self, tokens: Sequence[str]) -> Simulation:
-        if self.fit is None:
-            raise CalibrationError("call calibrate() before simulate()")
-        sim = await self.inner.simulate(tokens)
-        if sim.expected is None:
-            return sim
-        return Simulation(expected=self.fit.apply(sim.expected).astype(np.float32), distribution=sim.distribution)
+        fit = await self._calibrate(records)
+        assert isinstance(fit, PercentileFit)
+        return fit

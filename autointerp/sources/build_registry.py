@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from autointerp.sources.registry import WIDTHS
+
 OUT = Path(__file__).resolve().parent.parent / "data" / "sae_registry.json"
 
 # (family, site, release, hook kind, d_in, format, default width)
@@ -143,21 +145,6 @@ def build(snapshot: dict[str, Any], embedded: dict[str, Any] | None = None) -> d
 
 def _width_n(label: object) -> int:
     return WIDTHS.get(str(label), 0)
-
-
-WIDTHS = {
-    "2k": 2048,
-    "4k": 4096,
-    "16k": 16384,
-    "24k": 24576,
-    "32k": 32768,
-    "65k": 65536,
-    "128k": 131072,
-    "131k": 131072,
-    "262k": 262144,
-    "524k": 524288,
-    "1m": 1048576,
-}
 
 
 EMBEDDED_DIR = Path(__file__).resolve().parent.parent.parent / "datasets" / "embedded-sae"
