@@ -111,12 +111,13 @@ def cache(
         "dtype": dtype,
         "sampling": config_to_dict(cfg),
     }
-    run = RunDir.create(run_path, "cache", manifest_cfg)
-    console.print(f"run dir [bold]{escape(str(run.path))}[/]")
+    # Bad input (model, hook, SAE, corpus) fails here, before anything is written to the run directory.
     subject = load_subject(subject_name, device=device, dtype=dtype, threads=threads)
     source = make_source(subject).to(subject.device)
     windows = load_corpus(corpus, subject.tokenizer, cfg.window, max_tokens=cfg.tokens, seed=cfg.seed,
                           text_field=text_field)
+    run = RunDir.create(run_path, "cache", manifest_cfg)
+    console.print(f"run dir [bold]{escape(str(run.path))}[/]")
     run.update_manifest({
         "model": subject_name,
         "source": address,
