@@ -376,6 +376,19 @@ def _update(state: _State, batch: WindowBatch, acts: _BatchActs, cfg: SamplingCo
 _PRUNE_EVERY = 20
 
 
+def selected_features(config: SamplingConfig, source: FeatureSource) -> list[int]:
+    """The feature indices ``config`` asks for (all when None); UserError when one is out of range."""
+    if config.features is None:
+        return list(range(source.n_features))
+    feats = list(config.features)
+    bad = [f for f in feats if not 0 <= f < source.n_features]
+    if bad:
+        raise UserError(
+            f"features {bad[:5]} are out of range for {source.address} (0..{source.n_features - 1}); fix --features"
+        )
+    return feats
+
+
 class Sampler:
     """The per-batch part of the pass: ``step(batch)`` runs the model to the hook, encodes, updates the state.
 
@@ -383,16 +396,7 @@ class Sampler:
 
     def __init__(self, subject: Subject, source: FeatureSource, config: SamplingConfig) -> None:
         config.validate()
-        if config.features is not None:
-            feats = list(config.features)
-            bad = [f for f in feats if not 0 <= f < source.n_features]
-            if bad:
-                raise UserError(
-                    f"features {bad[:5]} are out of range for {source.address} (0..{source.n_features - 1}); "
-                    "fix --features"
-                )
-        else:
-            feats = list(range(source.n_features))
+        feats = selected_features(config, source)
         self.subject, self.source, self.config = subject, source, config
         self.features = feats
         dev = subject.device

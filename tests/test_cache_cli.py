@@ -68,6 +68,7 @@ def test_cache_cli_bad_input_exits_2(extra: list[str], tiny_model_dir: Path, tin
     base = ["--model", str(tiny_model_dir), "--corpus", str(tiny_corpus_file), "--tokens", "200", "--window", "16",
             "--run-dir", str(tmp_path / "r")]
     assert _cache([*base, *extra]) == 2
+    assert not (tmp_path / "r").exists(), "bad input must not leave a run directory behind"
 
 
 @pytest.mark.slow

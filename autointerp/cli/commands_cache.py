@@ -91,7 +91,7 @@ def cache(
     from autointerp.corpus import load_corpus
     from autointerp.paths import default_run_dir
     from autointerp.rundir import RunDir
-    from autointerp.sampling import parse_feature_ranges, run_sampling
+    from autointerp.sampling import parse_feature_ranges, run_sampling, selected_features
     from autointerp.subject import load_subject
 
     cfg = SamplingConfig(
@@ -116,6 +116,7 @@ def cache(
     source = make_source(subject).to(subject.device)
     windows = load_corpus(corpus, subject.tokenizer, cfg.window, max_tokens=cfg.tokens, seed=cfg.seed,
                           text_field=text_field)
+    selected_features(cfg, source)
     run = RunDir.create(run_path, "cache", manifest_cfg)
     console.print(f"run dir [bold]{escape(str(run.path))}[/]")
     run.update_manifest({
