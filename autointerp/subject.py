@@ -165,14 +165,7 @@ class Subject:
         if not hooks:
             raise ValueError("run() needs at least one hook point")
         out: dict[HookPoint, torch.Tensor] = {}
-        handles = self._register(hooks, out, capture=True)
-        try:
-            self._forward(input_ids)
-        except _StopForward:
-            pass
-        finally:
-            for h in handles:
-                h.remove()
+        self._forward_hooked(input_ids, hooks, out, capture=True)
         missing = [str(h) for h in hooks if h not in out]
         if missing:  # pragma: no cover - would mean the architecture mapping is wrong
             raise RuntimeError(f"hooks {missing} did not fire on {self.name}")
@@ -183,7 +176,13 @@ class Subject:
         """The same forward pass as ``run(input_ids, hooks)`` (stopped at the same place), capturing nothing.
 
         The baseline of the sampling-overhead benchmark."""
-        handles = self._register(hooks, {}, capture=False)
+        self._forward_hooked(input_ids, hooks, {}, capture=False)
+
+    def _forward_hooked(
+        self, input_ids: torch.Tensor, hooks: Sequence[HookPoint], out: dict[HookPoint, torch.Tensor], capture: bool
+    ) -> None:
+        """Forward with the hooks registered (stopping after the deepest one), then remove them."""
+        handles = self._register(hooks, out, capture=capture)
         try:
             self._forward(input_ids)
         except _StopForward:
