@@ -15,7 +15,7 @@ from typing import Any
 from autointerp.llm.base import LLMError
 
 _RETRYABLE_STATUS = {408, 409, 425, 429}
-_TRANSPORT_MODULES = ("httpx", "httpx2", "httpcore", "h11", "anyio", "ssl", "socket")
+_TRANSPORT_MODULES = ("aiohttp", "httpx", "httpx2", "httpcore", "h11", "anyio", "ssl", "socket")
 
 
 def status_retryable(status: int) -> bool:

@@ -126,6 +126,7 @@ def make_backend(spec: str, config: ClientConfig) -> LLMClient:
             base_url=base,
             timeout_s=config.timeout_s,
             use_prompt_logprobs=kind == "vllm-server",
+            direct_http=True,
         )
     if kind == "local":
         from autointerp.llm.local import LocalBackend

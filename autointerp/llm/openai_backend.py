@@ -26,7 +26,7 @@ from autointerp.llm.base import (
     TokenLogprobs,
     TopLogprobsRequest,
 )
-from autointerp.llm.errors import garbage, map_exception
+from autointerp.llm.errors import garbage, map_exception, parse_retry_after, status_retryable
 from autointerp.records import Usage
 
 logger = logging.getLogger(__name__)
@@ -111,6 +111,18 @@ def _http_client(timeout_s: float) -> Any:
         return None
 
 
+def _aiohttp_available() -> bool:
+    import os
+
+    if os.environ.get("AUTOINTERP_HTTP", "") in ("httpx", "sdk"):
+        return False
+    try:
+        import aiohttp  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 class OpenAIBackend:
     """Chat, completions and next-token logprobs through the ``openai`` SDK.
 
@@ -131,6 +143,7 @@ class OpenAIBackend:
         use_max_completion_tokens: bool = False,
         supports_completion: bool = True,
         use_prompt_logprobs: bool = False,
+        direct_http: bool = False,
     ) -> None:
         from openai import AsyncOpenAI
 
@@ -144,17 +157,48 @@ class OpenAIBackend:
             api_key=api_key, base_url=base_url, timeout=timeout_s, max_retries=0, http_client=_http_client(timeout_s)
         )
         self._response_cls = _sdk_response_class()
+        # OpenAI-compatible servers: plain aiohttp posts (~0.3 ms of client CPU per request instead of the
+        # SDK's ~1.5 ms), same bodies, same error mapping. The SDK stays for `openai:` and `local:`.
+        self._direct = direct_http and _aiohttp_available()
+        self._base_url = str(self._client.base_url).rstrip("/")
+        self._headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
+        self._timeout_s = timeout_s
+        self._session: Any = None
 
     async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
         await self._client.close()
+
+    async def _post_direct(self, path: str, body: dict[str, Any]) -> Any:
+        import aiohttp
+
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=self._timeout_s)
+            )
+        async with self._session.post(self._base_url + path, json=body, headers=self._headers) as r:
+            content = await r.read()
+            if r.status >= 400:
+                raise LLMError(
+                    f"{self.spec}: HTTP {r.status}: {content[:200].decode('utf-8', 'replace')}",
+                    status=r.status,
+                    retryable=status_retryable(r.status),
+                    retry_after=parse_retry_after(r.headers),
+                )
+        return json.loads(content)
 
     def _limit(self, n: int) -> dict[str, Any]:
         return {"max_completion_tokens": n} if self.use_max_completion_tokens else {"max_tokens": n}
 
     async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         try:
-            r: Any = await self._client.post(path, cast_to=self._response_cls, body=body)
-            data = json.loads(r.content)
+            if self._direct:
+                data = await self._post_direct(path, body)
+            else:
+                r: Any = await self._client.post(path, cast_to=self._response_cls, body=body)
+                data = json.loads(r.content)
         except Exception as e:
             raise map_exception(e, self.spec) from e
         if not isinstance(data, dict):
