@@ -203,14 +203,21 @@ def _check_shapes(origin: str, shapes: dict[str, tuple[int, ...]], expected: dic
             )
 
 
-def _load_saelens(path: Path, hook: HookPoint | None, address: str, model_name: str | None) -> LinearSae:
+def _open_folder(
+    path: Path, kind: str, weights_name: str
+) -> tuple[dict[str, Any], Path, dict[str, tuple[int, ...]]]:
+    """(cfg.json, weights file, tensor shapes) of a ``kind`` SAE folder; UserError when a part is missing."""
     if not path.is_dir():
-        raise UserError(f"{path}: a SAELens SAE is a folder with cfg.json and sae_weights.safetensors")
+        raise UserError(f"{path}: a {kind} SAE is a folder with cfg.json and {weights_name}")
     cfg = _read_cfg(path)
-    weights_path = path / "sae_weights.safetensors"
+    weights_path = path / weights_name
     if not weights_path.is_file():
-        raise UserError(f"{weights_path} not found: the SAELens folder is incomplete; download it again")
-    shapes = safetensors_index(weights_path)
+        raise UserError(f"{weights_path} not found: the {kind} folder is incomplete; download it again")
+    return cfg, weights_path, safetensors_index(weights_path)
+
+
+def _load_saelens(path: Path, hook: HookPoint | None, address: str, model_name: str | None) -> LinearSae:
+    cfg, weights_path, shapes = _open_folder(path, "SAELens", "sae_weights.safetensors")
     meta = cfg.get("metadata") or {}
     arch = str(cfg.get("architecture") or "standard")
     act_str = cfg.get("activation_fn_str") or cfg.get("activation_fn")
@@ -311,13 +318,7 @@ def hook_from_module_name(name: str) -> HookPoint | None:
 
 
 def _load_sparsify(path: Path, hook: HookPoint | None, address: str, model_name: str | None) -> LinearSae:
-    if not path.is_dir():
-        raise UserError(f"{path}: a sparsify SAE is a folder with cfg.json and sae.safetensors")
-    cfg = _read_cfg(path)
-    weights_path = path / "sae.safetensors"
-    if not weights_path.is_file():
-        raise UserError(f"{weights_path} not found: the sparsify folder is incomplete; download it again")
-    shapes = safetensors_index(weights_path)
+    cfg, weights_path, shapes = _open_folder(path, "sparsify", "sae.safetensors")
     if "encoder.weight" not in shapes or len(shapes["encoder.weight"]) != 2:
         raise UserError(f"{weights_path} lacks encoder.weight: it is not a sparsify SAE; pass the right format")
     n, d_in = shapes["encoder.weight"]
