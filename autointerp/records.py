@@ -180,7 +180,13 @@ class Usage:
         )
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {  # asdict's result, without its deep copies (called once per LLM answer)
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "requests": self.requests,
+            "cache_hits": self.cache_hits,
+            "cost_usd": self.cost_usd,
+        }
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Usage:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +11,7 @@ import pytest
 from autointerp.config import config_to_dict, field_help
 from autointerp.errors import RunDirError, UserError
 from autointerp.hooks import HookPoint
-from autointerp.records import ActivationRecord, FeatureId, Score, Simulation
+from autointerp.records import ActivationRecord, FeatureId, Score, Simulation, Usage
 from autointerp.rundir import RunDir, append_jsonl, read_jsonl
 
 
@@ -42,6 +42,11 @@ def test_hook_names_map_to_transformerlens() -> None:
     assert HookPoint.parse("blocks.20.hook_resid_post") == HookPoint(20, "resid_post")
     with pytest.raises(UserError):
         HookPoint.parse("L6/bogus")
+
+
+def test_usage_json_has_every_field() -> None:
+    u = Usage(prompt_tokens=3, completion_tokens=2, requests=1, cache_hits=4, cost_usd=0.5)
+    assert u.to_json() == asdict(u) and Usage.from_json(u.to_json()) == u
 
 
 def test_undefined_numbers_are_none_with_reason() -> None:

@@ -195,6 +195,68 @@ def test_request_key_covers_every_field() -> None:
     assert request_key("s", chat("x")) == request_key("s", base)
 
 
+def test_request_key_is_the_canonical_json_of_asdict() -> None:
+    """The fast canonical form gives the same key as the asdict formula, so existing caches stay valid."""
+    import dataclasses
+    import hashlib
+    import json
+
+    def reference(spec: str, request: Any) -> str:
+        payload = {"spec": spec, "type": type(request).__name__, "request": dataclasses.asdict(request)}
+        text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    requests: list[Any] = [
+        ChatRequest(
+            messages=(ChatMessage("system", "be brief"), ChatMessage("user", "héllo\t<b>")),
+            stop=("\n", "END"),
+            seed=3,
+            json_mode=True,
+        ),
+        CompletionRequest(prompt="a\tb", max_tokens=1, temperature=0.5),
+        TopLogprobsRequest(prompt="x\ty\tz", positions=(2, 4), top_k=5),
+    ]
+    for r in requests:
+        assert request_key("openai:m", r) == reference("openai:m", r)
+
+
+async def test_answers_arriving_together_share_one_commit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Group commit: answers that arrive in one turn of the loop are committed together, every answer is in
+    the file before its caller sees it, and a failed write is logged while the answers are still returned."""
+    commits: list[int] = []
+    put_many = ResponseCache.put_many
+
+    def counting(self: ResponseCache, entries: list[Any]) -> None:
+        commits.append(len(entries))
+        put_many(self, entries)
+
+    monkeypatch.setattr(ResponseCache, "put_many", counting)
+    async with FakeOpenAIServer(latency_s=0.05) as srv:
+        db = tmp_path / "group.sqlite"
+        client = make_client(f"openai-compatible:{srv.url}/v1/fake", fast_config(tmp_path, cache_path=db))
+        assert client.cached is not None
+        in_file: list[bool] = []
+
+        async def ask(i: int) -> LLMResponse:
+            r = await client.chat(chat(f"g{i}"))
+            key = request_key(client.spec, chat(f"g{i}"))
+            in_file.append(client.cached.cache.get(key) is not None)  # type: ignore[union-attr]
+            return r
+
+        out = await asyncio.gather(*(ask(i) for i in range(40)))
+        assert [o.text for o in out] == [f"t=0.0 g{i}" for i in range(40)]
+        assert all(in_file) and sum(commits) == 40 and len(commits) < 40
+        assert client.cache_stats()["entries"] == 40
+
+        def broken(self: ResponseCache, entries: list[Any]) -> None:
+            raise sqlite3.OperationalError("disk I/O error")
+
+        monkeypatch.setattr(ResponseCache, "put_many", broken)
+        r = await client.chat(chat("unstored"))
+        assert r.text == "t=0.0 unstored" and client.cache_stats()["entries"] == 40
+        await client.aclose()
+
+
 KILL_SCRIPT = """
 import asyncio, sys
 from pathlib import Path
@@ -240,6 +302,45 @@ async def test_cache_survives_kill(tmp_path: Path) -> None:
         out = await asyncio.gather(*(client.chat(chat(f"q{i}")) for i in range(3)))
         assert srv.requests == before and all(o.cached for o in out)
         await client.aclose()
+
+
+CONCURRENT_KILL_SCRIPT = """
+import asyncio, sys
+from pathlib import Path
+from autointerp.llm import ChatMessage, ChatRequest, ClientConfig, make_client
+
+async def main():
+    client = make_client(sys.argv[1], ClientConfig(cache_path=Path(sys.argv[2]), timeout_s=600, max_concurrency=8))
+
+    async def one(i):
+        await client.chat(ChatRequest(messages=(ChatMessage("user", f"c{i}"),)))
+        print("answered", i, flush=True)
+
+    await asyncio.gather(*(one(i) for i in range(1000)))
+
+asyncio.run(main())
+"""
+
+
+async def test_cache_survives_kill_at_concurrency(tmp_path: Path) -> None:
+    """With 8 requests in flight and answers committed in groups, SIGKILL loses no answer a caller saw."""
+    db = tmp_path / "kill8.sqlite"
+    async with FakeOpenAIServer(latency_s=0.02) as srv:
+        spec = f"openai-compatible:{srv.url}/v1/fake"
+        env = {**os.environ, "AUTOINTERP_CACHE": str(tmp_path / "cache")}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", CONCURRENT_KILL_SCRIPT, spec, str(db), stdout=subprocess.PIPE, env=env
+        )
+        assert proc.stdout is not None
+        seen = [int((await asyncio.wait_for(proc.stdout.readline(), 60)).split()[1]) for _ in range(40)]
+        proc.kill()
+        await proc.wait()
+        assert srv.requests < 1000  # killed mid-run
+        cache = ResponseCache(db)
+        for i in seen:
+            assert cache.get(request_key(spec, chat(f"c{i}"))) is not None, i
+        assert cache.stats().entries >= len(seen)
+        cache.close()
 
 
 # -- retries and faults -------------------------------------------------------------------------------
@@ -338,20 +439,21 @@ def test_sdk_exception_classes_map() -> None:
 
 
 async def test_retry_waits_honour_retry_after(tmp_path: Path) -> None:
-    from tenacity import RetryCallState
-
     from autointerp.llm.reliable import ReliableClient
 
     async with FakeOpenAIServer() as srv:
-        client = make_client(f"openai-compatible:{srv.url}/v1/fake", fast_config(tmp_path, max_backoff_s=10))
+        cfg = fast_config(tmp_path, max_backoff_s=10, backoff_s=0.5)
+        client = make_client(f"openai-compatible:{srv.url}/v1/fake", cfg)
         rel: ReliableClient = client.reliable
-        state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
-        state.set_exception((LLMError, LLMError("429", status=429, retryable=True, retry_after=4.0), None))
-        assert 4.0 <= rel._wait(state) <= 10.0
-        state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
-        state.attempt_number = 30
-        state.set_exception((LLMError, LLMError("500", status=500, retryable=True), None))
-        assert 0.0 <= rel._wait(state) <= 10.0
+        assert all(
+            4.0 <= rel._backoff(LLMError("429", status=429, retryable=True, retry_after=4.0), 1) <= 10.0
+            for _ in range(50)
+        )
+        assert rel._backoff(LLMError("429", retryable=True, retry_after=60.0), 1) == 10.0  # capped
+        err = LLMError("500", status=500, retryable=True)
+        assert all(0.0 <= rel._backoff(err, 1) <= 0.5 for _ in range(50))  # full jitter under 0.5 * 2**0
+        assert max(rel._backoff(err, 3) for _ in range(200)) > 0.5  # grows: up to 0.5 * 2**2
+        assert all(0.0 <= rel._backoff(err, 30) <= 10.0 for _ in range(50))
         await client.aclose()
 
 

@@ -176,9 +176,11 @@ class OpenAIBackend:
 
         if self._session is None:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=self._timeout_s)
+                connector=aiohttp.TCPConnector(limit=0),
+                timeout=aiohttp.ClientTimeout(total=self._timeout_s),
+                headers=self._headers,
             )
-        async with self._session.post(self._base_url + path, json=body, headers=self._headers) as r:
+        async with self._session.post(self._base_url + path, json=body) as r:
             content = await r.read()
             if r.status >= 400:
                 raise LLMError(
