@@ -16,7 +16,8 @@ Run directory files (schema documented in ``datasets/labelled-dataset-card.md``)
     simulations.jsonl   {explanation_id, feature, split, record_index, simulator, simulation}
     scores.jsonl        {explanation_id, feature, baseline, scorer, score: Score.to_json()}
     errors.jsonl        {feature, stage, error}: per-feature errors (the feature is retried on rerun)
-    usage.json          Usage per role (explainer / simulator / scorer) and total, cost included
+    usage.json          Usage per role (explainer / simulator / scorer) and total, cost included (None with
+                        cost_reason when a spec has no price), client counters (retries, cache hits, ...)
 
 Resuming: every row is keyed (explanation id; explanation id + split + record index; explanation id +
 score name + scorer spec); a rerun reads what is there and only computes what is missing, so nothing is
@@ -39,7 +40,8 @@ import numpy as np
 from autointerp.config import config_to_dict
 from autointerp.errors import UserError
 from autointerp.explain import EXPLAINER_KINDS, Explainer, ExplainerSettings, ExplanationFailed
-from autointerp.llm.base import LLMClient
+from autointerp.llm.base import ClientConfig, LLMClient
+from autointerp.llm.usage import PriceTable, UsageMeter, run_usage_json
 from autointerp.prompts import load_template
 from autointerp.records import ActivationRecord, Explanation, FeatureRecord, Score, Simulation, Usage
 from autointerp.rundir import RunDir, append_jsonl, atomic_write_json, read_jsonl
@@ -114,6 +116,17 @@ class ExplainConfig:
     """CPU threads of local LLM backends."""
     timeout_s: float = 600.0
     """Seconds one LLM request may take (local models on CPU are slow)."""
+    llm_concurrency: int = 16
+    """LLM requests in flight at once, per client (one client per distinct LLM spec)."""
+    requests_per_minute: float = 0.0
+    """Request rate limit per LLM client (token bucket); 0 for none."""
+    tokens_per_minute: float = 0.0
+    """Token rate limit per LLM client (prompt estimate + max tokens, token bucket); 0 for none."""
+    llm_cache: bool = True
+    """Read and write the persistent LLM response cache, so a rerun of the same requests sends none."""
+    prices: str = ""
+    """JSON price table (USD per million tokens, by LLM spec) replacing the packaged one; see
+    autointerp/data/prices.json for the format."""
 
     def __post_init__(self) -> None:
         if self.explainer_kind not in EXPLAINER_KINDS:
@@ -125,6 +138,26 @@ class ExplainConfig:
             raise UserError(f"unknown scorer(s) {', '.join(bad)}; use a comma list of {', '.join(SCORERS)}")
         if self.n_candidates < 1:
             raise UserError("--n-candidates must be at least 1")
+        if self.llm_concurrency < 1:
+            raise UserError("--llm-concurrency must be at least 1")
+        if self.requests_per_minute < 0 or self.tokens_per_minute < 0:
+            raise UserError("--requests-per-minute and --tokens-per-minute must be positive, or 0 for no limit")
+
+    def client_config(self) -> ClientConfig:
+        """How this run's LLM clients talk to their backends."""
+        return ClientConfig(
+            timeout_s=self.timeout_s,
+            threads=self.threads,
+            max_concurrency=self.llm_concurrency,
+            requests_per_minute=self.requests_per_minute or None,
+            tokens_per_minute=self.tokens_per_minute or None,
+            cache=self.llm_cache,
+            prices_path=Path(self.prices) if self.prices else None,
+        )
+
+    def role_specs(self) -> dict[str, str]:
+        """The LLM spec of each usage role."""
+        return {"explainer": self.explainer, "simulator": self.simulator, "scorer": self.judge_spec}
 
     @property
     def scorer_list(self) -> list[str]:
@@ -159,21 +192,26 @@ class RunSummary:
     n_failed_explanations: int
     errors: list[dict[str, Any]] = field(default_factory=list)
     usage: dict[str, Usage] = field(default_factory=dict)
+    """LLM usage per role in this session."""
     scores: dict[str, dict[str, tuple[float, float, float] | None]] = field(default_factory=dict)
     n_scored: dict[str, dict[str, int]] = field(default_factory=dict)
+    run_usage: dict[str, Any] = field(default_factory=dict)
+    """usage.json: usage of every session of the run, per role and in total, with cost (None: undefined,
+    with ``cost_reason``) and client counters."""
 
 
 def open_clients(config: ExplainConfig) -> tuple[Clients, list[LLMClient]]:
-    """Build the clients of ``config`` (one client per distinct spec); returns them and the ones to close."""
-    from autointerp.llm.base import ClientConfig
+    """Build the clients of ``config`` (one client per distinct spec, one usage meter); returns them and the
+    ones to close."""
     from autointerp.llm.factory import make_client
 
-    cc = ClientConfig(threads=config.threads, timeout_s=config.timeout_s)
+    cc = config.client_config()
+    meter = UsageMeter(prices=PriceTable.load(cc.prices_path))
     made: dict[str, LLMClient] = {}
 
     def get(spec: str) -> LLMClient:
         if spec not in made:
-            made[spec] = make_client(spec, cc)
+            made[spec] = make_client(spec, cc, meter=meter)
         return made[spec]
 
     clients = Clients(get(config.explainer), get(config.simulator), get(config.judge_spec))
@@ -245,23 +283,36 @@ class _State:
         append_jsonl(self.run.file("errors.jsonl"), [row])
         self.errors.append(row)
 
-    def save_usage(self) -> None:
+    def save_usage(self, config: ExplainConfig, counters: dict[str, dict[str, int]]) -> None:
+        """Add this session's LLM usage, cost and client counters to usage.json (see :func:`run_usage_json`)."""
         path = self.run.file("usage.json")
         old: dict[str, Any] = {}
         if path.exists():
             try:
                 old = dict(json.loads(path.read_text(encoding="utf-8")))
-            except (OSError, ValueError):
-                old = {}
-        out: dict[str, Any] = {}
-        total = Usage()
-        for role, u in self.usage.items():
-            prev = Usage.from_json(old[role]) if isinstance(old.get(role), dict) else Usage()
-            merged = prev + u
-            out[role] = merged.to_json()
-            total = total + merged
-        out["total"] = total.to_json()
-        atomic_write_json(path, out)
+            except (OSError, ValueError) as e:
+                log.warning("cannot read %s (%s): usage of earlier sessions is not counted", path, e)
+        prices = PriceTable.load(config.client_config().prices_path)
+        atomic_write_json(path, run_usage_json(old, self.usage, config.role_specs(), prices, counters))
+
+
+class _Counters:
+    """Counters (attempts, retries, cache hits, ...) of a run's clients, as a difference from the start of
+    the run: clients shared by several runs (a sweep's cells) count each run's own requests only."""
+
+    def __init__(self, clients: Clients) -> None:
+        from autointerp.llm.factory import ManagedClient
+
+        unique = {id(c): c for c in (clients.explainer, clients.simulator, clients.judge)}.values()
+        self.clients = [c for c in unique if isinstance(c, ManagedClient)]
+        self.start = {c.spec: c.counters() for c in self.clients}
+
+    def delta(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for c in self.clients:
+            now, start = c.counters(), self.start.get(c.spec, {})
+            out[c.spec] = {k: v - start.get(k, 0) for k, v in now.items()}
+        return out
 
 
 def _limit(records: list[ActivationRecord], n: int) -> list[ActivationRecord]:
@@ -464,6 +515,13 @@ def summarize(
         by.setdefault(name, {"explained": [], "baseline": []})[group].append(sc.value)
     scores = {name: {g: bootstrap_ci(v, n=1000, seed=0) for g, v in groups.items()} for name, groups in by.items()}
     n_scored = {name: {g: sum(x is not None for x in v) for g, v in groups.items()} for name, groups in by.items()}
+    run_usage: dict[str, Any] = {}
+    usage_path = state.run.file("usage.json")
+    if usage_path.exists():
+        try:
+            run_usage = dict(json.loads(usage_path.read_text(encoding="utf-8")))
+        except (OSError, ValueError) as e:
+            log.warning("cannot read %s: %s", usage_path, e)
     return RunSummary(
         run_dir=Path(run_dir),
         n_features=len(feats),
@@ -473,6 +531,7 @@ def summarize(
         usage=usage or {},
         scores=scores,
         n_scored=n_scored,
+        run_usage=run_usage,
     )
 
 
@@ -504,6 +563,7 @@ async def run_explain(
     to_close: list[LLMClient] = []
     if clients is None:
         clients, to_close = open_clients(config)
+    counters = _Counters(clients)
     run.set_stage("explain", "running")
     try:
         runner = _Runner(config, state, clients)
@@ -512,7 +572,7 @@ async def run_explain(
             runner.add_baselines(features)
         await runner.score_all(features)
     finally:
-        state.save_usage()
+        state.save_usage(config, counters.delta())
         for c in to_close:
             await c.aclose()
     run.set_stage("explain", "done" if not state.errors else "done_with_errors", errors=len(state.errors))
@@ -545,11 +605,12 @@ async def run_score(
     to_close: list[LLMClient] = []
     if clients is None:
         clients, to_close = open_clients(config)
+    counters = _Counters(clients)
     try:
         runner = _Runner(config, state, clients)
         await runner.score_all(list(state.records))
     finally:
-        state.save_usage()
+        state.save_usage(config, counters.delta())
         for c in to_close:
             await c.aclose()
     run.set_stage("score", "done", scorers=scorers)

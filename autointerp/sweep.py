@@ -383,28 +383,27 @@ def explain_settings() -> list[str]:
 
 class PipelineRunner:
     """Runs a cell with :func:`autointerp.pipeline.run_explain`. LLM clients are built once per
-    (spec, threads, timeout) and shared by every cell, so a local model loads once per sweep. Call
+    (spec, client settings) and shared by every cell, so a local model loads once per sweep. Call
     :meth:`aclose` at the end. ``poll_s``: how often feature progress is read from the cell's files."""
 
     def __init__(self, progress: Callable[[SweepEvent], None] | None = None, poll_s: float = 1.0) -> None:
-        self._clients: dict[tuple[str, int, float], Any] = {}
+        self._clients: dict[tuple[str, Any], Any] = {}
         self._progress = progress
         self._poll_s = poll_s
 
-    def _client(self, spec: str, threads: int, timeout_s: float) -> Any:
-        from autointerp.llm.base import ClientConfig
+    def _client(self, spec: str, client_config: Any) -> Any:
         from autointerp.llm.factory import make_client
 
-        key = (spec, threads, timeout_s)
+        key = (spec, client_config)
         if key not in self._clients:
-            self._clients[key] = make_client(spec, ClientConfig(threads=threads, timeout_s=timeout_s))
+            self._clients[key] = make_client(spec, client_config)
         return self._clients[key]
 
     def clients_for(self, config: Any) -> Any:
         from autointerp.pipeline import Clients
 
         def get(spec: str) -> Any:
-            return self._client(spec, config.threads, config.timeout_s)
+            return self._client(spec, config.client_config())
 
         return Clients(get(config.explainer), get(config.simulator), get(config.judge_spec))
 

@@ -58,3 +58,19 @@ def test_llm_ask_bad_spec_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[
         main(["llm", "ask", "nonsense", "hi", "--cache-path", str(tmp_path / "c.sqlite")])
     assert e.value.code == 2
     assert "bad LLM spec" in capsys.readouterr().err
+
+
+def test_explain_bad_llm_settings_exit_2_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--prices and the client limits are checked before sampling starts, and no run directory is made."""
+    run = tmp_path / "run"
+    for args, message in (
+        (["--prices", str(tmp_path / "missing.json")], "cannot read prices"),
+        (["--llm-concurrency", "0"], "--llm-concurrency must be at least 1"),
+        (["--requests-per-minute", "-5"], "must be positive"),
+    ):
+        with pytest.raises(SystemExit) as e:
+            main(["explain", "--model", "gemma3-270m", "--hook", "L0/mlp_neurons", "--run-dir", str(run), *args])
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+        assert not run.exists()

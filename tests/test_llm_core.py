@@ -4,6 +4,7 @@ faults, cache, coalescing, settings immutability, usage and cost."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sqlite3
 import subprocess
@@ -145,6 +146,14 @@ async def test_cache_rerun_sends_nothing_and_coalesces(tmp_path: Path) -> None:
         assert srv.requests == 10
         assert sum(r.cached for r in first) == 20
         assert client.cache_stats()["coalesced"] == 20
+        assert client.counters() == {
+            "attempts": 10,
+            "retries": 0,
+            "cache_hits": 0,
+            "cache_misses": 10,
+            "coalesced": 20,
+            "failures": 0,
+        }
         await client.aclose()
 
         client2 = make_client(spec, fast_config(tmp_path))  # a rerun: new client, same cache file
@@ -513,6 +522,40 @@ async def test_keys_never_in_cache_or_logs(
 
 
 # -- usage and prices ---------------------------------------------------------------------------------
+
+
+def test_run_usage_json_sums_sessions_and_keeps_undefined_costs() -> None:
+    from autointerp.llm.usage import Price, run_usage_json
+
+    prices = PriceTable({"openai:gpt-4o-mini": Price(0.15, 0.6)}, "my-prices.json")
+    specs = {"explainer": "openai:gpt-4o-mini", "simulator": "openai-compatible:https://x.org/v1/m", "scorer": "b:x"}
+    first = run_usage_json(
+        {},
+        {
+            "explainer": Usage(prompt_tokens=1_000_000, requests=2, cost_usd=0.15),
+            "simulator": Usage(prompt_tokens=10, requests=3),
+            "scorer": Usage(cache_hits=5),  # unpriced, but sent nothing: its cost is a true 0
+        },
+        specs,
+        prices,
+        {"openai:gpt-4o-mini": {"attempts": 3, "retries": 1}},
+    )
+    assert first["explainer"]["cost_usd"] == 0.15 and first["scorer"]["cost_usd"] == 0.0
+    assert first["simulator"]["cost_usd"] is None and first["total"]["cost_usd"] is None
+    assert first["cost_reason"] == (
+        "no price for openai-compatible:https://x.org/v1/m in my-prices.json; pass a price table with --prices FILE"
+    )
+    second = run_usage_json(
+        json.loads(json.dumps(first)),  # as read back from usage.json
+        {"explainer": Usage(requests=1, cost_usd=0.05), "simulator": Usage(cache_hits=3), "scorer": Usage()},
+        specs,
+        prices,
+        {"openai:gpt-4o-mini": {"attempts": 1, "retries": 0}},
+    )
+    assert second["explainer"]["requests"] == 3 and abs(second["explainer"]["cost_usd"] - 0.2) < 1e-12
+    assert second["simulator"]["cost_usd"] is None and second["simulator"]["cache_hits"] == 3  # stays undefined
+    assert second["clients"] == {"openai:gpt-4o-mini": {"attempts": 4, "retries": 1}}
+    assert second["total"]["requests"] == 6 and second["total"]["cost_usd"] is None
 
 
 async def test_usage_meter_and_prices(tmp_path: Path) -> None:

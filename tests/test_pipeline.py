@@ -63,6 +63,8 @@ async def test_run_writes_schema_and_beats_baseline(tmp_path: Path) -> None:
     manifest = RunDir.open(run).manifest()
     assert "simulate_all_at_once.j2" in manifest["prompts"] and manifest["stages"]["explain"]["status"] == "done"
     assert (run / "usage.json").exists() and summary.usage["explainer"].requests == 4
+    assert summary.run_usage["explainer"]["requests"] == 4 and summary.run_usage["total"]["cost_usd"] == 0.0
+    assert summary.run_usage["cost_reason"] is None  # local:* is priced at 0 in the packaged table
 
     # resume: nothing recomputed, nothing duplicated
     n_req = len(fake.chat_requests) + len(fake.logprob_requests)
@@ -143,3 +145,32 @@ async def test_export_formats_and_cli(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as e:
         main(["export", str(run), "--format", "xml", "--out", str(tmp_path / "o.xml")])
     assert e.value.code == 2
+
+
+async def test_unpriced_spec_makes_the_run_cost_undefined(tmp_path: Path) -> None:
+    """With a price table that lacks the run's LLM, usage.json says the cost is undefined and why (not $0),
+    and the undefined cost survives a resumed session."""
+    import json
+
+    prices = tmp_path / "prices.json"
+    prices.write_text(json.dumps({"models": {"openai:gpt-4o-mini": {"input_per_mtok": 0.15, "output_per_mtok": 0.6}}}))
+    fake = FakeLLM(chat_fn=smart_chat)
+    cfg = ExplainConfig(n_top_examples=4, max_records_per_split=2, baseline=False, prices=str(prices))
+    summary = await run_explain(cfg, tmp_path / "run", _records(2), Clients(fake, fake, fake))
+    usage = summary.run_usage
+    assert usage["total"]["cost_usd"] is None and usage["explainer"]["cost_usd"] is None
+    assert "local:qwen2.5-coder-1.5b" in usage["cost_reason"] and str(prices) in usage["cost_reason"]
+    assert usage["explainer"]["requests"] == 2 and usage["explainer"]["spec"] == "local:qwen2.5-coder-1.5b"
+    again = await run_explain(cfg, tmp_path / "run", _records(2), Clients(fake, fake, fake))
+    assert again.run_usage["total"]["cost_usd"] is None and again.run_usage["explainer"]["requests"] == 2
+
+
+def test_bad_prices_file_is_a_user_error(tmp_path: Path) -> None:
+    from autointerp.pipeline import open_clients
+
+    bad = tmp_path / "prices.json"
+    bad.write_text("{not json")
+    with pytest.raises(UserError, match="cannot read prices"):
+        open_clients(ExplainConfig(prices=str(bad)))
+    with pytest.raises(UserError, match="llm-concurrency"):
+        ExplainConfig(llm_concurrency=0)

@@ -77,6 +77,28 @@ def _fmt(v: tuple[float, float, float] | None) -> str:
     return f"{v[0]:.3f} [{v[1]:.2f}, {v[2]:.2f}]"
 
 
+def _print_usage(usage: dict[str, Any]) -> None:
+    """One line per role of usage.json (all sessions of the run), then the cost or why it is undefined."""
+    for role in ("explainer", "simulator", "scorer"):
+        u = usage.get(role)
+        if not isinstance(u, dict) or not (u.get("requests") or u.get("cache_hits")):
+            continue
+        cost = u.get("cost_usd")
+        console.print(
+            f"{role} [dim]{escape(str(u.get('spec', '')))}[/]: {u.get('requests', 0):,} requests, "
+            f"{u.get('cache_hits', 0):,} answered from the cache, {u.get('prompt_tokens', 0):,} prompt + "
+            f"{u.get('completion_tokens', 0):,} completion tokens, "
+            + ("cost undefined" if cost is None else f"${cost:.4f}")
+        )
+    total = usage.get("total")
+    if isinstance(total, dict):
+        cost = total.get("cost_usd")
+        if cost is None:
+            console.print(f"LLM cost: undefined ({escape(str(usage.get('cost_reason')))})")
+        else:
+            console.print(f"LLM cost: ${cost:.4f} (prices: {escape(str(usage.get('prices', '')))})")
+
+
 def _print_results(run_dir: Path, summary: Any) -> None:
     from autointerp.export import feature_rows
 
@@ -114,11 +136,11 @@ def _print_results(run_dir: Path, summary: Any) -> None:
             str(n.get("baseline", 0)),
         )
     console.print(means)
-    usage = ", ".join(f"{k}: {u.requests} requests / {u.prompt_tokens} prompt tokens" for k, u in summary.usage.items())
     console.print(
         f"{summary.n_explained}/{summary.n_features} features explained, "
-        f"{summary.n_failed_explanations} failed explanations, {len(summary.errors)} errors. {usage}"
+        f"{summary.n_failed_explanations} failed explanations, {len(summary.errors)} errors."
     )
+    _print_usage(summary.run_usage)
     for e in summary.errors[:10]:
         console.print(f"[red]error[/] {escape(e['feature'])} ({e['stage']}): {escape(e['error'])}")
     console.print(f"run directory: {escape(str(run_dir))}")
@@ -173,10 +195,18 @@ def explain(
     concurrency: int = typer.Option(_D.concurrency, "--concurrency", help=_H["concurrency"]),
     threads: int = typer.Option(_D.threads, "--threads", help=_H["threads"]),
     timeout_s: float = typer.Option(_D.timeout_s, "--timeout-s", help=_H["timeout_s"]),
+    llm_concurrency: int = typer.Option(_D.llm_concurrency, "--llm-concurrency", help=_H["llm_concurrency"]),
+    requests_per_minute: float = typer.Option(
+        _D.requests_per_minute, "--requests-per-minute", help=_H["requests_per_minute"]
+    ),
+    tokens_per_minute: float = typer.Option(_D.tokens_per_minute, "--tokens-per-minute", help=_H["tokens_per_minute"]),
+    llm_cache: bool = typer.Option(_D.llm_cache, "--cache/--no-cache", help=_H["llm_cache"]),
+    prices: str = typer.Option(_D.prices, "--prices", help=_H["prices"]),
 ) -> None:
     """Explain features: sample (or reuse --cache-run), explain, simulate, score; print a table.
 
     Rerunning the same command with the same --run-dir resumes: finished work is skipped."""
+    from autointerp.llm.usage import PriceTable
     from autointerp.paths import default_run_dir
     from autointerp.pipeline import run_explain
 
@@ -202,7 +232,13 @@ def explain(
         concurrency=concurrency,
         threads=threads,
         timeout_s=timeout_s,
+        llm_concurrency=llm_concurrency,
+        requests_per_minute=requests_per_minute,
+        tokens_per_minute=tokens_per_minute,
+        llm_cache=llm_cache,
+        prices=prices,
     )
+    PriceTable.load(config.client_config().prices_path)  # a bad --prices fails now, not after sampling
     out = run_dir or default_run_dir("explain")
     if cache_run is not None:
         records = _load_cache_run(cache_run, features)

@@ -188,6 +188,19 @@ class ManagedClient:
         out["retries"] = self.reliable.retries
         return out
 
+    def counters(self) -> dict[str, int]:
+        """This client's counters since it was built: attempts sent (retries included), retries, cache hits and
+        misses, requests coalesced with an identical one in flight, and requests that failed for good."""
+        cached = self.cached
+        return {
+            "attempts": self.reliable.attempts,
+            "retries": self.reliable.retries,
+            "cache_hits": cached.hits if cached is not None else 0,
+            "cache_misses": cached.misses if cached is not None else 0,
+            "coalesced": cached.coalesced if cached is not None else 0,
+            "failures": self.meter.failures.get(self.spec, 0),
+        }
+
     async def aclose(self) -> None:
         """Close the backend (and stop a local server nobody else uses) and the cache file if this client
         opened it."""

@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from autointerp.errors import UserError
 from autointerp.llm.base import ChatRequest, CompletionRequest, LLMClient, LLMError, LLMResponse, TopLogprobsRequest
@@ -160,3 +161,68 @@ class MeteredClient:
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+
+
+def _usage_from(d: object) -> Usage:
+    """A :class:`Usage` from one role's entry of ``usage.json`` (an undefined cost reads as 0: it is kept
+    undefined separately, through the unpriced list)."""
+    if not isinstance(d, dict):
+        return Usage()
+    return Usage(
+        prompt_tokens=int(d.get("prompt_tokens") or 0),
+        completion_tokens=int(d.get("completion_tokens") or 0),
+        requests=int(d.get("requests") or 0),
+        cache_hits=int(d.get("cache_hits") or 0),
+        cost_usd=float(d.get("cost_usd") or 0.0),
+    )
+
+
+def run_usage_json(
+    previous: dict[str, Any],
+    session: dict[str, Usage],
+    specs: dict[str, str],
+    prices: PriceTable,
+    client_stats: dict[str, dict[str, int]] | None = None,
+) -> dict[str, Any]:
+    """The content of a run's ``usage.json`` once this session's usage is added to what an earlier session
+    of the same run wrote (``previous``, ``{}`` for a new run).
+
+    ``session``: usage per role (explainer, simulator, scorer) this session; ``specs``: the LLM spec of each
+    role. A role that sent requests to a spec with no price in ``prices`` has cost None, and so has the
+    total; ``cost_reason`` names the specs and the fix. ``client_stats``: per spec, counters such as
+    attempts, retries, cache hits/misses and coalesced requests, summed over sessions.
+    """
+    unpriced: dict[str, list[str]] = {
+        str(k): [str(s) for s in v] for k, v in dict(previous.get("unpriced") or {}).items() if isinstance(v, list)
+    }
+    out: dict[str, Any] = {}
+    total = Usage()
+    for role, used in session.items():
+        spec = specs.get(role, "")
+        if used.requests and prices.price(spec) is None and spec not in unpriced.setdefault(role, []):
+            unpriced[role].append(spec)
+        merged = _usage_from(previous.get(role)) + used
+        total = total + merged
+        row: dict[str, Any] = {**merged.to_json(), "spec": spec}
+        if unpriced.get(role):
+            row["cost_usd"] = None
+        out[role] = row
+    unpriced = {k: v for k, v in unpriced.items() if v}
+    missing = sorted({s for v in unpriced.values() for s in v})
+    out["total"] = {**total.to_json(), "cost_usd": None if missing else total.cost_usd}
+    out["cost_reason"] = (
+        f"no price for {', '.join(missing)} in {prices.source}; pass a price table with --prices FILE"
+        if missing
+        else None
+    )
+    out["unpriced"] = unpriced
+    out["prices"] = prices.source
+    stats: dict[str, dict[str, int]] = {}
+    for source in (previous.get("clients"), client_stats):
+        for spec, counters in dict(source or {}).items():
+            row_stats = stats.setdefault(str(spec), {})
+            for k, v in dict(counters).items():
+                if isinstance(v, int) and not isinstance(v, bool):
+                    row_stats[k] = row_stats.get(k, 0) + v
+    out["clients"] = stats
+    return out

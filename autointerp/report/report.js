@@ -298,6 +298,11 @@
   var usage = DATA.usage && (DATA.usage.total || DATA.usage);
   if (usage && typeof usage.requests === "number") {
     bits.push(usage.requests + " LLM requests" + (usage.cache_hits ? " (+" + usage.cache_hits + " from cache)" : ""));
+    if (typeof usage.cost_usd === "number") {
+      bits.push("LLM cost $" + usage.cost_usd.toFixed(4));
+    } else if (usage.cost_usd === null) {
+      bits.push("LLM cost undefined" + (DATA.usage.cost_reason ? " (" + DATA.usage.cost_reason + ")" : ""));
+    }
   }
   info.textContent = bits.filter(function (x) { return x !== null && x !== undefined && x !== ""; }).join(" · ");
   var details = el("details", "config");
