@@ -636,40 +636,74 @@ def _nullable(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
+USAGE_COLUMNS = ("requests", "cache_hits", "prompt_tokens", "completion_tokens", "cost_usd", "cost_reason")
+
+
+def usage_table(sweep_dir: Path, cells: Sequence[Cell] | None = None) -> pd.DataFrame:
+    """One row per cell that has run: ``cell``, the grid params, then the LLM usage of its ``usage.json``
+    (all roles): requests sent, cache hits, tokens, and cost in USD (None when a spec has no price, with
+    ``cost_reason``). Cells share one LLM cache, so a later cell may answer from an earlier one's requests."""
+    if cells is None:
+        _, cells = read_index(sweep_dir)
+    rows: list[dict[str, Any]] = []
+    param_keys: dict[str, None] = {}
+    for cell in cells:
+        path = cell_dir(sweep_dir, cell) / "usage.json"
+        if not path.exists():
+            continue
+        try:
+            usage = dict(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError) as e:
+            log.warning("cannot read %s (%s); cell %s left out of the usage table", path, e, cell.name)
+            continue
+        total = dict(usage.get("total") or {})
+        param_keys.update(dict.fromkeys(cell.params))
+        row: dict[str, Any] = {"cell": cell.name, **{k: _param_value(v) for k, v in cell.params.items()}}
+        row.update({k: total.get(k) for k in USAGE_COLUMNS[:-1]})
+        row["cost_reason"] = usage.get("cost_reason")
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["cell", *param_keys, *USAGE_COLUMNS]).astype(object)
+
+
 @dataclass
 class SweepTables:
     tidy: pd.DataFrame
     aggregate: pd.DataFrame
     paired: pd.DataFrame
+    usage: pd.DataFrame
+    """LLM usage and cost per cell (:func:`usage_table`)."""
 
 
 def write_tables(sweep_dir: Path, spec: SweepSpec | None = None, cells: Sequence[Cell] | None = None) -> SweepTables:
-    """Build and save tidy.parquet, aggregate.parquet/.csv and paired.parquet/.csv into ``sweep_dir``."""
+    """Build and save tidy.parquet, aggregate.parquet/.csv, paired.parquet/.csv and usage.csv into ``sweep_dir``."""
     sweep_dir = Path(sweep_dir)
     if spec is None or cells is None:
         spec, cells = read_index(sweep_dir)
     tidy = tidy_table(sweep_dir, cells)
     agg = aggregate_table(tidy, n_boot=spec.n_boot, seed=spec.seed, ci=spec.ci)
     paired = paired_table(tidy, n_boot=spec.n_boot, seed=spec.seed, ci=spec.ci)
+    usage = usage_table(sweep_dir, cells)
     tidy.to_parquet(sweep_dir / "tidy.parquet", index=False)
     for name, df in (("aggregate", agg), ("paired", paired)):
         df.to_parquet(sweep_dir / f"{name}.parquet", index=False)
         atomic_write_text(sweep_dir / f"{name}.csv", df.to_csv(index=False))
-    return SweepTables(tidy, agg, paired)
+    atomic_write_text(sweep_dir / "usage.csv", usage.to_csv(index=False))
+    return SweepTables(tidy, agg, paired, usage)
 
 
 def read_tables(sweep_dir: Path) -> SweepTables:
     """Read the tables a sweep wrote; rebuild them from the cells when missing or older than the cells'
     files (e.g. after an interrupted or extended sweep)."""
     sweep_dir = Path(sweep_dir)
-    tables = [sweep_dir / f"{n}.parquet" for n in ("tidy", "aggregate", "paired")]
+    tables = [sweep_dir / f"{n}.parquet" for n in ("tidy", "aggregate", "paired")] + [sweep_dir / "usage.csv"]
     if not all(t.exists() for t in tables):
         return write_tables(sweep_dir)
     built = min(t.stat().st_mtime for t in tables)
     _, cells = read_index(sweep_dir)
     sources = [sweep_dir / SWEEP_INDEX] + [
-        cell_dir(sweep_dir, c) / f for c in cells for f in ("scores.jsonl", "explanations.jsonl")
+        cell_dir(sweep_dir, c) / f for c in cells for f in ("scores.jsonl", "explanations.jsonl", "usage.json")
     ]
     if any(p.exists() and p.stat().st_mtime > built for p in sources):
         return write_tables(sweep_dir)
-    return SweepTables(*(pd.read_parquet(sweep_dir / f"{n}.parquet") for n in ("tidy", "aggregate", "paired")))
+    tidy, agg, paired = (pd.read_parquet(sweep_dir / f"{n}.parquet") for n in ("tidy", "aggregate", "paired"))
+    return SweepTables(tidy, agg, paired, usage_table(sweep_dir, cells))

@@ -231,6 +231,11 @@ async def test_run_sweep_with_pipeline_and_resume(tmp_path: Path) -> None:
     assert tidy["score_correlation"].notna().all() and tidy["baseline_correlation"].notna().all()
     assert (tidy["score_correlation"] > tidy["baseline_correlation"]).mean() > 0.5
     assert (out / "aggregate.parquet").exists() and (out / "paired.csv").exists()
+    usage = read_tables(out).usage  # one row per cell, from each cell's usage.json
+    assert list(usage["cell"]) == [c.name for c in cells] and (usage["requests"] > 0).all()
+    assert set(usage.columns) >= {"n_top_examples", "explainer_kind", "cost_usd", "cost_reason"}
+    assert (usage["cost_usd"] == 0.0).all() and usage["cost_reason"].isna().all()  # local:* is priced at 0
+    assert (out / "usage.csv").read_text().startswith("cell,")
 
     # Rerun: every cell is finished and skipped; a cell whose run stopped half way is resumed.
     runner2 = _FakeRunner()

@@ -79,6 +79,20 @@ def render_tables(tables: SweepTables) -> None:
             p.add_row(str(row["score"]), cell_label(str(row["cell_a"])), cell_label(str(row["cell_b"])),
                       str(row["n"]), _interval(row, "mean_diff", "ci_low", "ci_high"))
         console.print(p)
+    if len(tables.usage):
+        u = Table(title="LLM usage per cell (cells share the response cache)")
+        for col in ("cell", "requests", "cache hits", "prompt tokens", "completion tokens", "cost (USD)"):
+            u.add_column(col, justify="left" if col == "cell" else "right")
+        for _, row in tables.usage.iterrows():
+            cost = row["cost_usd"]
+            u.add_row(
+                cell_label(str(row["cell"])), str(row["requests"]), str(row["cache_hits"]), str(row["prompt_tokens"]),
+                str(row["completion_tokens"]), "undefined" if cost is None else f"{float(cost):.4f}",
+            )
+        console.print(u)
+        reasons = sorted({str(r) for r in tables.usage["cost_reason"] if r})
+        for reason in reasons:
+            console.print(f"cost undefined: {reason}", markup=False, highlight=False)
 
 
 @app.command()
@@ -130,7 +144,9 @@ def sweep(
     if plots:
         paths = plot_sweep(out)
         console.print(f"{len(paths)} plot files in [bold]{out / 'plots'}[/]", highlight=False)
-    console.print(f"sweep tables in [bold]{out}[/] (tidy.parquet, aggregate.csv, paired.csv)", highlight=False)
+    console.print(
+        f"sweep tables in [bold]{out}[/] (tidy.parquet, aggregate.csv, paired.csv, usage.csv)", highlight=False
+    )
 
 
 @app.command()
