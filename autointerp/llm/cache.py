@@ -250,11 +250,12 @@ class CachedClient:
         batch, self._unstored = self._unstored, []
         try:
             self.cache.put_many([entry for entry, _ in batch])
-        except sqlite3.Error as e:  # the answers are still good; the next run will ask again
+        except (sqlite3.Error, ValueError, TypeError) as e:  # the answers are still good; a rerun asks again
             logger.warning("could not store %d answers in the LLM cache %s: %s", len(batch), self.cache.path, e)
-        for _, done in batch:
-            if not done.done():
-                done.set_result(None)
+        finally:  # whatever happened, no caller waits forever for its answer
+            for _, done in batch:
+                if not done.done():
+                    done.set_result(None)
 
     async def _call(self, kind: str, request: Any, fn: Callable[[Any], Awaitable[LLMResponse]]) -> LLMResponse:
         key = request_key(self.spec, request)
