@@ -28,7 +28,6 @@ own limits; one feature's error never stops the others.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -41,7 +40,7 @@ from autointerp.config import config_to_dict
 from autointerp.errors import UserError
 from autointerp.explain import EXPLAINER_KINDS, Explainer, ExplainerSettings, ExplanationFailed
 from autointerp.llm.base import ClientConfig, LLMClient
-from autointerp.llm.usage import PriceTable, UsageMeter, run_usage_json
+from autointerp.llm.usage import PriceTable, UsageMeter, read_run_usage, run_usage_json
 from autointerp.prompts import load_template
 from autointerp.records import ActivationRecord, Explanation, FeatureRecord, Score, Simulation, Usage
 from autointerp.rundir import RunDir, append_jsonl, atomic_write_json, read_jsonl
@@ -286,13 +285,8 @@ class _State:
     def save_usage(self, config: ExplainConfig, counters: dict[str, dict[str, int]]) -> None:
         """Add this session's LLM usage, cost and client counters to usage.json (see :func:`run_usage_json`)."""
         path = self.run.file("usage.json")
-        old: dict[str, Any] = {}
-        if path.exists():
-            try:
-                old = dict(json.loads(path.read_text(encoding="utf-8")))
-            except (OSError, ValueError) as e:
-                log.warning("cannot read %s (%s): usage of earlier sessions is not counted", path, e)
         prices = PriceTable.load(config.client_config().prices_path)
+        old = read_run_usage(path)
         atomic_write_json(path, run_usage_json(old, self.usage, config.role_specs(), prices, counters))
 
 
@@ -515,13 +509,6 @@ def summarize(
         by.setdefault(name, {"explained": [], "baseline": []})[group].append(sc.value)
     scores = {name: {g: bootstrap_ci(v, n=1000, seed=0) for g, v in groups.items()} for name, groups in by.items()}
     n_scored = {name: {g: sum(x is not None for x in v) for g, v in groups.items()} for name, groups in by.items()}
-    run_usage: dict[str, Any] = {}
-    usage_path = state.run.file("usage.json")
-    if usage_path.exists():
-        try:
-            run_usage = dict(json.loads(usage_path.read_text(encoding="utf-8")))
-        except (OSError, ValueError) as e:
-            log.warning("cannot read %s: %s", usage_path, e)
     return RunSummary(
         run_dir=Path(run_dir),
         n_features=len(feats),
@@ -531,7 +518,7 @@ def summarize(
         usage=usage or {},
         scores=scores,
         n_scored=n_scored,
-        run_usage=run_usage,
+        run_usage=read_run_usage(state.run.file("usage.json")),
     )
 
 

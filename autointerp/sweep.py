@@ -35,6 +35,7 @@ import pandas as pd
 
 from autointerp.config import config_to_dict
 from autointerp.errors import UserError
+from autointerp.llm.usage import read_run_usage
 from autointerp.records import FeatureId, FeatureRecord
 from autointerp.report.rundata import load_run
 from autointerp.rundir import atomic_write_json, atomic_write_text, read_jsonl, short_hash
@@ -648,13 +649,8 @@ def usage_table(sweep_dir: Path, cells: Sequence[Cell] | None = None) -> pd.Data
     rows: list[dict[str, Any]] = []
     param_keys: dict[str, None] = {}
     for cell in cells:
-        path = cell_dir(sweep_dir, cell) / "usage.json"
-        if not path.exists():
-            continue
-        try:
-            usage = dict(json.loads(path.read_text(encoding="utf-8")))
-        except (OSError, ValueError) as e:
-            log.warning("cannot read %s (%s); cell %s left out of the usage table", path, e, cell.name)
+        usage = read_run_usage(cell_dir(sweep_dir, cell) / "usage.json")
+        if not usage:
             continue
         total = dict(usage.get("total") or {})
         param_keys.update(dict.fromkeys(cell.params))

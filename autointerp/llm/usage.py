@@ -163,6 +163,22 @@ class MeteredClient:
         await self.inner.aclose()
 
 
+def read_run_usage(path: Path) -> dict[str, Any]:
+    """A run's ``usage.json`` (see :func:`run_usage_json`); ``{}`` when it is missing, and ``{}`` with a
+    warning when it cannot be read or is not a JSON object."""
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        logger.warning("cannot read %s (%s); its usage is left out", path, e)
+        return {}
+    if not isinstance(data, dict):
+        logger.warning("%s is not a JSON object; its usage is left out", path)
+        return {}
+    return data
+
+
 def _usage_from(d: object) -> Usage:
     """A :class:`Usage` from one role's entry of ``usage.json`` (an undefined cost reads as 0: it is kept
     undefined separately, through the unpriced list)."""
@@ -199,8 +215,8 @@ def run_usage_json(
     total = Usage()
     for role, used in session.items():
         spec = specs.get(role, "")
-        if used.requests and prices.price(spec) is None and spec not in unpriced.setdefault(role, []):
-            unpriced[role].append(spec)
+        if used.requests and prices.price(spec) is None and spec not in unpriced.get(role, []):
+            unpriced.setdefault(role, []).append(spec)
         merged = _usage_from(previous.get(role)) + used
         total = total + merged
         row: dict[str, Any] = {**merged.to_json(), "spec": spec}

@@ -14,13 +14,13 @@ When a key was written twice (a resumed run), the last line wins.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from autointerp.errors import RunDirError
+from autointerp.llm.usage import read_run_usage
 from autointerp.records import FeatureRecord, FeatureStats, Score, Simulation
 from autointerp.rundir import RunDir, read_jsonl
 
@@ -157,10 +157,5 @@ def load_run(path: Path, *, records: bool = True) -> RunData:
             data.explanations[eid] = ExplanationRow(
                 eid, str(row["feature"]), "", "", 0, bool(row.get("baseline", False)), False, {}
             )
-    usage_path = run.file("usage.json")
-    if usage_path.exists():
-        try:
-            data.usage = dict(json.loads(usage_path.read_text(encoding="utf-8")))
-        except (OSError, json.JSONDecodeError, TypeError, ValueError) as e:
-            log.warning("cannot read %s: %s", usage_path, e)
+    data.usage = read_run_usage(run.file("usage.json"))
     return data
