@@ -10,6 +10,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import logging
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -133,31 +134,25 @@ class MeteredClient:
         self.supports_completion = inner.supports_completion
         self.supports_logprobs = inner.supports_logprobs
 
-    def _account(self, response: LLMResponse) -> LLMResponse:
+    async def _metered(self, call: Awaitable[LLMResponse]) -> LLMResponse:
+        """Await one call; price and count its answer, or count its failure."""
+        try:
+            response = await call
+        except LLMError:
+            self.meter.add_failure(self.spec)
+            raise
         self.meter.price_response(self.spec, response)
         self.meter.add(self.spec, response.usage)
         return response
 
     async def chat(self, request: ChatRequest) -> LLMResponse:
-        try:
-            return self._account(await self.inner.chat(request))
-        except LLMError:
-            self.meter.add_failure(self.spec)
-            raise
+        return await self._metered(self.inner.chat(request))
 
     async def complete(self, request: CompletionRequest) -> LLMResponse:
-        try:
-            return self._account(await self.inner.complete(request))
-        except LLMError:
-            self.meter.add_failure(self.spec)
-            raise
+        return await self._metered(self.inner.complete(request))
 
     async def top_logprobs(self, request: TopLogprobsRequest) -> LLMResponse:
-        try:
-            return self._account(await self.inner.top_logprobs(request))
-        except LLMError:
-            self.meter.add_failure(self.spec)
-            raise
+        return await self._metered(self.inner.top_logprobs(request))
 
     async def aclose(self) -> None:
         await self.inner.aclose()
