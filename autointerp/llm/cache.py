@@ -133,10 +133,6 @@ class ResponseCache:
             row = self._db.execute("SELECT value FROM responses WHERE key = ?", (key,)).fetchone()
         return response_from_json(row[0]) if row else None
 
-    def put(self, key: str, spec: str, kind: str, response: LLMResponse) -> None:
-        """Store one answer and commit it now, so a crash cannot lose it."""
-        self.put_many([(key, spec, kind, response)])
-
     def put_many(self, entries: list[tuple[str, str, str, LLMResponse]]) -> None:
         """Store answers ``(key, spec, kind, response)`` and commit them in one transaction before returning
         (one commit costs as much as a few inserts, so batching answers that arrive together saves CPU)."""
