@@ -11,7 +11,6 @@ from typing import Any
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 from autointerp.cli.app import app
 from autointerp.config import field_help
@@ -71,12 +70,6 @@ def _load_cache_run(cache_run: Path, features: str | None) -> Any:
     return load_feature_records(cache_run, feats)
 
 
-def _fmt(v: tuple[float, float, float] | None) -> str:
-    if v is None:
-        return "-"
-    return f"{v[0]:.3f} [{v[1]:.2f}, {v[2]:.2f}]"
-
-
 def _print_usage(usage: dict[str, Any]) -> None:
     """One line per role of usage.json (all sessions of the run), then the cost or why it is undefined."""
     for role in ("explainer", "simulator", "scorer"):
@@ -100,42 +93,16 @@ def _print_usage(usage: dict[str, Any]) -> None:
 
 
 def _print_results(run_dir: Path, summary: Any) -> None:
+    from autointerp.cli.results_table import MAX_ROWS, feature_table, means_table
     from autointerp.export import feature_rows
 
     rows = feature_rows(run_dir)
-    names = [n for n in ("correlation", "detection", "fuzzing", "saebench_detection") if n in summary.scores]
-    sources = sorted({r["source"] for r in rows})
-    one_source = len(sources) == 1
-    title = f"features of {escape(sources[0])}" if one_source else "features"
-    table = Table(title=title)
-    table.add_column("feature", no_wrap=True)
-    table.add_column("explanation", overflow="fold", max_width=50)
-    for n in names:
-        table.add_column(n, justify="right")
-        table.add_column("baseline", justify="right", style="dim")
-    for r in rows[:200]:
-        fid = str(r["index"]) if one_source else r["feature"]
-        cells = [escape(fid), escape(str(r["explanation"] or f"(failed: {r['failed']})"))]
-        for n in names:
-            v, b = r.get(f"score_{n}"), r.get(f"baseline_{n}")
-            cells += ["-" if v is None else f"{v:.3f}", "-" if b is None else f"{b:.3f}"]
-        table.add_row(*cells)
-    console.print(table)
-    if len(rows) > 200:
-        console.print(f"({len(rows) - 200} more features: see `autointerp export`)")
-    means = Table(title="run-level means (95% bootstrap CI)")
-    for col in ("score", "explained", "n", "shuffled baseline", "n"):
-        means.add_column(col)
-    for name, groups in sorted(summary.scores.items()):
-        n = summary.n_scored.get(name, {})
-        means.add_row(
-            name,
-            _fmt(groups.get("explained")),
-            str(n.get("explained", 0)),
-            _fmt(groups.get("baseline")),
-            str(n.get("baseline", 0)),
-        )
-    console.print(means)
+    first = ("correlation", "detection", "fuzzing", "saebench_detection")
+    names = [n for n in first if n in summary.scores] + sorted(set(summary.scores) - set(first))
+    console.print(feature_table(rows, names))
+    if len(rows) > MAX_ROWS:
+        console.print(f"({len(rows) - MAX_ROWS} more features: see `autointerp export` or `autointerp report`)")
+    console.print(means_table(summary.scores, summary.n_scored))
     console.print(
         f"{summary.n_explained}/{summary.n_features} features explained, "
         f"{summary.n_failed_explanations} failed explanations, {len(summary.errors)} errors."
