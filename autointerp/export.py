@@ -5,7 +5,9 @@ Columns (parquet/jsonl/csv): ``feature`` (full id), ``source``, ``model``, ``hoo
 when no usable label was produced), activation statistics (``frequency``, ``max_activation``,
 ``mean_activation``, ``mean_active``), then per score name ``score_<name>`` (value or empty),
 ``score_<name>_reason`` (why undefined), ``baseline_<name>`` (the shuffled-label baseline's value), and
-``score_settings`` (JSON: name -> {scorer spec, settings}).
+``score_settings`` (JSON: name -> {judge spec, settings}). Score names are the run's score labels (see
+:mod:`autointerp.rundir`): ``detection``, or ``detection@<judge>`` for each judge when a run was rescored by
+another judge. The explanation is the run's selected one (the rule of :meth:`RunData.selected`).
 
 Neuronpedia format (``--format neuronpedia``): a JSON list shaped like the rows of Neuronpedia's
 explanation export (``/api/explanation/export``): ``modelId``, ``layer`` (Neuronpedia's source id, e.g.
@@ -23,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from autointerp.errors import UserError
-from autointerp.records import FeatureId, FeatureStats, Score
-from autointerp.rundir import RunDir, atomic_write_text, read_jsonl
+from autointerp.records import FeatureId
+from autointerp.rundir import atomic_write_text, load_run
 
 log = logging.getLogger(__name__)
 
@@ -33,51 +35,37 @@ FORMATS = ("parquet", "jsonl", "csv", "neuronpedia")
 
 def feature_rows(run_dir: Path) -> list[dict[str, Any]]:
     """One flat dict per feature of the run (see the module doc for the columns)."""
-    run = RunDir.open(Path(run_dir))
-    stats: dict[str, FeatureStats] = {}
-    for rec_row in read_jsonl(run.file("records.jsonl")):
-        stats[str(rec_row["id"])] = FeatureStats.from_json(rec_row["stats"])
-    expl = {str(r["explanation_id"]): r for r in read_jsonl(run.file("explanations.jsonl"))}
-    scores: dict[str, dict[str, tuple[Score, str]]] = {}
-    for score_row in read_jsonl(run.file("scores.jsonl")):
-        sc = Score.from_json(score_row["score"])
-        scores.setdefault(str(score_row["explanation_id"]), {})[sc.name] = (sc, str(score_row.get("scorer", "")))
-    chosen: dict[str, dict[str, Any]] = {}
-    for r in expl.values():
-        if r.get("baseline"):
-            continue
-        f = str(r["feature"])
-        if r.get("selected") or f not in chosen:
-            chosen[f] = r
+    run = load_run(Path(run_dir), records=False)
+    judges = run.judges()
     rows = []
-    for f in stats:
+    for f in run.features():
         fid = FeatureId.parse(f)
         model, _, hook = fid.source.partition("/")
-        st = stats[f]
-        e = chosen.get(f, {})
-        eid = str(e.get("explanation_id", ""))
+        st = run.stats.get(f)
+        sel = run.selected(f)
+        e = sel.raw if sel is not None else {}
         row: dict[str, Any] = {
             "feature": f,
             "source": fid.source,
             "model": model,
             "hook": hook,
             "index": fid.index,
-            "explanation": e.get("text") if e and not e.get("failed") else None,
+            "explanation": sel.text if sel is not None else None,
             "explainer": e.get("explainer"),
             "prompt_hash": e.get("prompt_hash"),
             "candidate": e.get("candidate"),
-            "failed": e.get("failed") if e else "not explained",
-            "frequency": st.frequency,
-            "max_activation": st.max,
-            "mean_activation": st.mean,
-            "mean_active": st.mean_active,
+            "failed": run.failed_reason(f),
+            "frequency": st.frequency if st else None,
+            "max_activation": st.max if st else None,
+            "mean_activation": st.mean if st else None,
+            "mean_active": st.mean_active if st else None,
         }
         settings: dict[str, Any] = {}
-        for name, (sc, scorer) in sorted(scores.get(eid, {}).items()):
+        for name, sc in sorted(run.scores_of(sel).items()):
             row[f"score_{name}"] = sc.value
             row[f"score_{name}_reason"] = sc.reason
-            settings[name] = {"scorer": scorer, **sc.settings}
-        for name, (sc, _) in sorted(scores.get(f"{f}#baseline", {}).items()):
+            settings[name] = {"judge": judges.get(name, ""), **sc.settings}
+        for name, sc in sorted(run.scores_of(run.baseline(f)).items()):
             row[f"baseline_{name}"] = sc.value
         row["score_settings"] = json.dumps(settings, sort_keys=True, default=str)
         rows.append(row)

@@ -8,19 +8,11 @@ Entry points:
 * :func:`run_score` ``(run_dir, scorers, ...) -> RunSummary``: (re)score the explanations of an existing
   run with other scorers.
 
-Run directory files (schema documented in ``datasets/labelled-dataset-card.md``)::
-
-    records.jsonl       FeatureRecord.to_json() per feature (the run is self-contained)
-    explanations.jsonl  Explanation.to_json() + explanation_id ("<feature>#<candidate>" | "<feature>#baseline")
-                        + selected (best-of-N winner) [+ failed: reason, for an unusable answer]
-    simulations.jsonl   {explanation_id, feature, split, record_index, simulator, simulation}
-    scores.jsonl        {explanation_id, feature, baseline, scorer, score: Score.to_json()}
-    errors.jsonl        {feature, stage, error}: per-feature errors (the feature is retried on rerun)
-    usage.json          Usage per role (explainer / simulator / scorer) and total, cost included (None with
-                        cost_reason when a spec has no price), client counters (retries, cache hits, ...)
+Run directory files: see :mod:`autointerp.rundir` (which reads and writes them) and
+``datasets/labelled-dataset-card.md``.
 
 Resuming: every row is keyed (explanation id; explanation id + split + record index; explanation id +
-score name + scorer spec); a rerun reads what is there and only computes what is missing, so nothing is
+score name + judge); a rerun reads what is there and only computes what is missing, so nothing is
 duplicated or lost. Features run concurrently (``concurrency``), each bounded further by its clients'
 own limits; one feature's error never stops the others.
 """
@@ -43,7 +35,7 @@ from autointerp.llm.base import ClientConfig, LLMClient
 from autointerp.llm.usage import PriceTable, UsageMeter, read_run_usage, run_usage_json
 from autointerp.prompts import load_template
 from autointerp.records import ActivationRecord, Explanation, FeatureRecord, Score, Simulation, Usage
-from autointerp.rundir import RunDir, append_jsonl, atomic_write_json, read_jsonl
+from autointerp.rundir import USAGE, ExplanationRow, RunData, RunDir, atomic_write_json, load_run
 from autointerp.score import (
     SCORERS,
     SIMULATION_SCORES,
@@ -220,71 +212,16 @@ def open_clients(config: ExplainConfig) -> tuple[Clients, list[LLMClient]]:
 # -- run state -----------------------------------------------------------------------------------------
 
 
-class _State:
-    """What the run directory already holds, plus appenders that keep it in sync."""
+class _Session:
+    """This session's state: the run's data (appended to as results arrive) and the LLM usage per role."""
 
-    def __init__(self, run: RunDir) -> None:
-        self.run = run
-        self.records: dict[str, FeatureRecord] = {}
-        for row in read_jsonl(run.file("records.jsonl")):
-            self.records[str(row["id"])] = FeatureRecord.from_json(row)
-        self.explanations: dict[str, dict[str, Any]] = {}
-        for row in read_jsonl(run.file("explanations.jsonl")):
-            self.explanations[str(row["explanation_id"])] = row
-        self.sims: dict[tuple[str, str, int], Simulation] = {}
-        for row in read_jsonl(run.file("simulations.jsonl")):
-            key = (str(row["explanation_id"]), str(row["split"]), int(row["record_index"]))
-            self.sims[key] = Simulation.from_json(row["simulation"])
-        self.scores: dict[tuple[str, str, str], Score] = {}
-        for row in read_jsonl(run.file("scores.jsonl")):
-            sc = Score.from_json(row["score"])
-            self.scores[(str(row["explanation_id"]), sc.name, str(row.get("scorer", "")))] = sc
+    def __init__(self, data: RunData) -> None:
+        self.data = data
         self.usage: dict[str, Usage] = {"explainer": Usage(), "simulator": Usage(), "scorer": Usage()}
-        self.errors: list[dict[str, Any]] = []
-
-    def add_records(self, records: Sequence[FeatureRecord]) -> None:
-        new = [r for r in records if str(r.id) not in self.records]
-        append_jsonl(self.run.file("records.jsonl"), [r.to_json() for r in new])
-        for r in new:
-            self.records[str(r.id)] = r
-
-    def add_explanations(self, rows: list[dict[str, Any]]) -> None:
-        append_jsonl(self.run.file("explanations.jsonl"), rows)
-        for row in rows:
-            self.explanations[row["explanation_id"]] = row
-
-    def add_sim(self, eid: str, feature: str, split: str, idx: int, simulator: str, sim: Simulation) -> None:
-        row = {
-            "explanation_id": eid,
-            "feature": feature,
-            "split": split,
-            "record_index": idx,
-            "simulator": simulator,
-            "simulation": sim.to_json(),
-        }
-        append_jsonl(self.run.file("simulations.jsonl"), [row])
-        self.sims[(eid, split, idx)] = sim
-
-    def add_score(self, eid: str, feature: str, baseline: bool, scorer: str, score: Score) -> None:
-        row = {
-            "explanation_id": eid,
-            "feature": feature,
-            "baseline": baseline,
-            "scorer": scorer,
-            "score": score.to_json(),
-        }
-        append_jsonl(self.run.file("scores.jsonl"), [row])
-        self.scores[(eid, score.name, scorer)] = score
-
-    def add_error(self, feature: str, stage: str, error: BaseException) -> None:
-        row = {"feature": feature, "stage": stage, "error": f"{type(error).__name__}: {error}"}
-        log.warning("feature %s failed at %s: %s", feature, stage, row["error"])
-        append_jsonl(self.run.file("errors.jsonl"), [row])
-        self.errors.append(row)
 
     def save_usage(self, config: ExplainConfig, counters: dict[str, dict[str, int]]) -> None:
         """Add this session's LLM usage, cost and client counters to usage.json (see :func:`run_usage_json`)."""
-        path = self.run.file("usage.json")
+        path = self.data.run.file(USAGE)
         prices = PriceTable.load(config.client_config().prices_path)
         old = read_run_usage(path)
         atomic_write_json(path, run_usage_json(old, self.usage, config.role_specs(), prices, counters))
@@ -314,9 +251,10 @@ def _limit(records: list[ActivationRecord], n: int) -> list[ActivationRecord]:
 
 
 class _Runner:
-    def __init__(self, config: ExplainConfig, state: _State, clients: Clients) -> None:
+    def __init__(self, config: ExplainConfig, session: _Session, clients: Clients) -> None:
         self.config = config
-        self.state = state
+        self.session = session
+        self.data = session.data
         self.clients = clients
         settings = ExplainerSettings(
             kind=config.explainer_kind,
@@ -328,22 +266,25 @@ class _Runner:
         self.explainer = Explainer(clients.explainer, settings)
         self.sem = asyncio.Semaphore(max(1, config.concurrency))
 
+    def _count(self, role: str, usage: Usage) -> None:
+        self.session.usage[role] = self.session.usage[role] + usage
+
     # -- simulation with the run-dir cache ---------------------------------------------------------
     async def simulations(self, eid: str, text: str, record: FeatureRecord, split: str) -> list[Simulation]:
         recs = _limit(getattr(record, split), self.config.max_records_per_split)
-        missing = [i for i in range(len(recs)) if (eid, split, i) not in self.state.sims]
+        missing = [i for i in range(len(recs)) if (eid, split, i) not in self.data.simulations]
         if missing:
             sim = make_simulator(self.config.simulator_kind, self.clients.simulator, text)
             results = await asyncio.gather(*(sim.simulate(recs[i].tokens) for i in missing))
-            self.state.usage["simulator"] = self.state.usage["simulator"] + sim.usage
+            self._count("simulator", sim.usage)
             for i, res in zip(missing, results, strict=True):
-                self.state.add_sim(eid, str(record.id), split, i, sim.spec, res)
-        return [self.state.sims[(eid, split, i)] for i in range(len(recs))]
+                self.data.add_simulation(eid, str(record.id), split, i, sim.spec, res)
+        return [self.data.simulations[(eid, split, i)] for i in range(len(recs))]
 
     # -- phase 1: explain and select ----------------------------------------------------------------
     async def explain_feature(self, record: FeatureRecord) -> None:
         fid = str(record.id)
-        if any(r["feature"] == fid and not r.get("baseline") for r in self.state.explanations.values()):
+        if any(not e.baseline for e in self.data.explanations_of(fid)):
             return
         cfg = self.config
         rows: list[dict[str, Any]] = []
@@ -353,13 +294,13 @@ class _Runner:
             try:
                 ex = await self.explainer.explain(record, candidate=c, temperature=temp, seed=cfg.seed + c)
             except ExplanationFailed as e:
-                self.state.usage["explainer"] = self.state.usage["explainer"] + e.usage
+                self._count("explainer", e.usage)
                 failed = Explanation(
                     record.id, "", self.explainer.spec, self.explainer.template.hash, e.raw, e.usage, c
                 )
                 rows.append({**failed.to_json(), "explanation_id": f"{fid}#{c}", "selected": False, "failed": e.reason})
                 continue
-            self.state.usage["explainer"] = self.state.usage["explainer"] + ex.usage
+            self._count("explainer", ex.usage)
             candidates.append(ex)
         best: Explanation | None = None
         if len(candidates) == 1:
@@ -378,12 +319,12 @@ class _Runner:
             row = {**ex.to_json(), "explanation_id": f"{fid}#{ex.candidate}", "selected": ex is best}
             rows.append(row)
         rows.sort(key=lambda r: int(r["candidate"]))
-        self.state.add_explanations(rows)
+        self.data.add_explanations(rows)
 
     # -- phase 2: shuffled baseline ---------------------------------------------------------------
     def add_baselines(self, features: list[str]) -> None:
-        selected = {r["feature"]: r for r in self.state.explanations.values() if r.get("selected")}
-        feats = [f for f in features if f in selected]
+        selected = {f: e for f in features if (e := self.data.selected(f)) is not None}
+        feats = list(selected)
         if len(feats) < 2:
             if self.config.baseline:
                 log.warning("the shuffled baseline needs at least 2 explained features; none added")
@@ -392,25 +333,26 @@ class _Runner:
         rows = []
         for i, f in enumerate(feats):
             eid = f"{f}#baseline"
-            if eid in self.state.explanations:
+            if eid in self.data.explanations:
                 continue
             donor = selected[feats[int(perm[i])]]
-            ex = Explanation.from_json(donor)
-            base = replace(ex, feature=self.state.records[f].id, baseline=True, usage=Usage(), candidate=-1)
-            rows.append({**base.to_json(), "explanation_id": eid, "selected": False, "donor": donor["feature"]})
-        self.state.add_explanations(rows)
+            ex = Explanation.from_json(donor.raw)
+            base = replace(ex, feature=self.data.records[f].id, baseline=True, usage=Usage(), candidate=-1)
+            rows.append({**base.to_json(), "explanation_id": eid, "selected": False, "donor": donor.feature})
+        self.data.add_explanations(rows)
 
     # -- phase 3: score -------------------------------------------------------------------------
-    async def score_explanation(self, eid: str, row: dict[str, Any]) -> None:
+    async def score_explanation(self, expl: ExplanationRow) -> None:
         cfg = self.config
-        record = self.state.records[row["feature"]]
-        text = str(row["text"])
-        baseline = bool(row.get("baseline"))
+        eid = expl.explanation_id
+        record = self.data.records[expl.feature]
+        text = expl.text
+        baseline = expl.baseline
         fid = str(record.id)
         for scorer in cfg.scorer_list:
             if scorer == "simulation":
                 spec = f"{cfg.simulator_kind}[{self.clients.simulator.spec}]"
-                if all((eid, n, spec) in self.state.scores for n in SIMULATION_SCORES):
+                if all(self.data.has_score(eid, n, spec) for n in SIMULATION_SCORES):
                     continue
                 splits: dict[str, tuple[Sequence[ActivationRecord], Sequence[Simulation]]] = {}
                 for split in TEST_SPLITS:
@@ -421,20 +363,20 @@ class _Runner:
                 cal_sims = await self.simulations(eid, text, record, "valid")
                 cal = (_limit(record.valid, cfg.max_records_per_split), cal_sims)
                 for sc in simulation_scores(splits, cal, cfg.max_failed_fraction):
-                    if (eid, sc.name, spec) not in self.state.scores:
-                        self.state.add_score(eid, fid, baseline, spec, sc)
+                    if not self.data.has_score(eid, sc.name, spec):
+                        self.data.add_score(eid, fid, baseline, spec, sc)
                 continue
             judge = self.clients.judge
             if scorer == "saebench_detection":
                 for check in (False, True):
                     sb = SAEBenchDetectionScorer(judge, SAEBenchSettings(check_random=check, seed=cfg.seed))
-                    if (eid, sb.name, judge.spec) in self.state.scores:
+                    if self.data.has_score(eid, sb.name, judge.spec):
                         continue
                     sc = await sb.score(text, record)
                     self._count_scorer_usage(sc)
-                    self.state.add_score(eid, fid, baseline, judge.spec, sc)
+                    self.data.add_score(eid, fid, baseline, judge.spec, sc)
                 continue
-            if (eid, scorer, judge.spec) in self.state.scores:
+            if self.data.has_score(eid, scorer, judge.spec):
                 continue
             cs = ClassifierSettings(
                 n_positive=cfg.classifier_examples,
@@ -445,12 +387,12 @@ class _Runner:
             clf = DetectionScorer(judge, cs) if scorer == "detection" else FuzzingScorer(judge, cs)
             sc = await clf.score(text, record)
             self._count_scorer_usage(sc)
-            self.state.add_score(eid, fid, baseline, judge.spec, sc)
+            self.data.add_score(eid, fid, baseline, judge.spec, sc)
 
     def _count_scorer_usage(self, sc: Score) -> None:
         d = sc.details
         u = Usage(int(d.get("prompt_tokens", 0)), int(d.get("completion_tokens", 0)), int(d.get("requests", 0)))
-        self.state.usage["scorer"] = self.state.usage["scorer"] + u
+        self._count("scorer", u)
 
     # -- orchestration --------------------------------------------------------------------------
     async def guarded(self, feature: str, stage: str, coro: Any) -> None:
@@ -458,23 +400,21 @@ class _Runner:
             try:
                 await coro
             except Exception as e:  # one feature's failure never stops the run
-                self.state.add_error(feature, stage, e)
+                self.data.add_error(feature, stage, e)
 
     async def explain_all(self, features: list[str]) -> None:
         await asyncio.gather(
-            *(self.guarded(f, "explain", self.explain_feature(self.state.records[f])) for f in features)
+            *(self.guarded(f, "explain", self.explain_feature(self.data.records[f])) for f in features)
         )
 
     async def score_all(self, features: list[str]) -> None:
-        fs = set(features)
         todo = [
-            (eid, row)
-            for eid, row in self.state.explanations.items()
-            if row["feature"] in fs and (row.get("selected") or row.get("baseline")) and not row.get("failed")
+            e
+            for f in features
+            for e in (self.data.selected(f), self.data.baseline(f))
+            if e is not None and e.feature in self.data.records
         ]
-        await asyncio.gather(
-            *(self.guarded(row["feature"], "score", self.score_explanation(eid, row)) for eid, row in todo)
-        )
+        await asyncio.gather(*(self.guarded(e.feature, "score", self.score_explanation(e)) for e in todo))
 
 
 def _prompt_names(config: ExplainConfig) -> list[str]:
@@ -497,28 +437,32 @@ def _prompt_names(config: ExplainConfig) -> list[str]:
 def summarize(
     run_dir: Path, errors: list[dict[str, Any]] | None = None, usage: dict[str, Usage] | None = None
 ) -> RunSummary:
-    """Counts and run-level means (bootstrap 95% CI) of every score, explained vs baseline."""
-    state = _State(RunDir.open(run_dir))
-    feats = list(state.records)
-    explained = {r["feature"] for r in state.explanations.values() if r.get("selected")}
-    failed = {r["feature"] for r in state.explanations.values() if r.get("failed") and r["feature"] not in explained}
+    """Counts and run-level means (bootstrap 95% CI) of every score label (see :mod:`autointerp.rundir`:
+    one judge's scores are never averaged with another's), over the selected explanations ("explained")
+    and the shuffled baselines ("baseline")."""
+    data = load_run(Path(run_dir), records=False)
+    feats = data.features()
     by: dict[str, dict[str, list[float | None]]] = {}
-    for (eid, name, _), sc in state.scores.items():
-        row = state.explanations.get(eid, {})
-        group = "baseline" if row.get("baseline") else "explained"
-        by.setdefault(name, {"explained": [], "baseline": []})[group].append(sc.value)
+    n_explained = n_failed = 0
+    for f in feats:
+        sel = data.selected(f)
+        n_explained += sel is not None
+        n_failed += sel is None and any(e.failed and not e.baseline for e in data.explanations_of(f))
+        for group, e in (("explained", sel), ("baseline", data.baseline(f))):
+            for label, sc in data.scores_of(e).items():
+                by.setdefault(label, {"explained": [], "baseline": []})[group].append(sc.value)
     scores = {name: {g: bootstrap_ci(v, n=1000, seed=0) for g, v in groups.items()} for name, groups in by.items()}
     n_scored = {name: {g: sum(x is not None for x in v) for g, v in groups.items()} for name, groups in by.items()}
     return RunSummary(
         run_dir=Path(run_dir),
-        n_features=len(feats),
-        n_explained=len(explained),
-        n_failed_explanations=len(failed),
+        n_features=len(data.stats),
+        n_explained=n_explained,
+        n_failed_explanations=n_failed,
         errors=errors or [],
         usage=usage or {},
         scores=scores,
         n_scored=n_scored,
-        run_usage=read_run_usage(state.run.file("usage.json")),
+        run_usage=data.usage,
     )
 
 
@@ -541,29 +485,30 @@ async def run_explain(
             "seeds": {"seed": config.seed},
         }
     )
-    state = _State(run)
+    session = _Session(load_run(run.path))
+    data = session.data
     if records is not None:
-        state.add_records(records)
-    if not state.records:
+        data.add_records(records)
+    if not data.records:
         raise UserError(f"{run_dir} holds no feature records; pass records or a --cache-run with sampled features")
-    features = [str(r.id) for r in records] if records is not None else list(state.records)
+    features = [str(r.id) for r in records] if records is not None else list(data.records)
     to_close: list[LLMClient] = []
     if clients is None:
         clients, to_close = open_clients(config)
     counters = _Counters(clients)
     run.set_stage("explain", "running")
     try:
-        runner = _Runner(config, state, clients)
+        runner = _Runner(config, session, clients)
         await runner.explain_all(features)
         if config.baseline:
             runner.add_baselines(features)
         await runner.score_all(features)
     finally:
-        state.save_usage(config, counters.delta())
+        session.save_usage(config, counters.delta())
         for c in to_close:
             await c.aclose()
-    run.set_stage("explain", "done" if not state.errors else "done_with_errors", errors=len(state.errors))
-    return summarize(run.path, state.errors, state.usage)
+    run.set_stage("explain", "done" if not data.errors else "done_with_errors", errors=len(data.errors))
+    return summarize(run.path, data.errors, session.usage)
 
 
 async def run_score(
@@ -575,7 +520,8 @@ async def run_score(
 ) -> RunSummary:
     """Score the selected and baseline explanations of an existing run with ``scorers`` (comma list).
 
-    Other settings come from the run's manifest; ``judge``/``simulator`` override its LLM specs."""
+    Other settings come from the run's manifest; ``judge``/``simulator`` override its LLM specs. Scores
+    of another judge already in the run are kept beside the new ones (labelled apart, never mixed)."""
     run = RunDir.open(Path(run_dir))
     manifest = run.manifest()
     config = ExplainConfig.from_dict(dict(manifest.get("config", {})))
@@ -586,19 +532,20 @@ async def run_score(
         config = replace(config, simulator=simulator)
     for name in _prompt_names(config):
         run.record_prompt(name, load_template(name).text)
-    state = _State(run)
-    if not state.explanations:
+    session = _Session(load_run(run.path))
+    data = session.data
+    if not data.explanations:
         raise UserError(f"{run_dir} holds no explanations; run `autointerp explain` first")
     to_close: list[LLMClient] = []
     if clients is None:
         clients, to_close = open_clients(config)
     counters = _Counters(clients)
     try:
-        runner = _Runner(config, state, clients)
-        await runner.score_all(list(state.records))
+        runner = _Runner(config, session, clients)
+        await runner.score_all(list(data.records))
     finally:
-        state.save_usage(config, counters.delta())
+        session.save_usage(config, counters.delta())
         for c in to_close:
             await c.aclose()
     run.set_stage("score", "done", scorers=scorers)
-    return summarize(run.path, state.errors, state.usage)
+    return summarize(run.path, data.errors, session.usage)

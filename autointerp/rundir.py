@@ -1,16 +1,33 @@
-"""The run directory: every run writes into its own folder, with a manifest for reproducibility.
+"""The run directory: the one module that reads and writes a run's files, with a manifest for
+reproducibility.
 
-Layout (each stage owns its files; any stage can be rerun or resumed alone):
+Layout (each stage owns its files; any stage can be rerun or resumed alone)::
 
     manifest.json        versions, command, config, models, prompt hashes, seeds, per-stage status
-    records/             sampler output (see sampling.py)
-    explanations.jsonl   one Explanation per line
-    simulations.jsonl    one line per (explanation, record)
-    scores.jsonl         one line per (explanation, scorer)
-    usage.json           LLM usage and cost
+    records/             sampler output of a sampling run (see sampling.py)
+    records.jsonl        FeatureRecord.to_json() per feature (an explain run is self-contained)
+    explanations.jsonl   Explanation.to_json() + explanation_id ("<feature>#<candidate>" | "<feature>#baseline")
+                         + selected (best-of-N winner) [+ failed: reason, for an unusable answer] [+ donor]
+    simulations.jsonl    {explanation_id, feature, split, record_index, simulator, simulation}
+    scores.jsonl         {explanation_id, feature, baseline, judge, score: Score.to_json()}; one line per
+                         (explanation, score name, judge); ``judge`` is the LLM (or simulator) that produced it
+    errors.jsonl         {feature, stage, error}: per-feature errors (the feature is retried on rerun)
+    usage.json           LLM usage and cost per role (see autointerp.llm.usage)
 
 JSONL files are append-only; a line is written whole (flushed and fsync'd) or not at all, so a killed run
-resumes by reading what is there and skipping keys already done. A torn last line is ignored on read.
+resumes by reading what is there and skipping keys already done. A torn last line is ignored on read; when
+a key was written twice, the last line wins.
+
+:class:`RunData` is the in-memory model of a run directory, used by the pipeline (which appends through it),
+the run summary, the sweep tables, the report and the export. It owns the two rules every reader shares:
+
+* **the selected explanation** of a feature (:meth:`RunData.selected`): the usable (not failed, not
+  baseline) explanation marked ``selected``, the last one when several are; when none is marked, the usable
+  one with the lowest candidate index;
+* **score labels** (:meth:`RunData.score_names`): scores are keyed by (explanation, score name, judge). A
+  score name produced by one judge only is labelled by its name (``detection``); when a run holds the same
+  score from several judges (a rescoring with ``--judge``), each judge's scores are labelled
+  ``<name>@<judge>`` and reported apart, never averaged together.
 """
 
 from __future__ import annotations
@@ -23,16 +40,24 @@ import platform
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from autointerp.errors import RunDirError
+from autointerp.records import FeatureId, FeatureRecord, FeatureStats, Score, Simulation
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+RECORDS = "records.jsonl"
+EXPLANATIONS = "explanations.jsonl"
+SIMULATIONS = "simulations.jsonl"
+SCORES = "scores.jsonl"
+ERRORS = "errors.jsonl"
+USAGE = "usage.json"
 _VERSIONED = ("autointerp", "torch", "transformers", "numpy", "openai", "anthropic", "xllamacpp", "vllm")
 
 
@@ -197,3 +222,264 @@ class RunDir:
     # -- files --------------------------------------------------------------------------------------
     def file(self, name: str) -> Path:
         return self.path / name
+
+
+# ---------------------------------------------------------------------------------------------------
+# The run model
+# ---------------------------------------------------------------------------------------------------
+@dataclass
+class ExplanationRow:
+    """One explanation of a feature as stored in ``explanations.jsonl``."""
+
+    explanation_id: str
+    feature: str
+    text: str
+    explainer: str
+    candidate: int
+    baseline: bool
+    selected: bool
+    raw: dict[str, Any]
+    """The whole JSON line."""
+    failed: str | None = None
+    """Why the explainer's answer was unusable (no label); None for a usable explanation."""
+
+    @classmethod
+    def from_json(cls, row: dict[str, Any]) -> ExplanationRow:
+        eid = str(row.get("explanation_id") or f"{row.get('feature')}#{row.get('candidate', 0)}")
+        return cls(
+            explanation_id=eid,
+            feature=str(row.get("feature", "")),
+            text=str(row.get("text", "")),
+            explainer=str(row.get("explainer", "")),
+            candidate=int(row.get("candidate", 0)),
+            baseline=bool(row.get("baseline", False)),
+            selected=bool(row.get("selected", False)),
+            raw=row,
+            failed=None if not row.get("failed") else str(row["failed"]),
+        )
+
+    @property
+    def usable(self) -> bool:
+        """A real (not baseline) explanation with a label."""
+        return not self.baseline and not self.failed
+
+
+ScoreKey = tuple[str, str, str]
+"""(explanation_id, score name, judge) of one line of ``scores.jsonl``."""
+
+
+def _row_judge(row: dict[str, Any]) -> str:
+    # Runs written before the field was named "judge" called it "scorer".
+    return str(row.get("judge", row.get("scorer", "")))
+
+
+class RunData:
+    """Everything a run directory holds, keyed for lookups, and appenders that keep the files in sync.
+
+    Build it with :func:`load_run`. Mutable views (``records``, ``explanations``, ``simulations``,
+    ``score_rows``) are updated by the ``add_*`` methods, which append to the files first."""
+
+    def __init__(self, run: RunDir, manifest: dict[str, Any]) -> None:
+        self.run = run
+        self.path = run.path
+        self.manifest = manifest
+        self.records: dict[str, FeatureRecord] = {}
+        """FeatureRecord by feature id string, in file order."""
+        self.stats: dict[str, FeatureStats] = {}
+        """Feature statistics by feature id string (also for features whose record is not kept)."""
+        self.explanations: dict[str, ExplanationRow] = {}
+        """Explanations by explanation_id."""
+        self.simulations: dict[tuple[str, str, int], Simulation] = {}
+        """Simulation by (explanation_id, split, record_index)."""
+        self.simulators: dict[str, str] = {}
+        """Simulator spec by explanation_id (the last one seen)."""
+        self.score_rows: dict[ScoreKey, Score] = {}
+        """Every score, by (explanation_id, score name, judge)."""
+        self.usage: dict[str, Any] = {}
+        """usage.json."""
+        self.errors: list[dict[str, Any]] = []
+        """Errors added in this session (see :meth:`add_error`)."""
+        self._labels: dict[tuple[str, str], str] | None = None
+        self._by_label: dict[str, dict[str, Score]] | None = None
+
+    # -- the shared rules ---------------------------------------------------------------------------
+    def features(self) -> list[str]:
+        """Feature ids in record order, then any that only appear in explanations."""
+        out = list(self.stats)
+        seen = set(out)
+        for e in self.explanations.values():
+            if e.feature not in seen:
+                seen.add(e.feature)
+                out.append(e.feature)
+        return out
+
+    def explanations_of(self, feature: str) -> list[ExplanationRow]:
+        return [e for e in self.explanations.values() if e.feature == feature]
+
+    def selected(self, feature: str) -> ExplanationRow | None:
+        """The selected explanation of ``feature`` (the one rule every reader uses): the usable one
+        marked ``selected`` (the last when several are), else the usable one with the lowest candidate
+        index; None when the feature has no usable explanation."""
+        cands = [e for e in self.explanations_of(feature) if e.usable]
+        marked = [e for e in cands if e.selected]
+        if marked:
+            return marked[-1]
+        return min(cands, key=lambda e: e.candidate) if cands else None
+
+    def baseline(self, feature: str) -> ExplanationRow | None:
+        """The shuffled-baseline explanation scored for ``feature``, if any (the last one written)."""
+        base = [e for e in self.explanations_of(feature) if e.baseline]
+        return base[-1] if base else None
+
+    def failed_reason(self, feature: str) -> str | None:
+        """Why ``feature`` has no selected explanation: the failure of its last failed candidate, "not
+        explained" when it has none; None when it has a selected explanation."""
+        if self.selected(feature) is not None:
+            return None
+        failed = [e.failed for e in self.explanations_of(feature) if e.failed and not e.baseline]
+        return failed[-1] if failed else "not explained"
+
+    def _label_map(self) -> dict[tuple[str, str], str]:
+        if self._labels is None:
+            judges: dict[str, dict[str, None]] = {}
+            for _, name, judge in self.score_rows:
+                judges.setdefault(name, {})[judge] = None
+            self._labels = {
+                (name, j): name if len(js) == 1 else f"{name}@{j}" for name, js in judges.items() for j in js
+            }
+        return self._labels
+
+    def score_label(self, name: str, judge: str) -> str:
+        """How the score ``name`` by ``judge`` is labelled in this run (see the module doc)."""
+        return self._label_map().get((name, judge), name)
+
+    def score_names(self) -> list[str]:
+        """Every score label in the run, in first-seen order."""
+        return list(dict.fromkeys(self._label_map().values()))
+
+    @property
+    def scores(self) -> dict[str, dict[str, Score]]:
+        """explanation_id -> score label -> Score (labels as :meth:`score_names`)."""
+        if self._by_label is None:
+            labels = self._label_map()
+            out: dict[str, dict[str, Score]] = {}
+            for (eid, name, judge), sc in self.score_rows.items():
+                out.setdefault(eid, {})[labels[(name, judge)]] = sc
+            self._by_label = out
+        return self._by_label
+
+    def judges(self) -> dict[str, str]:
+        """Score label -> the judge (LLM or simulator spec) that produced it."""
+        return {label: judge for (_, judge), label in self._label_map().items()}
+
+    def scores_of(self, explanation: ExplanationRow | None) -> dict[str, Score]:
+        """The scores of ``explanation`` by label; {} for None."""
+        return {} if explanation is None else self.scores.get(explanation.explanation_id, {})
+
+    def has_score(self, eid: str, name: str, judge: str) -> bool:
+        return (eid, name, judge) in self.score_rows
+
+    # -- appenders ----------------------------------------------------------------------------------
+    def add_records(self, records: Sequence[FeatureRecord]) -> None:
+        new = [r for r in records if str(r.id) not in self.records]
+        append_jsonl(self.run.file(RECORDS), [r.to_json() for r in new])
+        for r in new:
+            self.records[str(r.id)] = r
+            self.stats[str(r.id)] = r.stats
+
+    def add_explanations(self, rows: list[dict[str, Any]]) -> None:
+        append_jsonl(self.run.file(EXPLANATIONS), rows)
+        for row in rows:
+            e = ExplanationRow.from_json(row)
+            self.explanations[e.explanation_id] = e
+
+    def add_simulation(self, eid: str, feature: str, split: str, idx: int, simulator: str, sim: Simulation) -> None:
+        row = {
+            "explanation_id": eid,
+            "feature": feature,
+            "split": split,
+            "record_index": idx,
+            "simulator": simulator,
+            "simulation": sim.to_json(),
+        }
+        append_jsonl(self.run.file(SIMULATIONS), [row])
+        self.simulations[(eid, split, idx)] = sim
+        self.simulators[eid] = simulator
+
+    def add_score(self, eid: str, feature: str, baseline: bool, judge: str, score: Score) -> None:
+        row = {
+            "explanation_id": eid,
+            "feature": feature,
+            "baseline": baseline,
+            "judge": judge,
+            "score": score.to_json(),
+        }
+        append_jsonl(self.run.file(SCORES), [row])
+        self.score_rows[(eid, score.name, judge)] = score
+        self._labels = self._by_label = None
+
+    def add_error(self, feature: str, stage: str, error: BaseException) -> None:
+        row = {"feature": feature, "stage": stage, "error": f"{type(error).__name__}: {error}"}
+        log.warning("feature %s failed at %s: %s", feature, stage, row["error"])
+        append_jsonl(self.run.file(ERRORS), [row])
+        self.errors.append(row)
+
+
+def load_run(path: Path, *, records: bool = True) -> RunData:
+    """Read the run directory at ``path`` (a partial run gives partial results). With ``records=False``
+    only statistics are kept from ``records.jsonl`` (saves memory when only scores are needed)."""
+    from autointerp.llm.usage import read_run_usage
+
+    run = RunDir.open(Path(path))
+    data = RunData(run, run.manifest())
+    rec_path = run.file(RECORDS)
+    for row in read_jsonl(rec_path):
+        try:
+            fid = str(row["id"])
+            data.stats[fid] = FeatureStats.from_json(row["stats"])
+            if records:
+                data.records[fid] = FeatureRecord.from_json(row)
+        except (KeyError, TypeError, ValueError) as e:
+            raise RunDirError(f"{rec_path}: a malformed record ({e}); regenerate it with `autointerp cache`") from e
+    for row in read_jsonl(run.file(EXPLANATIONS)):
+        expl = ExplanationRow.from_json(row)
+        data.explanations[expl.explanation_id] = expl
+    for row in read_jsonl(run.file(SIMULATIONS)):
+        try:
+            key = (str(row["explanation_id"]), str(row["split"]), int(row["record_index"]))
+            data.simulations[key] = Simulation.from_json(row["simulation"])
+            data.simulators[key[0]] = str(row.get("simulator", ""))
+        except (KeyError, TypeError, ValueError) as e:
+            log.warning("skipping a malformed simulation line (%s)", e)
+    for row in read_jsonl(run.file(SCORES)):
+        try:
+            score = Score.from_json(dict(row["score"]))
+        except (KeyError, TypeError, ValueError) as e:
+            log.warning("skipping a malformed score line (%s): %s", e, str(row)[:200])
+            continue
+        eid = str(row.get("explanation_id", ""))
+        data.score_rows[(eid, score.name, _row_judge(row))] = score
+        if eid not in data.explanations and "feature" in row:
+            # A score of an explanation whose line is missing: keep it reachable.
+            data.explanations[eid] = ExplanationRow(
+                eid, str(row["feature"]), "", "", 0, bool(row.get("baseline", False)), False, {}
+            )
+    data.usage = read_run_usage(run.file(USAGE))
+    return data
+
+
+def read_feature_records(path: Path, indices: Sequence[int] | None = None) -> list[FeatureRecord]:
+    """The feature records of the run directory at ``path`` (``records.jsonl``), optionally only the
+    features with these indices, in file order."""
+    want = None if indices is None else set(indices)
+    out = []
+    for row in read_jsonl(Path(path) / RECORDS):
+        if want is None or FeatureId.parse(str(row["id"])).index in want:
+            out.append(FeatureRecord.from_json(row))
+    return out
+
+
+def features_scored(path: Path) -> int:
+    """How many features of the run directory at ``path`` have a score of an explanation that is not a
+    baseline (cheap: reads only ``scores.jsonl``; for progress bars)."""
+    return len({str(r.get("feature")) for r in read_jsonl(Path(path) / SCORES) if not r.get("baseline")})

@@ -37,8 +37,15 @@ from autointerp.config import config_to_dict
 from autointerp.errors import UserError
 from autointerp.llm.usage import read_run_usage
 from autointerp.records import FeatureId, FeatureRecord
-from autointerp.report.rundata import load_run
-from autointerp.rundir import atomic_write_json, atomic_write_text, read_jsonl, short_hash
+from autointerp.rundir import (
+    RECORDS,
+    atomic_write_json,
+    atomic_write_text,
+    features_scored,
+    load_run,
+    read_feature_records,
+    short_hash,
+)
 
 log = logging.getLogger(__name__)
 
@@ -236,20 +243,14 @@ def load_records(cache_run: Path, features: Sequence[int] | None) -> list[Featur
         from autointerp.sampling import load_feature_records
 
         return load_feature_records(cache_run, features)
-    path = cache_run / "records.jsonl"
-    if not path.exists():
+    if not (cache_run / RECORDS).exists():
         raise UserError(
             f"{cache_run} holds no sampled records (records/ or records.jsonl); "
             "pass the run directory of a finished `autointerp cache`"
         )
-    want = None if features is None else set(features)
-    out = []
-    for row in read_jsonl(path):
-        fid = FeatureId.parse(str(row["id"]))
-        if want is None or fid.index in want:
-            out.append(FeatureRecord.from_json(row))
-    if want is not None:
-        missing = sorted(want - {r.id.index for r in out})
+    out = read_feature_records(cache_run, features)
+    if features is not None:
+        missing = sorted(set(features) - {r.id.index for r in out})
         if missing:
             raise UserError(
                 f"feature(s) {', '.join(map(str, missing[:10]))} are not in {cache_run}; "
@@ -431,11 +432,6 @@ def explain_config_dict(config: dict[str, Any]) -> dict[str, Any]:
     return {k: ",".join(map(str, v)) if isinstance(v, list) else v for k, v in config.items()}
 
 
-def features_scored(path: Path) -> int:
-    """How many features of a cell's run directory have at least one score (for progress bars)."""
-    return len({str(r.get("feature")) for r in read_jsonl(Path(path) / "scores.jsonl") if not r.get("baseline")})
-
-
 # ---------------------------------------------------------------------------------------------------
 # Tables
 # ---------------------------------------------------------------------------------------------------
@@ -454,9 +450,8 @@ def run_table(run_dir: Path) -> pd.DataFrame:
     names = run.score_names()
     rows: list[dict[str, Any]] = []
     for fid in run.features():
-        sel, base = run.selected(fid), run.baseline(fid)
-        sel_scores = run.scores.get(sel.explanation_id, {}) if sel else {}
-        base_scores = run.scores.get(base.explanation_id, {}) if base else {}
+        sel = run.selected(fid)
+        sel_scores, base_scores = run.scores_of(sel), run.scores_of(run.baseline(fid))
         stats = run.stats.get(fid)
         row: dict[str, Any] = {
             "feature": fid,

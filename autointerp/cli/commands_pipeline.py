@@ -98,7 +98,9 @@ def _print_results(run_dir: Path, summary: Any) -> None:
 
     rows = feature_rows(run_dir)
     first = ("correlation", "detection", "fuzzing", "saebench_detection")
-    names = [n for n in first if n in summary.scores] + sorted(set(summary.scores) - set(first))
+    # Score labels are "<name>", or "<name>@<judge>" for each judge of a run scored by several.
+    names = sorted(summary.scores, key=lambda n: (
+        first.index(n.partition("@")[0]) if n.partition("@")[0] in first else len(first), n))
     console.print(feature_table(rows, names))
     if len(rows) > MAX_ROWS:
         console.print(f"({len(rows) - MAX_ROWS} more features: see `autointerp export` or `autointerp report`)")
