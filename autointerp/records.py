@@ -126,6 +126,10 @@ class FeatureRecord:
     """Held-out random windows (mostly non-activating), for scoring."""
     valid: list[ActivationRecord] = field(default_factory=list)
     """Held-out examples for best-of-N explanation selection; disjoint from train and test."""
+    vocab_projection: dict[str, Any] | None = None
+    """Tokens the feature's output direction promotes and suppresses (logit lens), as
+    ``{"top": [[token, logit], ...], "bottom": [...], "method": ...}``; None when not computed (see
+    autointerp/steering.py). Absent from older records."""
 
     @property
     def dead(self) -> bool:
@@ -141,6 +145,7 @@ class FeatureRecord:
             "test_quantiles": [r.to_json() for r in self.test_quantiles],
             "test_random": [r.to_json() for r in self.test_random],
             "valid": [r.to_json() for r in self.valid],
+            **({"vocab_projection": self.vocab_projection} if self.vocab_projection is not None else {}),
         }
 
     @classmethod
@@ -156,6 +161,7 @@ class FeatureRecord:
             test_quantiles=recs("test_quantiles"),
             test_random=recs("test_random"),
             valid=recs("valid"),
+            vocab_projection=d.get("vocab_projection"),
         )
 
 

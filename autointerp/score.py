@@ -22,6 +22,23 @@ Classifiers (LLM judge, balanced accuracy, so a judge that always answers the sa
   10/14 = 0.714). ``check_random=True`` gives the corrected version that labels random windows by whether
   the latent fires in them.
 
+Classifier metrics (``details["metrics"]`` of detection and fuzzing, beside the balanced accuracy that is
+the score's value): precision, recall, F1, and the ROC AUC of the judge's P(yes) where the judge gives
+logprobs (``ClassifierSettings.judge_probabilities``). Each is ``None`` with a reason in
+``details["metric_reasons"]`` when undefined (a one-class set, a judge that never says yes, ...).
+``details["confusion"]`` holds the counts (tp, fp, tn, fn), so :func:`pooled_classifier_metrics` can
+give delphi's pooled confusion matrix over many latents (delphi sums one matrix across latents before
+computing precision/recall/F1/accuracy; autointerp's per-latent score stays the default). Conventions that
+change the numbers, all recorded in each score's settings: which records are positives
+(``positives``: ``quantiles_then_top``, the default; ``quantiles`` as delphi; ``top``), which are
+negatives (``negatives``: ``random`` non-firing windows, or ``hard`` ones, see
+:func:`hard_negatives`), and which tokens fuzzing marks (``highlight_threshold`` x the record's max;
+0 marks every firing token, delphi uses 0.3).
+
+P(yes) is read with one extra top-logprobs request per judge prompt: the chat messages rendered as plain
+text, followed by the judge's own answer list, teacher-forced; at each 0/1 slot, P(yes) = p("1") /
+(p("1") + p("0")) among the top tokens (undefined for that example when neither is among them).
+
 An unparseable judge answer is counted as failed and reported in ``details``, never as right or wrong.
 Undefined scores are ``Score(value=None, reason=...)``.
 """
@@ -38,8 +55,9 @@ from typing import Any
 
 import numpy as np
 
+from autointerp.errors import UserError
 from autointerp.explain import highlight_tokens
-from autointerp.llm.base import ChatRequest, LLMClient, LLMError
+from autointerp.llm.base import ChatRequest, LLMClient, LLMError, TopLogprobsRequest
 from autointerp.prompts import load_template
 from autointerp.records import ActivationRecord, FeatureRecord, Score, Simulation, Usage
 from autointerp.simulate import CalibrationError, fit_linear
@@ -186,15 +204,102 @@ def simulation_scores(
 
 def balanced_accuracy(labels: Sequence[bool], predictions: Sequence[bool]) -> float | str:
     """Mean of the true-positive and true-negative rates, or why it is undefined."""
+    values, reasons = Confusion.of(labels, predictions).metrics()
+    ba = values["balanced_accuracy"]
+    return reasons["balanced_accuracy"] if ba is None else ba
+
+
+def roc_auc(labels: Sequence[bool], scores: Sequence[float]) -> float | str:
+    """Area under the ROC curve of ``scores`` for ``labels`` (Mann-Whitney U; ties count one half), or why
+    it is undefined."""
     y = np.asarray(labels, dtype=bool)
-    p = np.asarray(predictions, dtype=bool)
+    sc = np.asarray(scores, dtype=np.float64)
+    if len(y) != len(sc):
+        return f"length mismatch ({len(y)} labels vs {len(sc)} scores)"
     if not y.any():
         return "no positive examples"
     if y.all():
         return "no negative examples"
-    tpr = float((p & y).sum() / y.sum())
-    tnr = float((~p & ~y).sum() / (~y).sum())
-    return (tpr + tnr) / 2
+    pos, neg = sc[y][:, None], sc[~y][None, :]
+    return float(np.mean((pos > neg) + 0.5 * (pos == neg)))
+
+
+@dataclass(frozen=True)
+class Confusion:
+    """Confusion counts of a binary classifier (positive = "the feature is active")."""
+
+    tp: int = 0
+    fp: int = 0
+    tn: int = 0
+    fn: int = 0
+
+    @classmethod
+    def of(cls, labels: Sequence[bool], predictions: Sequence[bool]) -> Confusion:
+        y = np.asarray(labels, dtype=bool)
+        p = np.asarray(predictions, dtype=bool)
+        return cls(int((p & y).sum()), int((p & ~y).sum()), int((~p & ~y).sum()), int((~p & y).sum()))
+
+    def __add__(self, other: Confusion) -> Confusion:
+        return Confusion(self.tp + other.tp, self.fp + other.fp, self.tn + other.tn, self.fn + other.fn)
+
+    def metrics(self) -> tuple[dict[str, float | None], dict[str, str]]:
+        """(accuracy, balanced_accuracy, precision, recall, f1 -> value or None; name -> reason if None)."""
+        values: dict[str, float | None] = {}
+        reasons: dict[str, str] = {}
+
+        def put(name: str, num: float, den: float, why: str) -> None:
+            if den == 0:
+                values[name], reasons[name] = None, why
+            else:
+                values[name] = num / den
+
+        n_pos, n_neg = self.tp + self.fn, self.tn + self.fp
+        put("accuracy", self.tp + self.tn, n_pos + n_neg, "no examples")
+        if n_pos == 0 or n_neg == 0:
+            values["balanced_accuracy"] = None
+            reasons["balanced_accuracy"] = "no positive examples" if n_pos == 0 else "no negative examples"
+        else:
+            values["balanced_accuracy"] = (self.tp / n_pos + self.tn / n_neg) / 2
+        put("precision", self.tp, self.tp + self.fp, "the judge predicted no positives")
+        put("recall", self.tp, n_pos, "no positive examples")
+        put("f1", 2 * self.tp, 2 * self.tp + self.fp + self.fn, "no positive examples and no positive predictions")
+        return values, reasons
+
+    def to_json(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def classifier_metrics(
+    labels: Sequence[bool], predictions: Sequence[bool], probabilities: Sequence[float | None] | None = None
+) -> tuple[dict[str, float | None], dict[str, str]]:
+    """Balanced accuracy, accuracy, precision, recall, F1 and (with ``probabilities`` of "yes") ROC AUC.
+
+    Returns (metric -> value or None, metric -> reason for each None). AUC uses the examples whose
+    probability is defined; it is undefined when none are, or when they hold one class only."""
+    values, reasons = Confusion.of(labels, predictions).metrics()
+    if probabilities is None:
+        values["auc"], reasons["auc"] = None, "the judge gave no probabilities"
+    else:
+        ok = [(bool(y), float(p)) for y, p in zip(labels, probabilities, strict=True) if p is not None]
+        auc = roc_auc([y for y, _ in ok], [p for _, p in ok]) if ok else "no example has a probability"
+        if isinstance(auc, str):
+            values["auc"], reasons["auc"] = None, auc
+        else:
+            values["auc"] = auc
+    return values, reasons
+
+
+def pooled_classifier_metrics(scores: Sequence[Score]) -> tuple[dict[str, float | None], dict[str, str]]:
+    """delphi's convention: one confusion matrix summed over the ``scores`` of many latents (each with
+    ``details["confusion"]``), then accuracy / balanced accuracy / precision / recall / F1 of the sum.
+
+    Scores without confusion counts (undefined or other scorers) are skipped."""
+    total = Confusion()
+    for sc in scores:
+        c = sc.details.get("confusion")
+        if c:
+            total = total + Confusion(**c)
+    return total.metrics()
 
 
 def bootstrap_ci(
@@ -235,6 +340,30 @@ class ClassifierSettings:
     """Examples per judge request."""
     seed: int = 0
     """Shuffling and random-highlight seed."""
+    positives: str = "quantiles_then_top"
+    """Which held-out records are positives: quantiles_then_top (test_quantiles, then test_top),
+    quantiles (delphi), or top."""
+    negatives: str = "random"
+    """Which non-firing windows are negatives: random (the first test_random windows that never fire) or
+    hard (the non-firing test_random windows most similar to the activating ones, see hard_negatives)."""
+    highlight_threshold: float = 0.0
+    """fuzzing: mark tokens whose activation exceeds this fraction of the record's max (0: every firing
+    token; delphi: 0.3)."""
+    judge_probabilities: bool = True
+    """Read the judge's P(yes) per example (one extra top-logprobs request per prompt) for the AUC, when the
+    judge backend gives logprobs."""
+
+    def __post_init__(self) -> None:
+        if self.positives not in POSITIVE_SETS:
+            raise UserError(f"positives {self.positives!r} is unknown; use one of {', '.join(POSITIVE_SETS)}")
+        if self.negatives not in NEGATIVE_SETS:
+            raise UserError(f"negatives {self.negatives!r} is unknown; use one of {', '.join(NEGATIVE_SETS)}")
+        if not 0.0 <= self.highlight_threshold < 1.0:
+            raise UserError("highlight_threshold must be in [0, 1): a fraction of the record's max activation")
+
+
+POSITIVE_SETS = ("quantiles_then_top", "quantiles", "top")
+NEGATIVE_SETS = ("random", "hard")
 
 
 def parse_binary_list(text: str, n: int) -> list[bool] | str:
@@ -259,9 +388,26 @@ def parse_binary_list(text: str, n: int) -> list[bool] | str:
 def _positives_negatives(
     record: FeatureRecord, s: ClassifierSettings
 ) -> tuple[list[ActivationRecord], list[ActivationRecord]]:
-    pos = [r for r in [*record.test_quantiles, *record.test_top] if r.max_activation > 0][: s.n_positive]
-    neg = [r for r in record.test_random if r.max_activation <= 0][: s.n_negative]
+    from autointerp.negatives import hard_negatives
+
+    pool = {
+        "quantiles_then_top": [*record.test_quantiles, *record.test_top],
+        "quantiles": record.test_quantiles,
+        "top": record.test_top,
+    }[s.positives]
+    pos = [r for r in pool if r.max_activation > 0][: s.n_positive]
+    if s.negatives == "hard":
+        neg = hard_negatives(record, s.n_negative)
+    else:
+        neg = [r for r in record.test_random if r.max_activation <= 0][: s.n_negative]
     return pos, neg
+
+
+def _yes_probability(top: dict[str, float]) -> float | None:
+    """P("1") / (P("1") + P("0")) among a slot's top tokens (stripped of spaces); None if neither is there."""
+    p1 = sum(np.exp(lp) for t, lp in top.items() if t.strip() == "1")
+    p0 = sum(np.exp(lp) for t, lp in top.items() if t.strip() == "0")
+    return float(p1 / (p1 + p0)) if p1 + p0 > 0 else None
 
 
 class _Classifier:
@@ -276,9 +422,24 @@ class _Classifier:
     def examples(self, record: FeatureRecord, rng: np.random.Generator) -> tuple[list[str], list[bool]]:
         raise NotImplementedError
 
+    async def _probabilities(self, msgs: tuple[Any, ...], answers: list[bool]) -> tuple[list[float | None], Usage]:
+        """P(yes) per example: the prompt as plain text + the judge's answer list, teacher-forced."""
+        text = "\n\n".join(m.content for m in msgs) + "\n\nAnswer: ["
+        positions = []
+        for i, a in enumerate(answers):
+            if i:
+                text += ", "
+            positions.append(len(text))
+            text += "1" if a else "0"
+        text += "]"
+        resp = await self.client.top_logprobs(TopLogprobsRequest(prompt=text, positions=tuple(positions), top_k=20))
+        return [_yes_probability(t.top) for t in resp.logprobs], resp.usage
+
     async def score(self, explanation: str, record: FeatureRecord) -> Score:
         s = self.settings
         settings = {**asdict(s), "judge": self.client.spec, "prompt_hash": self.template.hash}
+        use_probs = s.judge_probabilities and bool(getattr(self.client, "supports_logprobs", False))
+        settings["judge_probabilities"] = use_probs
         rng = np.random.default_rng([s.seed, record.id.index])
         texts, labels = self.examples(record, rng)
         if not texts:
@@ -289,6 +450,7 @@ class _Classifier:
         usage = Usage()
         got_labels: list[bool] = []
         got_preds: list[bool] = []
+        got_probs: list[float | None] = []
         failures: list[str] = []
         for start in range(0, len(texts), s.per_prompt):
             batch = texts[start : start + s.per_prompt]
@@ -304,9 +466,17 @@ class _Classifier:
             if isinstance(parsed, str):
                 failures.append(parsed)
                 continue
+            probs: list[float | None] = [None] * len(parsed)
+            if use_probs:
+                try:
+                    probs, u = await self._probabilities(msgs, parsed)
+                    usage = usage + u
+                except LLMError as e:
+                    failures.append(f"probability request failed: {e.reason}")
             got_preds += parsed
+            got_probs += probs
             got_labels += labels[start : start + s.per_prompt]
-        details = {
+        details: dict[str, Any] = {
             "requests": usage.requests,
             "prompt_tokens": usage.prompt_tokens,
             "completion_tokens": usage.completion_tokens,
@@ -317,9 +487,16 @@ class _Classifier:
         }
         if not got_preds:
             return Score(self.name, None, reason="no judge answer could be parsed", settings=settings, details=details)
-        ba = balanced_accuracy(got_labels, got_preds)
-        if isinstance(ba, str):
-            return Score(self.name, None, reason=ba, settings=settings, details=details)
+        metrics, reasons = classifier_metrics(got_labels, got_preds, got_probs if use_probs else None)
+        details.update(
+            metrics=metrics,
+            metric_reasons=reasons,
+            confusion=Confusion.of(got_labels, got_preds).to_json(),
+            n_with_probability=sum(p is not None for p in got_probs),
+        )
+        ba = metrics["balanced_accuracy"]
+        if ba is None:
+            return Score(self.name, None, reason=reasons["balanced_accuracy"], settings=settings, details=details)
         return Score(self.name, ba, settings=settings, details=details)
 
 
@@ -343,8 +520,10 @@ class FuzzingScorer(_Classifier):
 
     def examples(self, record: FeatureRecord, rng: np.random.Generator) -> tuple[list[str], list[bool]]:
         pos, neg = _positives_negatives(record, self.settings)
-        texts = [highlight_tokens(r.tokens, r.activations > 0) for r in pos]
-        counts = [int((r.activations > 0).sum()) for r in pos] or [1]
+        t = self.settings.highlight_threshold
+        marks = [(r.activations > 0) & (r.activations > t * r.max_activation) for r in pos]
+        texts = [highlight_tokens(r.tokens, m) for r, m in zip(pos, marks, strict=True)]
+        counts = [int(m.sum()) for m in marks] or [1]
         for r in neg:
             k = min(len(r.tokens), int(rng.choice(counts)))
             mask = np.zeros(len(r.tokens), dtype=bool)

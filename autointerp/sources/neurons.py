@@ -39,6 +39,18 @@ class NeuronSource:
             raise UserError(f"{self.address} has features 0..{self.d_in - 1}; the requested features are out of range")
         return DenseActs(values=x.index_select(-1, ids), feature_ids=ids)
 
+    @property
+    def has_decoder(self) -> bool:
+        return True
+
+    def decoder_rows(self, features: Sequence[int]) -> torch.Tensor:
+        """A neuron writes through its own unit vector at the hook (e.g. the input of down_proj), so its
+        output direction is that basis vector; the subject maps it on (its row of down_proj)."""
+        ids = torch.as_tensor(list(features), dtype=torch.int64)
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.d_in):
+            raise UserError(f"{self.address} has features 0..{self.d_in - 1}; the requested features are out of range")
+        return torch.nn.functional.one_hot(ids, self.d_in).to(torch.float32)
+
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> NeuronSource:
         return self
 

@@ -171,11 +171,27 @@ class LinearSae:
             self._cache[name] = t
         return t
 
+    @property
+    def has_decoder(self) -> bool:
+        return self.weights.has("W_dec") or self.weights.has("decoder.weight")
+
     def decoder(self) -> torch.Tensor:
         """Decoder directions ``[n_features, d_in]`` (read on demand; not needed for encoding)."""
+        if not self.has_decoder:
+            raise UserError(
+                f"SAE {self.address} ({self.weights.origin}) has no decoder weights (W_dec): steering and the "
+                "vocabulary projection need them; use an SAE file that includes W_dec"
+            )
         name = "W_dec" if self.weights.has("W_dec") else "decoder.weight"
         w = self.tensor(name)
         return w.T if tuple(w.shape) == (self.d_in, self.n_features) and self.d_in != self.n_features else w
+
+    def decoder_rows(self, features: Sequence[int]) -> torch.Tensor:
+        """Decoder rows ``[len(features), d_in]`` of ``features``."""
+        bad = [f for f in features if not 0 <= f < self.n_features]
+        if bad:
+            raise UserError(f"feature index out of range for {self.address} ({self.n_features} features): {bad[:5]}")
+        return self.decoder()[torch.as_tensor(list(features), dtype=torch.long, device=self.device)]
 
     def _preprocess(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_norm == "layer_norm":
