@@ -475,8 +475,16 @@ async def run_explain(
     """Explain, select, baseline, simulate and score ``records`` into ``run_dir`` (resumable).
 
     ``records`` None: use the records already in ``run_dir/records.jsonl``. ``clients`` None: built from
-    the config's specs (and closed at the end)."""
-    run = RunDir.create(Path(run_dir), "explain", config_to_dict(config))
+    the config's specs (and closed at the end): a spec that cannot be built fails before ``run_dir`` is made."""
+    to_close: list[LLMClient] = []
+    if clients is None:
+        clients, to_close = open_clients(config)
+    try:
+        run = RunDir.create(Path(run_dir), "explain", config_to_dict(config))
+    except BaseException:
+        for c in to_close:
+            await c.aclose()
+        raise
     for name in _prompt_names(config):
         run.record_prompt(name, load_template(name).text)
     run.update_manifest(
@@ -490,11 +498,10 @@ async def run_explain(
     if records is not None:
         data.add_records(records)
     if not data.records:
+        for c in to_close:
+            await c.aclose()
         raise UserError(f"{run_dir} holds no feature records; pass records or a --cache-run with sampled features")
     features = [str(r.id) for r in records] if records is not None else list(data.records)
-    to_close: list[LLMClient] = []
-    if clients is None:
-        clients, to_close = open_clients(config)
     counters = _Counters(clients)
     run.set_stage("explain", "running")
     try:

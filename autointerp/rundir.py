@@ -153,7 +153,7 @@ class RunDir:
             old = run.manifest()
             if not resume:
                 raise RunDirError(f"{path} already holds a run; pass a new --run-dir or --resume to continue it")
-            if old.get("command") == command and old.get("config") != config:
+            if old.get("command") == command and old.get("config") != config and run.holds_results(old):
                 changed = sorted(
                     k for k in set(old.get("config", {})) | set(config)
                     if old.get("config", {}).get(k) != config.get(k)
@@ -162,8 +162,10 @@ class RunDir:
                     f"{path} holds a {command} run with other settings ({', '.join(changed)}); "
                     "use a new --run-dir"
                 )
-            run.update_manifest({"resumed_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
-            return run
+            if old.get("config") == config or old.get("command") != command:
+                run.update_manifest({"resumed_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+                return run
+            log.info("%s holds only the manifest of a run that never started; taking it over", path)
         run.path.mkdir(parents=True, exist_ok=True)
         atomic_write_json(
             run.manifest_path,
@@ -180,6 +182,13 @@ class RunDir:
             },
         )
         return run
+
+    def holds_results(self, manifest: dict[str, Any]) -> bool:
+        """True unless the directory holds nothing but the manifest of a run whose stages never started (what
+        an interrupted start leaves): such a directory never blocks a corrected command."""
+        if manifest.get("stages"):
+            return True
+        return any(p.name != MANIFEST and not p.name.startswith(".") for p in self.path.iterdir())
 
     @classmethod
     def open(cls, path: Path) -> RunDir:

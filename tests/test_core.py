@@ -69,6 +69,7 @@ def test_activation_record_checks_lengths() -> None:
 def test_rundir_refuses_other_config_and_skips_torn_lines(tmp_path: Path) -> None:
     run = RunDir.create(tmp_path / "r", "cache", {"tokens": 10})
     RunDir.create(tmp_path / "r", "cache", {"tokens": 10})  # same config: resumes
+    run.set_stage("cache", "running")  # a run that started holds results: other settings are refused
     with pytest.raises(RunDirError):
         RunDir.create(tmp_path / "r", "cache", {"tokens": 20})
     f = run.file("x.jsonl")

@@ -22,14 +22,24 @@ console = Console()
 log = logging.getLogger(__name__)
 
 _H = field_help(SamplingConfig)
+SAE_HELP = "SAE registry address (see `autointerp sources`) or the path of a local SAE file or folder."
+SAE_DIR_HELP = "Local folder laid out like the SAE's hub repo (files of a registry --sae address)."
 _D = SamplingConfig()
 
 
 def _source_for(model: str | None, hook: str | None, sae: str | None, sae_dir: Path | None) -> tuple[str, str, Any]:
-    """(subject model name, source address, resolver) from the CLI options; nothing is loaded yet."""
+    """(subject model name, source address, resolver) from the CLI options; nothing is loaded yet.
+
+    ``sae`` is a registry address, or the path of a local SAE file or folder (any format ``load_sae``
+    reads). ``model`` with ``sae`` is the subject model the SAE is applied to (default: the SAE's own)."""
     from autointerp.hooks import HookPoint
 
     if sae:
+        local = Path(sae).expanduser()
+        if local.exists() or sae.startswith(("/", "~", "./", "../")):
+            return _local_sae(local, model, hook)
+        if sae_dir is not None and not sae_dir.expanduser().is_dir():
+            raise UserError(f"--sae-dir {sae_dir} is not a folder; pass the folder laid out like the SAE's hub repo")
         try:
             from autointerp.sources.registry import resolve_address, resolve_source
         except ImportError as e:  # the registry is optional until it lands
@@ -43,6 +53,8 @@ def _source_for(model: str | None, hook: str | None, sae: str | None, sae_dir: P
             return resolve_source(sae, local_dir=sae_dir, subject=subject)
 
         return subject_name, spec.address, resolver
+    if sae_dir is not None:
+        raise UserError("--sae-dir only applies with --sae ADDRESS; drop it, or add --sae")
     if not hook:
         raise UserError("give --hook (e.g. --hook L6/mlp_neurons) for neurons, or --sae ADDRESS for an SAE")
     hp = HookPoint.parse(hook)
@@ -56,6 +68,22 @@ def _source_for(model: str | None, hook: str | None, sae: str | None, sae_dir: P
     return name, f"{name}/{hp}", neurons
 
 
+def _local_sae(path: Path, model: str | None, hook: str | None) -> tuple[str, str, Any]:
+    """A local SAE file or folder: its header is read now (format, width, hook); weights when sampling."""
+    from autointerp.sources.formats import check_compatible, load_sae
+
+    sae = load_sae(path, hook=hook)
+    name = model or sae.model_name
+    if not name:
+        raise UserError(f"--sae {path} does not name the model it was trained on; pass --model NAME")
+
+    def resolver(subject: Any) -> Any:
+        check_compatible(sae, int(subject.hook_dim(sae.hook)), name)
+        return sae
+
+    return name, sae.address, resolver
+
+
 @app.command()
 def cache(
     model: str = typer.Option(
@@ -63,8 +91,8 @@ def cache(
         "Hugging Face id. With --sae, defaults to the SAE's model."
     ),
     hook: str = typer.Option(None, "--hook", help="Hook point for neurons, e.g. L6/mlp_neurons or L6/resid_post."),
-    sae: str = typer.Option(None, "--sae", help="SAE registry address or path (see `autointerp sources`)."),
-    sae_dir: Path = typer.Option(None, "--sae-dir", help="Local folder laid out like the SAE's hub repo."),
+    sae: str = typer.Option(None, "--sae", help=SAE_HELP),
+    sae_dir: Path = typer.Option(None, "--sae-dir", help=SAE_DIR_HELP),
     corpus: str = typer.Option(
         "wiki", "--corpus", help="wiki (embedded), lee, a .txt/.jsonl/.parquet file, or hf:<dataset>[:split]."
     ),
@@ -88,6 +116,7 @@ def cache(
     checkpoint_every: int = typer.Option(_D.checkpoint_every, "--checkpoint-every", help=_H["checkpoint_every"]),
 ) -> None:
     """Sample top, quantile and random examples and statistics for every feature, in one pass over a corpus."""
+    from autointerp.checks import check_run_dir, check_source
     from autointerp.corpus import load_corpus
     from autointerp.paths import default_run_dir
     from autointerp.rundir import RunDir
@@ -111,12 +140,13 @@ def cache(
         "dtype": dtype,
         "sampling": config_to_dict(cfg),
     }
+    check_run_dir(run_path)
     # Bad input (model, hook, SAE, corpus) fails here, before anything is written to the run directory.
     subject = load_subject(subject_name, device=device, dtype=dtype, threads=threads)
     source = make_source(subject).to(subject.device)
     windows = load_corpus(corpus, subject.tokenizer, cfg.window, max_tokens=cfg.tokens, seed=cfg.seed,
                           text_field=text_field)
-    selected_features(cfg, source)
+    check_source(source, selected_features(cfg, source))
     run = RunDir.create(run_path, "cache", manifest_cfg)
     console.print(f"run dir [bold]{escape(str(run.path))}[/]")
     run.update_manifest({
@@ -130,23 +160,28 @@ def cache(
     })
     run.set_stage("cache", "running")
     start = time.perf_counter()
-    with Progress(
-        TextColumn("[bold]sampling"), BarColumn(), TextColumn("{task.completed:,.0f}/{task.total:,.0f} tokens"),
-        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(), console=console,
-        transient=False,
-    ) as bar:
-        task = bar.add_task("sampling", total=cfg.tokens, rate="")
-        first: dict[str, float] = {}
+    try:
+        with Progress(
+            TextColumn("[bold]sampling"), BarColumn(), TextColumn("{task.completed:,.0f}/{task.total:,.0f} tokens"),
+            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(), console=console,
+            transient=False,
+        ) as bar:
+            task = bar.add_task("sampling", total=cfg.tokens, rate="")
+            first: dict[str, float] = {}
 
-        def progress(done: int, total: int) -> None:
-            now = time.perf_counter()
-            if not first:
-                first.update(t=now, done=float(done))
-            elapsed = now - first["t"]
-            rate = f"{(done - first['done']) / elapsed:,.0f} tok/s" if elapsed > 0 else ""
-            bar.update(task, completed=min(done, total), rate=rate)
+            def progress(done: int, total: int) -> None:
+                now = time.perf_counter()
+                if not first:
+                    first.update(t=now, done=float(done))
+                elapsed = now - first["t"]
+                rate = f"{(done - first['done']) / elapsed:,.0f} tok/s" if elapsed > 0 else ""
+                bar.update(task, completed=min(done, total), rate=rate)
 
-        result = run_sampling(subject, source, windows, cfg, run.path, progress=progress)
+            result = run_sampling(subject, source, windows, cfg, run.path, progress=progress)
+    except BaseException as e:  # never leave the stage "running": say how it ended
+        run.set_stage("cache", "interrupted" if isinstance(e, KeyboardInterrupt) else "failed",
+                      error=f"{type(e).__name__}: {e}")
+        raise
     seconds = time.perf_counter() - start
     run.set_stage("cache", "done", tokens=result.n_tokens, windows=result.n_windows, features=result.n_features,
                   dead=result.n_dead, tokens_per_s=result.tokens_per_s, seconds=round(seconds, 2))

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from autointerp.cli.app import app
+from autointerp.cli.commands_cache import SAE_DIR_HELP, SAE_HELP
 from autointerp.config import field_help
 from autointerp.errors import UserError
 from autointerp.pipeline import ExplainConfig
@@ -24,43 +25,53 @@ _H = field_help(ExplainConfig)
 _D = ExplainConfig()
 
 
-def _sample_records(
+def _prepare_sampling(
     model: str | None,
     hook: str | None,
     sae: str | None,
+    sae_dir: Path | None,
     features: str | None,
     tokens: int,
     window: int,
     corpus: str,
     device: str,
     threads: int,
-    run_dir: Path,
 ) -> Any:
-    """Sample activations (issue #2's sampler) into ``run_dir/cache`` and return the FeatureRecords."""
+    """Load the subject and source and check what needs them (feature range, weights); nothing is written.
+    Returns a function that samples into ``<run_dir>/cache`` and returns the FeatureRecords."""
+    from autointerp.checks import check_source
+    from autointerp.cli.commands_cache import _source_for
     from autointerp.corpus import load_corpus
-    from autointerp.sampling import SamplingConfig, load_feature_records, parse_feature_ranges, run_sampling
-    from autointerp.sources.registry import resolve_address, resolve_source
+    from autointerp.sampling import (
+        SamplingConfig,
+        load_feature_records,
+        parse_feature_ranges,
+        run_sampling,
+        selected_features,
+    )
     from autointerp.subject import load_subject
 
-    if sae:
-        address = sae
-    elif model and hook:
-        address = f"{model}/{hook}"
-    else:
+    if not (sae or hook):
         raise UserError(
             "give --cache-run DIR, or --sae ADDRESS, or --model NAME with --hook HOOK (e.g. L6/mlp_neurons)"
         )
-    spec = resolve_address(address)
-    subject = load_subject(spec.model, device=device, threads=threads)
-    source = resolve_source(address, subject=subject)
     cfg = SamplingConfig(
         tokens=tokens, window=window, features=tuple(parse_feature_ranges(features)) if features else None
     )
+    cfg.validate()
+    subject_name, address, make_source = _source_for(model, hook, sae, sae_dir)
+    subject = load_subject(subject_name, device=device, threads=threads)
+    source = make_source(subject).to(subject.device)
     windows = load_corpus(corpus, subject.tokenizer, window=cfg.window, max_tokens=tokens, seed=cfg.seed)
-    cache_run = run_dir / "cache"
-    console.print(f"sampling {tokens} tokens of {corpus} through {escape(address)} ...")
-    run_sampling(subject, source, windows, cfg, cache_run)
-    return load_feature_records(cache_run)
+    check_source(source, selected_features(cfg, source))
+
+    def sample(run_dir: Path) -> Any:
+        cache_run = run_dir / "cache"
+        console.print(f"sampling {tokens} tokens of {corpus} through {escape(address)} ...")
+        run_sampling(subject, source, windows, cfg, cache_run)
+        return load_feature_records(cache_run)
+
+    return sample
 
 
 def _load_cache_run(cache_run: Path, features: str | None) -> Any:
@@ -118,8 +129,11 @@ def _print_results(run_dir: Path, summary: Any) -> None:
 @app.command()
 def explain(
     cache_run: Path | None = typer.Option(None, "--cache-run", help="A run directory written by `autointerp cache`."),
-    sae: str | None = typer.Option(None, "--sae", help="SAE address to sample, e.g. gemma2-9b/L20 (see `sources`)."),
-    model: str | None = typer.Option(None, "--model", help="Subject model for neurons, e.g. gemma3-270m."),
+    sae: str | None = typer.Option(None, "--sae", help=SAE_HELP),
+    sae_dir: Path | None = typer.Option(None, "--sae-dir", help=SAE_DIR_HELP),
+    model: str | None = typer.Option(
+        None, "--model", help="Subject model, e.g. gemma3-270m; with --sae, default the SAE's own model."
+    ),
     hook: str | None = typer.Option(None, "--hook", help="Hook point of the neurons, e.g. L6/mlp_neurons."),
     features: str | None = typer.Option(None, "--features", help="Feature ranges, e.g. 0-99,200; default all."),
     tokens: int = typer.Option(50_000, "--tokens", help="Corpus tokens to sample when no --cache-run is given."),
@@ -175,7 +189,7 @@ def explain(
     """Explain features: sample (or reuse --cache-run), explain, simulate, score; print a table.
 
     Rerunning the same command with the same --run-dir resumes: finished work is skipped."""
-    from autointerp.llm.usage import PriceTable
+    from autointerp.checks import check_llm_settings, check_run_dir, probe_llms
     from autointerp.paths import default_run_dir
     from autointerp.pipeline import run_explain
 
@@ -207,16 +221,21 @@ def explain(
         llm_cache=llm_cache,
         prices=prices,
     )
-    PriceTable.load(config.client_config().prices_path)  # a bad --prices fails now, not after sampling
+    # Validate everything, then act: options, specs, keys, prices, the run directory, the endpoints; then
+    # the model-dependent checks; only then is the run directory created.
+    check_llm_settings(config.role_specs().values(), config.client_config())
     out = run_dir or default_run_dir("explain")
-    if cache_run is not None:
-        records = _load_cache_run(cache_run, features)
-    elif (out / "records.jsonl").exists() and not (sae or model):
-        records = None  # resuming: the run dir is self-contained
-    else:
-        records = _sample_records(model, hook, sae, features, tokens, window, corpus, device, threads, out)
+    check_run_dir(out)
+    probe_llms(config.role_specs().values())
+    resuming = cache_run is None and not (sae or model or hook) and (out / "records.jsonl").exists()
+    sample = None
+    if cache_run is None and not resuming:
+        sample = _prepare_sampling(model, hook, sae, sae_dir, features, tokens, window, corpus, device, threads)
+    records = _load_cache_run(cache_run, features) if cache_run is not None else None
     if records is not None and not records:
         raise UserError("no feature records to explain; check --features and the cache run")
+    if sample is not None:
+        records = sample(out)
     summary = asyncio.run(run_explain(config, out, records))
     _print_results(out, summary)
 

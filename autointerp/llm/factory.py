@@ -27,6 +27,7 @@ import json
 import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from autointerp.errors import UserError
 from autointerp.llm.base import (
@@ -58,19 +59,29 @@ def split_spec(spec: str) -> tuple[str, str]:
 
 
 def split_base_url(rest: str, spec: str) -> tuple[str, str]:
-    """``http://host:8080/v1/qwen`` -> (``http://host:8080/v1``, ``qwen``)."""
-    if not rest.startswith(("http://", "https://")):
-        raise UserError(
-            f"bad spec {spec!r}: expected BASE_URL/MODEL, e.g. openai-compatible:http://127.0.0.1:8080/v1/qwen"
-        )
-    i = rest.find("/v1/")
+    """``http://host:8080/v1/qwen`` -> (``http://host:8080/v1``, ``qwen``); strict: a host, a valid port and a
+    model after the base URL, or a UserError naming what is missing."""
+    example = "e.g. openai-compatible:http://127.0.0.1:8080/v1/qwen"
+    try:
+        url = urlsplit(rest)
+        url.port  # noqa: B018  (raises ValueError on a port that is not a number in 0..65535)
+    except ValueError as e:
+        raise UserError(f"bad spec {spec!r}: {rest!r} is not a valid URL ({e}); write BASE_URL/MODEL, {example}") from e
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise UserError(f"bad spec {spec!r}: expected http(s)://HOST[:PORT]/.../MODEL, {example}")
+    if url.query or url.fragment:
+        raise UserError(f"bad spec {spec!r}: the URL may not have a query or fragment; write BASE_URL/MODEL, {example}")
+    origin = f"{url.scheme}://{url.netloc}"
+    path = url.path
+    i = path.find("/v1/")
     if i >= 0:
-        base, model = rest[: i + 3], rest[i + 4 :]
+        base_path, model = path[: i + 3], path[i + 4 :]
     else:
-        base, _, model = rest.rpartition("/")
-    if not model or base.endswith("//") or base in ("http:", "https:"):
-        raise UserError(f"bad spec {spec!r}: no model after the base URL; write BASE_URL/MODEL")
-    return base, model
+        base_path, _, model = path.rpartition("/")
+    model = model.strip("/")
+    if not model:
+        raise UserError(f"bad spec {spec!r}: it names no model after the base URL; write BASE_URL/MODEL, {example}")
+    return origin + base_path, model
 
 
 def api_key(provider: str, config: ClientConfig, *, required: bool) -> str | None:
@@ -92,6 +103,63 @@ def api_key(provider: str, config: ClientConfig, *, required: bool) -> str | Non
             f'no API key for {provider}: set {env} (export {env}=...) or put {{"{provider}": "KEY"}} in {path}'
         )
     return None
+
+
+def check_spec(spec: str, config: ClientConfig) -> None:
+    """Every check of ``spec`` that needs no model and no network: its syntax (a URL spec names a model),
+    its API key, a local model's name or file, vLLM being installed. Raises :class:`UserError`; builds nothing,
+    so a run can validate all its specs before it writes a file."""
+    kind, rest = split_spec(spec)
+    if kind in ("openai", "anthropic"):
+        api_key(kind, config, required=True)
+    elif kind in ("openai-compatible", "vllm-server"):
+        split_base_url(rest, spec)
+        if config.api_key_env:
+            api_key("openai-compatible", config, required=True)
+    elif kind == "local":
+        from autointerp.llm.local import EXPLAINER_MODELS
+
+        if rest.endswith(".gguf") or "/" in rest:
+            if not Path(rest).expanduser().is_file():
+                raise UserError(
+                    f"local model file {rest} does not exist; give an existing .gguf path or one of "
+                    f"{', '.join(EXPLAINER_MODELS)}"
+                )
+        elif rest not in EXPLAINER_MODELS:
+            raise UserError(f"unknown local model {rest!r}; use one of {', '.join(EXPLAINER_MODELS)} or a .gguf path")
+    elif kind == "vllm":
+        import importlib.util
+
+        if importlib.util.find_spec("vllm") is None:
+            raise UserError(f"{spec} needs vLLM, which is not installed; run: pip install autointerp[vllm]")
+
+
+def probe_endpoint(spec: str, timeout_s: float = 10.0) -> None:
+    """One quick ``GET <base>/models`` to an ``openai-compatible:`` / ``vllm-server:`` endpoint; a UserError
+    naming the endpoint when it refuses the connection, does not answer within ``timeout_s`` or answers
+    with an error status. Other kinds are not probed (their keys and names are checked by :func:`check_spec`)."""
+    import urllib.error
+    import urllib.request
+
+    kind, rest = split_spec(spec)
+    if kind not in ("openai-compatible", "vllm-server"):
+        return
+    base, _ = split_base_url(rest, spec)
+    url = base.rstrip("/") + "/models"
+    try:
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # as the backend: no env proxies
+        with opener.open(url, timeout=timeout_s) as resp:
+            resp.read(1 << 16)
+    except urllib.error.HTTPError as e:
+        if e.code in (401, 403):
+            return  # it answers; whether the key is good shows on the first request
+        hint = " (the base URL usually ends in /v1)" if e.code == 404 else ""
+        raise UserError(f"{spec}: {url} answered HTTP {e.code}; check the URL of the server{hint}") from e
+    except (TimeoutError, OSError) as e:  # URLError, connection refused, socket timeout
+        why = getattr(e, "reason", None) or e
+        if isinstance(why, TimeoutError) or isinstance(e, TimeoutError):
+            why = f"no answer within {timeout_s:g}s"
+        raise UserError(f"{spec}: cannot reach {url} ({why}); start the server or fix the URL") from e
 
 
 def make_backend(spec: str, config: ClientConfig) -> LLMClient:
