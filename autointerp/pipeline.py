@@ -15,6 +15,13 @@ Resuming: every row is keyed (explanation id; explanation id + split + record in
 score name + judge); a rerun reads what is there and only computes what is missing, so nothing is
 duplicated or lost. Features run concurrently (``concurrency``), each bounded further by its clients'
 own limits; one feature's error never stops the others.
+
+Failed is not final: an LLM request that fails for good (transport error, timeout, 429/5xx after its
+retries, a refused key) is a property of the moment, not of the answer. Its explanation, simulation or
+judge score is not written; the feature gets an error row instead, and a rerun computes what is missing.
+Failures that are properties of an answer (an unparseable label or simulation) are written, and a rerun
+keeps them unless ``retry_failed`` asks to compute them again. The stage status is ``partial`` when any
+feature failed (``RunSummary.failed_features``); the CLI then exits 1.
 """
 
 from __future__ import annotations
@@ -31,7 +38,15 @@ import numpy as np
 from autointerp.config import config_to_dict
 from autointerp.errors import UserError
 from autointerp.explain import EXPLAINER_KINDS, Explainer, ExplainerSettings, ExplanationFailed
-from autointerp.llm.base import ClientConfig, LLMClient
+from autointerp.llm.base import (
+    ChatRequest,
+    ClientConfig,
+    CompletionRequest,
+    LLMClient,
+    LLMError,
+    LLMResponse,
+    TopLogprobsRequest,
+)
 from autointerp.llm.usage import PriceTable, UsageMeter, read_run_usage, run_usage_json
 from autointerp.prompts import load_template
 from autointerp.records import ActivationRecord, Explanation, FeatureRecord, Score, Simulation, Usage
@@ -184,6 +199,8 @@ class RunSummary:
     errors: list[dict[str, Any]] = field(default_factory=list)
     usage: dict[str, Usage] = field(default_factory=dict)
     """LLM usage per role in this session."""
+    failed_features: list[str] = field(default_factory=list)
+    """Features of this session that failed: an error (retried on rerun) or no usable explanation."""
     scores: dict[str, dict[str, tuple[float, float, float] | None]] = field(default_factory=dict)
     n_scored: dict[str, dict[str, int]] = field(default_factory=dict)
     run_usage: dict[str, Any] = field(default_factory=dict)
@@ -246,13 +263,66 @@ class _Counters:
         return out
 
 
+class RequestsFailed(Exception):
+    """LLM requests of a feature failed for good (transport, timeout, rate limit, key): nothing of that
+    unit of work is written, so a rerun retries it."""
+
+
+class _Watched:
+    """An LLMClient that passes requests through and remembers the request failures (LLMError) of its inner
+    client, also those its caller catches and turns into a failed result."""
+
+    def __init__(self, inner: LLMClient) -> None:
+        self.inner = inner
+        self.spec = inner.spec
+        self.supports_completion = inner.supports_completion
+        self.supports_logprobs = inner.supports_logprobs
+        self.failures: list[str] = []
+
+    async def _watch(self, aw: Any) -> LLMResponse:
+        try:
+            return await aw  # type: ignore[no-any-return]
+        except LLMError as e:
+            self.failures.append(e.reason)
+            raise
+
+    async def chat(self, request: ChatRequest) -> LLMResponse:
+        return await self._watch(self.inner.chat(request))
+
+    async def complete(self, request: CompletionRequest) -> LLMResponse:
+        return await self._watch(self.inner.complete(request))
+
+    async def top_logprobs(self, request: TopLogprobsRequest) -> LLMResponse:
+        return await self._watch(self.inner.top_logprobs(request))
+
+    async def aclose(self) -> None:  # the inner client belongs to the run
+        return None
+
+    def check(self, what: str) -> None:
+        """Raise :class:`RequestsFailed` when any request failed."""
+        if self.failures:
+            n = len(self.failures)
+            raise RequestsFailed(
+                f"{n} {what} request{'s' if n > 1 else ''} failed ({self.failures[0]}); rerun to retry"
+            )
+
+
 def _limit(records: list[ActivationRecord], n: int) -> list[ActivationRecord]:
     return records if n <= 0 else records[:n]
 
 
 class _Runner:
-    def __init__(self, config: ExplainConfig, session: _Session, clients: Clients) -> None:
+    def __init__(
+        self, config: ExplainConfig, session: _Session, clients: Clients, retry_failed: bool = False
+    ) -> None:
         self.config = config
+        data = session.data
+        self.stale: set[Any] = set()
+        """Failed results stored before this session that ``retry_failed`` computes again."""
+        if retry_failed:
+            self.stale |= {("sim", k) for k, v in data.simulations.items() if not v.ok}
+            self.stale |= {("score", k) for k, v in data.score_rows.items() if v.value is None}
+            self.stale |= {("explain", f) for f in data.features() if data.selected(f) is None}
         self.session = session
         self.data = session.data
         self.clients = clients
@@ -263,6 +333,7 @@ class _Runner:
             cot=config.cot,
             highlight_threshold=config.highlight_threshold,
         )
+        self.explainer_settings = settings
         self.explainer = Explainer(clients.explainer, settings)
         self.sem = asyncio.Semaphore(max(1, config.concurrency))
 
@@ -271,28 +342,41 @@ class _Runner:
 
     # -- simulation with the run-dir cache ---------------------------------------------------------
     async def simulations(self, eid: str, text: str, record: FeatureRecord, split: str) -> list[Simulation]:
+        """The simulations of ``record``'s ``split`` under explanation ``eid``: stored ones, the rest computed
+        and stored. A simulation whose request failed is not stored: :class:`RequestsFailed` after the
+        others are."""
         recs = _limit(getattr(record, split), self.config.max_records_per_split)
-        missing = [i for i in range(len(recs)) if (eid, split, i) not in self.data.simulations]
+        sims = self.data.simulations
+        missing = [i for i in range(len(recs)) if (eid, split, i) not in sims or ("sim", (eid, split, i)) in self.stale]
         if missing:
-            sim = make_simulator(self.config.simulator_kind, self.clients.simulator, text)
-            results = await asyncio.gather(*(sim.simulate(recs[i].tokens) for i in missing))
-            self._count("simulator", sim.usage)
-            for i, res in zip(missing, results, strict=True):
-                self.data.add_simulation(eid, str(record.id), split, i, sim.spec, res)
-        return [self.data.simulations[(eid, split, i)] for i in range(len(recs))]
+            watched = [_Watched(self.clients.simulator) for _ in missing]
+            simulators = [make_simulator(self.config.simulator_kind, w, text) for w in watched]
+            pairs = zip(simulators, missing, strict=True)
+            results = await asyncio.gather(*(s.simulate(recs[i].tokens) for s, i in pairs))
+            for i, s, w, res in zip(missing, simulators, watched, results, strict=True):
+                self._count("simulator", s.usage)
+                if not w.failures:
+                    self.data.add_simulation(eid, str(record.id), split, i, s.spec, res)
+                    self.stale.discard(("sim", (eid, split, i)))
+            for w in watched:
+                w.check("simulator")
+        return [sims[(eid, split, i)] for i in range(len(recs))]
 
     # -- phase 1: explain and select ----------------------------------------------------------------
     async def explain_feature(self, record: FeatureRecord) -> None:
         fid = str(record.id)
-        if any(not e.baseline for e in self.data.explanations_of(fid)):
+        done = [e for e in self.data.explanations_of(fid) if not e.baseline]
+        if done and ("explain", fid) not in self.stale:
             return
         cfg = self.config
         rows: list[dict[str, Any]] = []
         candidates: list[Explanation] = []
+        watch = _Watched(self.clients.explainer)
+        explainer = Explainer(watch, self.explainer_settings)
         for c in range(cfg.n_candidates):
             temp = 0.0 if c == 0 else cfg.candidate_temperature
             try:
-                ex = await self.explainer.explain(record, candidate=c, temperature=temp, seed=cfg.seed + c)
+                ex = await explainer.explain(record, candidate=c, temperature=temp, seed=cfg.seed + c)
             except ExplanationFailed as e:
                 self._count("explainer", e.usage)
                 failed = Explanation(
@@ -302,6 +386,7 @@ class _Runner:
                 continue
             self._count("explainer", ex.usage)
             candidates.append(ex)
+        watch.check("explainer")  # nothing is written for a feature whose explainer requests failed
         best: Explanation | None = None
         if len(candidates) == 1:
             best = candidates[0]
@@ -320,6 +405,7 @@ class _Runner:
             rows.append(row)
         rows.sort(key=lambda r: int(r["candidate"]))
         self.data.add_explanations(rows)
+        self.stale.discard(("explain", fid))
 
     # -- phase 2: shuffled baseline ---------------------------------------------------------------
     def add_baselines(self, features: list[str]) -> None:
@@ -352,7 +438,7 @@ class _Runner:
         for scorer in cfg.scorer_list:
             if scorer == "simulation":
                 spec = f"{cfg.simulator_kind}[{self.clients.simulator.spec}]"
-                if all(self.data.has_score(eid, n, spec) for n in SIMULATION_SCORES):
+                if all(self._have_score(eid, n, spec) for n in SIMULATION_SCORES):
                     continue
                 splits: dict[str, tuple[Sequence[ActivationRecord], Sequence[Simulation]]] = {}
                 for split in TEST_SPLITS:
@@ -363,20 +449,21 @@ class _Runner:
                 cal_sims = await self.simulations(eid, text, record, "valid")
                 cal = (_limit(record.valid, cfg.max_records_per_split), cal_sims)
                 for sc in simulation_scores(splits, cal, cfg.max_failed_fraction):
-                    if not self.data.has_score(eid, sc.name, spec):
-                        self.data.add_score(eid, fid, baseline, spec, sc)
+                    if not self._have_score(eid, sc.name, spec):
+                        self._add_score(eid, fid, baseline, spec, sc)
                 continue
-            judge = self.clients.judge
+            judge = _Watched(self.clients.judge)
             if scorer == "saebench_detection":
                 for check in (False, True):
                     sb = SAEBenchDetectionScorer(judge, SAEBenchSettings(check_random=check, seed=cfg.seed))
-                    if self.data.has_score(eid, sb.name, judge.spec):
+                    if self._have_score(eid, sb.name, judge.spec):
                         continue
                     sc = await sb.score(text, record)
                     self._count_scorer_usage(sc)
-                    self.data.add_score(eid, fid, baseline, judge.spec, sc)
+                    judge.check("judge")  # a score missing answers the server failed to give is not written
+                    self._add_score(eid, fid, baseline, judge.spec, sc)
                 continue
-            if self.data.has_score(eid, scorer, judge.spec):
+            if self._have_score(eid, scorer, judge.spec):
                 continue
             cs = ClassifierSettings(
                 n_positive=cfg.classifier_examples,
@@ -387,7 +474,16 @@ class _Runner:
             clf = DetectionScorer(judge, cs) if scorer == "detection" else FuzzingScorer(judge, cs)
             sc = await clf.score(text, record)
             self._count_scorer_usage(sc)
-            self.data.add_score(eid, fid, baseline, judge.spec, sc)
+            judge.check("judge")
+            self._add_score(eid, fid, baseline, judge.spec, sc)
+
+    def _have_score(self, eid: str, name: str, judge: str) -> bool:
+        """A score is stored (an undefined one counts, unless ``retry_failed`` asks to compute it again)."""
+        return self.data.has_score(eid, name, judge) and ("score", (eid, name, judge)) not in self.stale
+
+    def _add_score(self, eid: str, feature: str, baseline: bool, judge: str, score: Score) -> None:
+        self.data.add_score(eid, feature, baseline, judge, score)
+        self.stale.discard(("score", (eid, score.name, judge)))
 
     def _count_scorer_usage(self, sc: Score) -> None:
         d = sc.details
@@ -435,7 +531,10 @@ def _prompt_names(config: ExplainConfig) -> list[str]:
 
 
 def summarize(
-    run_dir: Path, errors: list[dict[str, Any]] | None = None, usage: dict[str, Usage] | None = None
+    run_dir: Path,
+    errors: list[dict[str, Any]] | None = None,
+    usage: dict[str, Usage] | None = None,
+    failed_features: list[str] | None = None,
 ) -> RunSummary:
     """Counts and run-level means (bootstrap 95% CI) of every score label (see :mod:`autointerp.rundir`:
     one judge's scores are never averaged with another's), over the selected explanations ("explained")
@@ -460,6 +559,7 @@ def summarize(
         n_failed_explanations=n_failed,
         errors=errors or [],
         usage=usage or {},
+        failed_features=failed_features or [],
         scores=scores,
         n_scored=n_scored,
         run_usage=data.usage,
@@ -471,11 +571,15 @@ async def run_explain(
     run_dir: Path,
     records: Sequence[FeatureRecord] | None = None,
     clients: Clients | None = None,
+    *,
+    retry_failed: bool = False,
 ) -> RunSummary:
     """Explain, select, baseline, simulate and score ``records`` into ``run_dir`` (resumable).
 
     ``records`` None: use the records already in ``run_dir/records.jsonl``. ``clients`` None: built from
-    the config's specs (and closed at the end): a spec that cannot be built fails before ``run_dir`` is made."""
+    the config's specs (and closed at the end): a spec that cannot be built fails before ``run_dir`` is made.
+    ``retry_failed``: also compute again the failures stored as properties of an answer (see the module
+    doc); failed requests are always retried."""
     to_close: list[LLMClient] = []
     if clients is None:
         clients, to_close = open_clients(config)
@@ -505,17 +609,27 @@ async def run_explain(
     counters = _Counters(clients)
     run.set_stage("explain", "running")
     try:
-        runner = _Runner(config, session, clients)
+        runner = _Runner(config, session, clients, retry_failed)
         await runner.explain_all(features)
         if config.baseline:
             runner.add_baselines(features)
         await runner.score_all(features)
+    except BaseException as e:
+        run.set_stage("explain", "interrupted" if isinstance(e, KeyboardInterrupt) else "failed", error=str(e))
+        raise
     finally:
         session.save_usage(config, counters.delta())
         for c in to_close:
             await c.aclose()
-    run.set_stage("explain", "done" if not data.errors else "done_with_errors", errors=len(data.errors))
-    return summarize(run.path, data.errors, session.usage)
+    failed = _failed_features(data, features)
+    run.set_stage("explain", "partial" if failed else "done", errors=len(data.errors), failed_features=len(failed))
+    return summarize(run.path, data.errors, session.usage, failed)
+
+
+def _failed_features(data: RunData, features: Sequence[str]) -> list[str]:
+    """Features of this session with an error (retried on rerun) or without a usable explanation."""
+    with_errors = {str(e["feature"]) for e in data.errors}
+    return [f for f in features if f in with_errors or data.selected(f) is None]
 
 
 async def run_score(
@@ -524,6 +638,8 @@ async def run_score(
     judge: str | None = None,
     simulator: str | None = None,
     clients: Clients | None = None,
+    *,
+    retry_failed: bool = False,
 ) -> RunSummary:
     """Score the selected and baseline explanations of an existing run with ``scorers`` (comma list).
 
@@ -548,11 +664,12 @@ async def run_score(
         clients, to_close = open_clients(config)
     counters = _Counters(clients)
     try:
-        runner = _Runner(config, session, clients)
+        runner = _Runner(config, session, clients, retry_failed)
         await runner.score_all(list(data.records))
     finally:
         session.save_usage(config, counters.delta())
         for c in to_close:
             await c.aclose()
-    run.set_stage("score", "done", scorers=scorers)
-    return summarize(run.path, data.errors, session.usage)
+    failed = sorted({str(e["feature"]) for e in data.errors})
+    run.set_stage("score", "partial" if failed else "done", scorers=scorers, failed_features=len(failed))
+    return summarize(run.path, data.errors, session.usage, failed)

@@ -22,6 +22,10 @@ console = Console()
 log = logging.getLogger(__name__)
 
 _H = field_help(ExplainConfig)
+RETRY_FAILED_HELP = (
+    "Also compute again what failed as a property of an answer (unusable labels, unparseable simulations or "
+    "judge answers); failed requests are always retried."
+)
 _D = ExplainConfig()
 
 
@@ -116,10 +120,16 @@ def _print_results(run_dir: Path, summary: Any) -> None:
     if len(rows) > MAX_ROWS:
         console.print(f"({len(rows) - MAX_ROWS} more features: see `autointerp export` or `autointerp report`)")
     console.print(means_table(summary.scores, summary.n_scored))
+    n_failed = len(summary.failed_features)
     console.print(
         f"{summary.n_explained}/{summary.n_features} features explained, "
-        f"{summary.n_failed_explanations} failed explanations, {len(summary.errors)} errors."
+        f"{summary.n_failed_explanations} failed explanations, {n_failed} errors (failed features)."
     )
+    if n_failed:
+        console.print(
+            f"[red]{n_failed} feature{'s' if n_failed > 1 else ''} failed[/]: rerun the same command to retry failed "
+            "LLM requests (add --retry-failed to also redo unusable answers)."
+        )
     _print_usage(summary.run_usage)
     for e in summary.errors[:10]:
         console.print(f"[red]error[/] {escape(e['feature'])} ({e['stage']}): {escape(e['error'])}")
@@ -185,10 +195,13 @@ def explain(
     tokens_per_minute: float = typer.Option(_D.tokens_per_minute, "--tokens-per-minute", help=_H["tokens_per_minute"]),
     llm_cache: bool = typer.Option(_D.llm_cache, "--cache/--no-cache", help=_H["llm_cache"]),
     prices: str = typer.Option(_D.prices, "--prices", help=_H["prices"]),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help=RETRY_FAILED_HELP),
 ) -> None:
     """Explain features: sample (or reuse --cache-run), explain, simulate, score; print a table.
 
-    Rerunning the same command with the same --run-dir resumes: finished work is skipped."""
+    Rerunning the same command with the same --run-dir resumes: finished work is skipped, and LLM requests
+    that failed (server down, timeouts, rate limits) are sent again. Exit status: 0 all done, 1 finished
+    with failed features (rerun to retry), 2 bad input (nothing done)."""
     from autointerp.checks import check_llm_settings, check_run_dir, probe_llms
     from autointerp.paths import default_run_dir
     from autointerp.pipeline import run_explain
@@ -236,8 +249,9 @@ def explain(
         raise UserError("no feature records to explain; check --features and the cache run")
     if sample is not None:
         records = sample(out)
-    summary = asyncio.run(run_explain(config, out, records))
+    summary = asyncio.run(run_explain(config, out, records, retry_failed=retry_failed))
     _print_results(out, summary)
+    _exit_for(summary)
 
 
 @app.command()
@@ -246,12 +260,27 @@ def score(
     scorers: str = typer.Option("detection,fuzzing", "--scorers", help=_H["scorers"]),
     judge: str | None = typer.Option(None, "--judge", help="Judge LLM spec; default: the run's."),
     simulator: str | None = typer.Option(None, "--simulator", help="Simulator LLM spec; default: the run's."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help=RETRY_FAILED_HELP),
 ) -> None:
-    """Score the explanations of an existing run with (other) scorers; adds rows to scores.jsonl."""
+    """Score the explanations of an existing run with (other) scorers; adds rows to scores.jsonl.
+
+    Exit status as `explain`: 0 all done, 1 with failed features (rerun to retry), 2 bad input."""
+    from autointerp.checks import check_llm_settings, probe_llms
+    from autointerp.llm.base import ClientConfig
     from autointerp.pipeline import run_score
 
-    summary = asyncio.run(run_score(run_dir, scorers, judge=judge, simulator=simulator))
+    specs = [s for s in (judge, simulator) if s]
+    check_llm_settings(specs, ClientConfig())
+    probe_llms(specs)
+    summary = asyncio.run(run_score(run_dir, scorers, judge=judge, simulator=simulator, retry_failed=retry_failed))
     _print_results(run_dir, summary)
+    _exit_for(summary)
+
+
+def _exit_for(summary: Any) -> None:
+    """Exit status 1 when any feature failed (a rerun retries what failed for transient reasons)."""
+    if summary.failed_features:
+        raise typer.Exit(1)
 
 
 @app.command()

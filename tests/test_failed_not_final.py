@@ -1,0 +1,153 @@
+"""Failed is not final: LLM requests that failed for good (server down, rate limits exhausted) are not written
+as results; a rerun sends them again and finishes the work. Failures that are properties of an answer stay
+unless --retry-failed. The stage says ``partial`` and the CLI exits 1 while any feature failed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from fake_llm import FakeLLM
+from test_pipeline import _records, smart_chat
+
+from autointerp.llm.base import ChatRequest, LLMError, LLMResponse, TopLogprobsRequest
+from autointerp.pipeline import Clients, ExplainConfig, run_explain, run_score
+from autointerp.rundir import RunDir, load_run, read_jsonl
+
+
+class Switchable(FakeLLM):
+    """A FakeLLM whose server can be down: every request then fails as a client does after its retries."""
+
+    def __init__(self, down: bool = True) -> None:
+        super().__init__(chat_fn=smart_chat)
+        self.down = down
+        self.sent = 0
+
+    def _gate(self) -> None:
+        self.sent += 1
+        if self.down:
+            raise LLMError("fake: connection error (ConnectionRefusedError) (after 5 attempts)", retryable=True)
+
+    async def chat(self, request: ChatRequest) -> LLMResponse:
+        self._gate()
+        return await super().chat(request)
+
+    async def top_logprobs(self, request: TopLogprobsRequest) -> LLMResponse:
+        self._gate()
+        return await super().top_logprobs(request)
+
+
+CFG = ExplainConfig(scorers="simulation,detection", n_top_examples=4, max_records_per_split=3)
+
+
+def _stage(run: Path) -> dict[str, object]:
+    return dict(RunDir.open(run).manifest()["stages"]["explain"])
+
+
+async def test_a_rerun_after_a_dead_server_finishes_the_work(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    llm = Switchable(down=True)
+    s1 = await run_explain(CFG, run, _records(), Clients(llm, llm, llm))
+    assert len(s1.failed_features) == 4 and s1.n_explained == 0
+    assert _stage(run)["status"] == "partial"
+    assert not list(read_jsonl(run / "explanations.jsonl")), "a failed request must not be written as a result"
+    assert {e["stage"] for e in read_jsonl(run / "errors.jsonl")} == {"explain"}
+
+    llm.down = False
+    s2 = await run_explain(CFG, run, _records(), Clients(llm, llm, llm))
+    assert s2.failed_features == [] and s2.n_explained == 4
+    assert _stage(run)["status"] == "done"
+    assert s2.scores["correlation"]["explained"] is not None and s2.scores["detection"]["explained"] is not None
+
+
+async def test_failed_simulations_and_judge_prompts_are_retried_on_rerun(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    explainer, other = Switchable(down=False), Switchable(down=True)
+    s1 = await run_explain(CFG, run, _records(), Clients(explainer, other, other))
+    assert s1.n_explained == 4 and len(s1.failed_features) == 4
+    data = load_run(run)
+    assert not data.simulations and not data.score_rows, "results of failed requests must not be stored"
+    assert _stage(run)["status"] == "partial"
+
+    other.down = False
+    sent_before = explainer.sent
+    s2 = await run_explain(CFG, run, _records(), Clients(explainer, other, other))
+    assert explainer.sent == sent_before, "finished explanations are not asked for again"
+    assert s2.failed_features == []
+    data = load_run(run)
+    assert all(sim.ok for sim in data.simulations.values())
+    names = {name for (_, name, _) in data.score_rows}
+    assert {"correlation", "detection"} <= names
+    assert all(sc.value is not None for (_, n, _), sc in data.score_rows.items() if n in ("correlation", "detection"))
+
+    # run_score retries a failed judge the same way
+    judge = Switchable(down=True)
+    s3 = await run_score(run, "fuzzing", clients=Clients(explainer, other, judge))
+    assert len(s3.failed_features) == 4 and RunDir.open(run).manifest()["stages"]["score"]["status"] == "partial"
+    judge.down = False
+    s4 = await run_score(run, "fuzzing", clients=Clients(explainer, other, judge))
+    assert s4.failed_features == [] and s4.scores["fuzzing"]["explained"] is not None
+
+
+async def test_unusable_answers_stay_unless_retry_failed(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    bad = FakeLLM(chat_fn=lambda r: "Explanation: ...")  # an unusable label, every time
+    s1 = await run_explain(ExplainConfig(baseline=False), run, _records(2), Clients(bad, bad, bad))
+    assert s1.n_failed_explanations == 2 and len(s1.failed_features) == 2
+    assert _stage(run)["status"] == "partial"
+    n = len(bad.chat_requests)
+    await run_explain(ExplainConfig(baseline=False), run, _records(2), Clients(bad, bad, bad))
+    assert len(bad.chat_requests) == n, "an unusable answer is a result: a plain rerun keeps it"
+
+    good = FakeLLM(chat_fn=smart_chat)
+    cfg = ExplainConfig(baseline=False)
+    s3 = await run_explain(cfg, run, _records(2), Clients(good, good, good), retry_failed=True)
+    assert s3.n_explained == 2 and s3.failed_features == [] and _stage(run)["status"] == "done"
+
+
+def _main(args: list[str]) -> int:
+    from autointerp.cli import main
+
+    try:
+        main(args)
+    except SystemExit as e:
+        return int(e.code or 0)
+    return 0
+
+
+@pytest.fixture(scope="module")
+def cache_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny cache run (random 2-layer Llama, 8 neurons)."""
+    from conftest import WORDS, make_tiny_model, make_tiny_tokenizer
+
+    root = tmp_path_factory.mktemp("cache")
+    tok = make_tiny_tokenizer()
+    model = root / "model"
+    make_tiny_model("llama", len(tok)).save_pretrained(model)
+    tok.save_pretrained(model)
+    corpus = root / "corpus.txt"
+    corpus.write_text("\n\n".join(" ".join(WORDS[(i * 7 + j) % len(WORDS)] for j in range(40)) for i in range(30)))
+    args = ["cache", "--model", str(model), "--hook", "L1/mlp_neurons", "--corpus", str(corpus), "--tokens", "600",
+            "--window", "16", "--batch-size", "8", "--n-top", "12", "--n-train", "5", "--n-valid", "2",
+            "--n-test-top", "3", "--features", "0-3", "--run-dir", str(root / "run"), "--threads", "1"]
+    assert _main(args) == 0
+    return root / "run"
+
+
+def test_cli_exit_status_1_while_features_failed_then_0_after_a_rerun(
+    cache_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import autointerp.pipeline
+
+    llm = Switchable(down=True)
+    monkeypatch.setattr(autointerp.pipeline, "open_clients", lambda config: (Clients(llm, llm, llm), []))
+    args = ["explain", "--cache-run", str(cache_run), "--run-dir", str(tmp_path / "x"), "--max-records-per-split", "2"]
+    assert _main(args) == 1
+    out = capsys.readouterr().out
+    assert "4 errors (failed features)" in " ".join(out.split()) and "rerun" in out
+    manifest = json.loads((tmp_path / "x" / "manifest.json").read_text())
+    assert manifest["stages"]["explain"]["status"] == "partial"
+    llm.down = False
+    assert _main(args) == 0
+    assert json.loads((tmp_path / "x" / "manifest.json").read_text())["stages"]["explain"]["status"] == "done"
