@@ -120,8 +120,10 @@ class ExplainConfig:
     """Largest fraction of failed simulations a correlation may skip before it is undefined."""
     threads: int = 2
     """CPU threads of local LLM backends."""
-    timeout_s: float = 600.0
-    """Seconds one LLM request may take (local models on CPU are slow)."""
+    timeout_s: float = 0.0
+    """Seconds one attempt of an LLM request may take; 0: fitted to each request from its prompt size and
+    max_tokens, and pushed back while the endpoint keeps answering other requests (a queue is not a stall).
+    Two timeouts of one request report the endpoint as stalled."""
     llm_concurrency: int = 16
     """LLM requests in flight at once, per client (one client per distinct LLM spec)."""
     requests_per_minute: float = 0.0
@@ -152,7 +154,7 @@ class ExplainConfig:
     def client_config(self) -> ClientConfig:
         """How this run's LLM clients talk to their backends."""
         return ClientConfig(
-            timeout_s=self.timeout_s,
+            timeout_s=self.timeout_s or None,
             threads=self.threads,
             max_concurrency=self.llm_concurrency,
             requests_per_minute=self.requests_per_minute or None,

@@ -36,7 +36,7 @@ def ask(
     temperature: float = typer.Option(0.0, help="Sampling temperature (0: greedy)."),
     seed: int | None = typer.Option(None, help="Sampling seed (part of the cache key)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the response cache."),
-    timeout: float = typer.Option(_D.timeout_s, help=_H["timeout_s"]),
+    timeout: float | None = typer.Option(_D.timeout_s, help=_H["timeout_s"]),
     max_attempts: int = typer.Option(_D.max_attempts, help=_H["max_attempts"]),
     threads: int | None = typer.Option(None, help=_H["threads"]),
     cache_path: Path | None = typer.Option(None, help=_H["cache_path"]),

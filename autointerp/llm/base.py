@@ -111,8 +111,10 @@ class LLMError(Exception):
 class ClientConfig:
     """How a client talks to its backend: timeouts, retries, limits, cache, threads, prices."""
 
-    timeout_s: float = 60.0
-    """Seconds one attempt of one request may take before it is abandoned (and retried). Always set."""
+    timeout_s: float | None = None
+    """Seconds one attempt of one request may take before it is abandoned (and retried); None: fitted to each
+    request from its prompt size and max_tokens, pushed back while the endpoint answers other requests (see
+    autointerp.llm.reliable). Two timeouts of one request report the endpoint as stalled."""
     max_attempts: int = 5
     """Attempts per request, the first included, before it is reported failed (retryable errors only)."""
     backoff_s: float = 0.5

@@ -1,7 +1,7 @@
 """Map SDK and transport exceptions to :class:`LLMError` (status, retryable, retry_after).
 
 Retryable: 408, 409, 429, 5xx (529 included), timeouts, connection errors, truncated bodies and bodies that
-are not the JSON we expect. Not retryable: every other 4xx (400, 401, 403, 404, 422, ...).
+are not the JSON we expect. Not retryable: every other 4xx (400, 401, 403, 404, 422, ...) and invalid URLs.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from typing import Any
 from autointerp.llm.base import LLMError
 
 _RETRYABLE_STATUS = {408, 409, 425, 429}
+_BAD_URL = {"InvalidURL", "InvalidUrlClientError", "NonHttpUrlClientError", "UnsupportedProtocol", "InvalidUrl"}
+"""Transport exceptions that say the URL itself is wrong: retrying cannot help."""
 _TRANSPORT_MODULES = ("aiohttp", "httpx", "httpx2", "httpcore", "h11", "anyio", "ssl", "socket")
 
 
@@ -68,6 +70,8 @@ def map_exception(e: BaseException, backend: str) -> LLMError:
             retryable=status_retryable(status),
             retry_after=parse_retry_after(headers),
         )
+    if name in _BAD_URL:
+        return LLMError(f"{backend}: invalid URL ({name}: {_short(str(e))}); fix the spec", retryable=False)
     if "Timeout" in name or isinstance(e, TimeoutError):
         return LLMError(f"{backend}: timed out ({name})", retryable=True)
     if "Connection" in name or isinstance(e, ConnectionError):

@@ -162,6 +162,16 @@ def probe_endpoint(spec: str, timeout_s: float = 10.0) -> None:
         raise UserError(f"{spec}: cannot reach {url} ({why}); start the server or fix the URL") from e
 
 
+def backend_timeout(config: ClientConfig) -> float:
+    """The transport's own timeout, a safety net above the retry layer's (which enforces ``timeout_s`` or the
+    fitted timeouts and counts them, see :mod:`autointerp.llm.reliable`)."""
+    from autointerp.llm.reliable import FIT_MAX_S
+
+    if config.timeout_s is not None:
+        return config.timeout_s + 10.0
+    return FIT_MAX_S * max(1, config.max_concurrency)
+
+
 def make_backend(spec: str, config: ClientConfig) -> LLMClient:
     """The bare backend for ``spec`` (no retries, cache or metering)."""
     kind, rest = split_spec(spec)
@@ -172,7 +182,7 @@ def make_backend(spec: str, config: ClientConfig) -> LLMClient:
         assert key is not None
         base = os.environ.get("OPENAI_BASE_URL") or None
         return OpenAIBackend(
-            spec, rest, api_key=key, base_url=base, timeout_s=config.timeout_s, use_max_completion_tokens=True
+            spec, rest, api_key=key, base_url=base, timeout_s=backend_timeout(config), use_max_completion_tokens=True
         )
     if kind == "anthropic":
         from autointerp.llm.anthropic_backend import AnthropicBackend
@@ -180,7 +190,7 @@ def make_backend(spec: str, config: ClientConfig) -> LLMClient:
         key = api_key("anthropic", config, required=True)
         assert key is not None
         base = os.environ.get("ANTHROPIC_BASE_URL") or None
-        return AnthropicBackend(spec, rest, api_key=key, base_url=base, timeout_s=config.timeout_s)
+        return AnthropicBackend(spec, rest, api_key=key, base_url=base, timeout_s=backend_timeout(config))
     if kind in ("openai-compatible", "vllm-server"):
         from autointerp.llm.openai_backend import OpenAIBackend
 
@@ -192,7 +202,7 @@ def make_backend(spec: str, config: ClientConfig) -> LLMClient:
             model,
             api_key=key,
             base_url=base,
-            timeout_s=config.timeout_s,
+            timeout_s=backend_timeout(config),
             use_prompt_logprobs=kind == "vllm-server",
             direct_http=True,
         )
@@ -293,8 +303,8 @@ def make_client(
 ) -> ManagedClient:
     """Build the client for ``spec`` (see the module doc). ``meter`` and ``cache`` may be shared by clients."""
     config = config or ClientConfig()
-    if config.timeout_s <= 0:
-        raise UserError(f"timeout_s must be positive (got {config.timeout_s}); every request needs a timeout")
+    if config.timeout_s is not None and config.timeout_s <= 0:
+        raise UserError(f"timeout_s must be positive (got {config.timeout_s}), or unset for fitted timeouts")
     backend = make_backend(spec, config)
     if meter is None:
         meter = UsageMeter(prices=PriceTable.load(config.prices_path))

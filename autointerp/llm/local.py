@@ -21,6 +21,7 @@ from typing import Any
 
 from autointerp.errors import UserError
 from autointerp.llm.base import ClientConfig
+from autointerp.llm.factory import backend_timeout
 from autointerp.llm.openai_backend import OpenAIBackend
 
 logger = logging.getLogger(__name__)
@@ -132,7 +133,7 @@ class LocalBackend(OpenAIBackend):
             name,
             api_key="local",
             base_url=self.server.base_url,
-            timeout_s=config.timeout_s,
+            timeout_s=backend_timeout(config),
         )
         self._closed = False
 

@@ -1,8 +1,16 @@
 """Retries, timeouts, bounded concurrency and rate limits, wrapped around any backend.
 
-:class:`ReliableClient` runs every attempt of every request under ``asyncio.wait_for(timeout_s)``, inside
-a semaphore of ``max_concurrency`` slots, after taking its share of a requests/min and a tokens/min token
-bucket. Retryable failures (429, 5xx, timeouts, connection errors, truncated or garbage bodies) are retried
+:class:`ReliableClient` runs every attempt of every request under a timeout, inside a semaphore of
+``max_concurrency`` slots, after taking its share of a requests/min and a tokens/min token bucket.
+
+Timeouts: ``timeout_s`` set: every attempt may take that long. ``timeout_s`` None (the default): the timeout
+fits the request (:func:`fitted_timeout`: a base plus the time a slow server needs to read the prompt and
+write ``max_tokens``), and it is pushed back while the endpoint keeps answering this client's other
+requests (a queue behind a busy server is not a stall), up to ``max_concurrency`` times the fitted time.
+A request whose attempts time out twice fails at once, naming the endpoint ("stalled"), so a server that
+accepts connections but never answers is reported within a few minutes, not after 5 x 600 s.
+
+Retryable failures (429, 5xx, timeouts, connection errors, truncated or garbage bodies) are retried
 by tenacity with exponential backoff and full jitter, waiting at least as long as a ``Retry-After`` header
 asks (capped at ``max_backoff_s``); 400/401/403/404 fail at once. A request that fails for good raises
 :class:`LLMError` whose reason names the last failure and the number of attempts.
@@ -16,7 +24,7 @@ import random
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
@@ -61,6 +69,30 @@ class TokenBucket:
                 await asyncio.sleep((amount - self.level) / self.rate)
 
 
+FIT_BASE_S = 30.0
+"""Fitted timeouts: seconds allowed on top of reading and writing (connection, queueing, load)."""
+FIT_READ_TPS = 15.0
+"""Fitted timeouts: prompt tokens per second of a slow server (a 1.5B model on a busy 2-core CPU reads ~60)."""
+FIT_WRITE_TPS = 5.0
+"""Fitted timeouts: generated tokens per second of a slow server (the same model writes ~24)."""
+FIT_MAX_S = 600.0
+"""Fitted timeouts: the longest one attempt is given."""
+STALLS = 2
+"""Timeouts of one request after which it fails without more attempts (the endpoint is stalled)."""
+
+
+def fitted_timeout(request: ChatRequest | CompletionRequest | TopLogprobsRequest) -> float:
+    """Seconds one attempt of ``request`` may take when no timeout is set: ``FIT_BASE_S`` plus its prompt (4
+    characters a token) at ``FIT_READ_TPS`` and its output at ``FIT_WRITE_TPS``, at most ``FIT_MAX_S``."""
+    if isinstance(request, TopLogprobsRequest):
+        prompt, out = len(request.prompt) // 4, 2 * len(request.positions)
+    elif isinstance(request, ChatRequest):
+        prompt, out = sum(len(m.content) for m in request.messages) // 4, request.max_tokens
+    else:
+        prompt, out = len(request.prompt) // 4, request.max_tokens
+    return min(FIT_MAX_S, FIT_BASE_S + prompt / FIT_READ_TPS + out / FIT_WRITE_TPS)
+
+
 def estimate_tokens(request: ChatRequest | CompletionRequest | TopLogprobsRequest) -> int:
     """Rough token count of a request (4 characters a token, plus the tokens it may generate)."""
     if isinstance(request, ChatRequest):
@@ -74,8 +106,8 @@ class ReliableClient:
     """Wraps a backend with timeouts, retries, a concurrency bound and rate limits (see module doc)."""
 
     def __init__(self, inner: LLMClient, config: ClientConfig, rng: random.Random | None = None) -> None:
-        if config.timeout_s <= 0:
-            raise ValueError("timeout_s must be positive: every request needs a timeout")
+        if config.timeout_s is not None and config.timeout_s <= 0:
+            raise ValueError("timeout_s must be positive, or None for timeouts fitted to each request")
         self.inner = inner
         self.spec = inner.spec
         self.supports_completion = inner.supports_completion
@@ -88,6 +120,8 @@ class ReliableClient:
         self.attempts = 0
         """Attempts sent so far (each retry counts)."""
         self.retries = 0
+        self._deadlines: dict[int, tuple[Any, float, float]] = {}
+        """Fitted timeouts in flight: id -> (asyncio.Timeout, fitted seconds, latest deadline)."""
 
     async def chat(self, request: ChatRequest) -> LLMResponse:
         return await self._run(self.inner.chat, request)
@@ -112,28 +146,72 @@ class ReliableClient:
         self.retries += 1
         logger.debug("%s: attempt %d failed (%s); retrying in %.2fs", self.spec, failed_attempt, exc, wait)
 
-    async def _attempt(self, fn: Callable[[R], Awaitable[LLMResponse]], request: R) -> LLMResponse:
+    async def _attempt(
+        self, fn: Callable[[R], Awaitable[LLMResponse]], request: R, timeouts: list[float]
+    ) -> LLMResponse:
+        """One attempt; ``timeouts`` collects the seconds of this request's attempts that timed out."""
         if self._rpm is not None:
             await self._rpm.acquire(1.0)
         if self._tpm is not None:
             await self._tpm.acquire(float(estimate_tokens(request)))
         async with self._sem:
             self.attempts += 1
+            start = time.monotonic()
             try:
-                return await _within(fn(request), self.config.timeout_s)
+                if self.config.timeout_s is not None:
+                    resp = await _within(fn(request), self.config.timeout_s)
+                else:
+                    resp = await self._within_fitted(fn(request), fitted_timeout(request))
             except asyncio.TimeoutError as e:
-                raise LLMError(f"{self.spec}: no answer within {self.config.timeout_s:g}s", retryable=True) from e
+                timeouts.append(time.monotonic() - start)
+                if len(timeouts) >= STALLS:
+                    raise LLMError(
+                        f"{self.spec}: stalled: no answer within {timeouts[-1]:.0f}s, {len(timeouts)} times; the "
+                        "endpoint accepts requests but does not answer: check the server (or raise --timeout-s)",
+                        retryable=False,
+                    ) from e
+                raise LLMError(f"{self.spec}: no answer within {timeouts[-1]:.0f}s", retryable=True) from e
             except LLMError:
                 raise
             except Exception as e:
                 raise map_exception(e, self.spec) from e
+            self._answered()
+            return resp
+
+    async def _within_fitted(self, aw: Awaitable[LLMResponse], fitted: float) -> LLMResponse:
+        """``await aw`` under a deadline of ``fitted`` seconds that :meth:`_answered` pushes back while other
+        requests are answered, up to ``max_concurrency`` times ``fitted``."""
+        if sys.version_info < (3, 11):  # pragma: no cover - no reschedulable timeouts
+            return await asyncio.wait_for(aw, fitted)
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        latest = now + fitted * max(1, self.config.max_concurrency)
+        async with asyncio.timeout_at(now + fitted) as cm:
+            key = id(cm)
+            self._deadlines[key] = (cm, fitted, latest)
+            try:
+                return await aw
+            finally:
+                self._deadlines.pop(key, None)
+
+    def _answered(self) -> None:
+        """The endpoint answered: requests waiting behind it get their fitted time again from now."""
+        if not self._deadlines:
+            return
+        now = asyncio.get_running_loop().time()
+        for cm, fitted, latest in self._deadlines.values():
+            when = cm.when()
+            new = min(latest, now + fitted)
+            if when is not None and new > when:
+                cm.reschedule(new)
 
     async def _run(self, fn: Callable[[R], Awaitable[LLMResponse]], request: R) -> LLMResponse:
         # The first attempt runs outside tenacity (building its retry state costs ~30 us, a tenth of a
         # request's client CPU); a retryable failure hands attempts 2..n to tenacity.
         n = max(1, self.config.max_attempts)
+        timeouts: list[float] = []
         try:
-            return await self._attempt(fn, request)
+            return await self._attempt(fn, request, timeouts)
         except LLMError as e:
             if not e.retryable or n == 1:
                 raise _tried(e, 1) from e
@@ -154,7 +232,7 @@ class ReliableClient:
             ):
                 attempt_no = attempt.retry_state.attempt_number + 1
                 with attempt:
-                    return await self._attempt(fn, request)
+                    return await self._attempt(fn, request, timeouts)
         except LLMError as e:
             raise _tried(e, attempt_no) from e
         raise AssertionError("unreachable")  # pragma: no cover
