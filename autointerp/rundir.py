@@ -15,8 +15,9 @@ Layout (each stage owns its files; any stage can be rerun or resumed alone)::
     usage.json           LLM usage and cost per role (see autointerp.llm.usage)
 
 JSONL files are append-only; a line is written whole (flushed and fsync'd) or not at all, so a killed run
-resumes by reading what is there and skipping keys already done. A torn last line is ignored on read; when
-a key was written twice, the last line wins.
+resumes by reading what is there and skipping keys already done. A torn last line (a crash mid-write) is
+ignored on read and cut off the file when the run resumes (:func:`repair_jsonl`), so strict JSONL readers
+never meet its fragment; when a key was written twice, the last line wins.
 
 :class:`RunData` is the in-memory model of a run directory, used by the pipeline (which appends through it),
 the run summary, the sweep tables, the report and the export. It owns the two rules every reader shares:
@@ -104,19 +105,51 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def repair_jsonl(path: Path) -> bool:
+    """Cut a torn last line (what a crash mid-write leaves: no final newline) off ``path``; a last line that
+    is complete JSON only lacking its newline gets the newline instead. True when the file was changed."""
+    try:
+        f = open(path, "r+b")
+    except FileNotFoundError:
+        return False
+    with f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return False
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return False
+        cut, pos = 0, size
+        while pos > 0:  # find the last newline, reading backwards in blocks
+            start = max(0, pos - (1 << 16))
+            f.seek(start)
+            i = f.read(pos - start).rfind(b"\n")
+            if i >= 0:
+                cut = start + i + 1
+                break
+            pos = start
+        f.seek(cut)
+        tail = f.read()
+        try:
+            json.loads(tail)
+            f.write(b"\n")
+            log.info("%s: the last line lacked its newline; added it", path)
+        except ValueError:
+            f.truncate(cut)
+            log.warning("%s: cut a torn last line (%d bytes) left by an interrupted run", path, size - cut)
+        f.flush()
+        os.fsync(f.fileno())
+    return True
+
+
 def append_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Append whole lines, flushed and fsync'd."""
+    """Append whole lines, flushed and fsync'd (after cutting a torn last line off the file)."""
     if not rows:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     data = "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in rows)
+    repair_jsonl(path)
     with open(path, "a", encoding="utf-8") as f:
-        # A torn line from a crash is the last line without "\n": start on a fresh line.
-        if f.tell() > 0:
-            with open(path, "rb") as rf:
-                rf.seek(-1, os.SEEK_END)
-                if rf.read(1) != b"\n":
-                    f.write("\n")
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
@@ -164,6 +197,8 @@ class RunDir:
                 )
             if old.get("config") == config or old.get("command") != command:
                 run.update_manifest({"resumed_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+                for f in sorted(run.path.glob("*.jsonl")):
+                    repair_jsonl(f)
                 return run
             log.info("%s holds only the manifest of a run that never started; taking it over", path)
         run.path.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -76,5 +77,7 @@ def test_rundir_refuses_other_config_and_skips_torn_lines(tmp_path: Path) -> Non
     append_jsonl(f, [{"a": 1}])
     with open(f, "a") as fh:
         fh.write('{"a": 2')  # torn by a crash
+    assert [r["a"] for r in read_jsonl(f)] == [1]  # the torn line is skipped on read
     append_jsonl(f, [{"a": 3}])
     assert [r["a"] for r in read_jsonl(f)] == [1, 3]
+    assert [json.loads(line)["a"] for line in f.read_text().splitlines()] == [1, 3], "the fragment is cut off"

@@ -151,3 +151,18 @@ def test_cli_exit_status_1_while_features_failed_then_0_after_a_rerun(
     llm.down = False
     assert _main(args) == 0
     assert json.loads((tmp_path / "x" / "manifest.json").read_text())["stages"]["explain"]["status"] == "done"
+
+
+async def test_a_torn_last_line_is_cut_off_when_the_run_resumes(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    llm = Switchable(down=False)
+    await run_explain(CFG, run, _records(), Clients(llm, llm, llm))
+    scores = run / "scores.jsonl"
+    whole = scores.read_text()
+    with open(scores, "a") as f:
+        f.write('{"explanation_id": "toy/L0/mlp_neurons:0#0", "score": {"na')  # a kill mid-write
+    await run_explain(CFG, run, _records(), Clients(llm, llm, llm))  # resume: nothing left to compute
+    assert scores.read_text() == whole, "the fragment must not stay in the file"
+    for name in ("records.jsonl", "explanations.jsonl", "simulations.jsonl", "scores.jsonl"):
+        for line in (run / name).read_text().splitlines():
+            json.loads(line)  # strict JSONL
