@@ -95,6 +95,13 @@ CASES: list[tuple[str, str, list[str], str]] = [
     ),
     ("cache SAE width differs from the model", "cache", [*TINY, "--sae", "{widesae}"], "SAE d_in 24 does not match"),
     ("cache --sae-dir without --sae", "cache", [*NEURONS, "--sae-dir", "{tmp}"], "--sae-dir only applies with --sae"),
+    (
+        "explain --sae-dir without --sae",
+        "explain",
+        [*NEURONS, "--sae-dir", "{tmp}"],
+        "--sae-dir only applies with --sae",
+    ),
+    ("cache empty corpus file", "cache", [*NEURONS, "--corpus", "{empty}"], "empty"),
     ("explain negative tokens", "explain", [*NEURONS, "--tokens", "-5"], "--tokens must be at least 1"),
     (
         "explain URL spec without a model",
@@ -195,12 +202,15 @@ def test_bad_input_exits_2_with_one_line_and_leaves_nothing(
     a_file = work / "a-file"
     a_file.write_text("not a folder\n")
     saes = tmp_path / "saes"
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
     fill = {
         "model": str(tiny_model_dir),
         "corpus": str(tiny_corpus_file),
         "run": str(work / "run"),
         "file": str(a_file),
         "tmp": str(work),
+        "empty": str(empty),
         "sae": str(write_sae(saes / "ok", tiny_model_dir)),
         "nansae": str(write_sae(saes / "nan", tiny_model_dir, nan=True)),
         "widesae": str(write_sae(saes / "wide", tiny_model_dir, d=24)),

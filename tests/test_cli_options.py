@@ -1,0 +1,48 @@
+"""The same options mean the same thing on `cache` and `explain`: a local SAE path works on both (its leading
+``/`` kept), ``--model`` with ``--sae`` is the subject the SAE is applied to (used, never ignored)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from test_bad_input import run_cli, tiny_model_dir, write_sae  # noqa: F401  (tiny_model_dir is a fixture)
+from test_failed_not_final import Switchable
+
+from autointerp.pipeline import Clients
+from autointerp.rundir import load_run
+
+TINY = ["--window", "16", "--tokens", "600", "--features", "0-3", "--threads", "1"]
+
+
+def test_cache_reads_a_local_sae_path_with_model(tiny_model_dir: Path, tiny_corpus_file: Path, tmp_path: Path) -> None:  # noqa: F811
+    sae = write_sae(tmp_path / "sae", tiny_model_dir)
+    run = tmp_path / "run"
+    args = ["cache", "--sae", str(sae), "--model", str(tiny_model_dir), "--corpus", str(tiny_corpus_file),
+            "--n-top", "12", "--n-train", "5", "--n-valid", "2", "--n-test-top", "3", "--batch-size", "8",
+            *TINY, "--run-dir", str(run)]
+    assert run_cli(args) == 0
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["source"] == sae.as_posix() and manifest["source"].startswith("/")
+    assert manifest["model"] == str(tiny_model_dir) and manifest["hook"] == "L1/resid_post"
+
+
+def test_explain_uses_model_with_a_local_sae(
+    tiny_model_dir: Path,  # noqa: F811
+    tiny_corpus_file: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import autointerp.pipeline
+
+    llm = Switchable(down=False)
+    monkeypatch.setattr(autointerp.pipeline, "open_clients", lambda config: (Clients(llm, llm, llm), []))
+    # the SAE's own file names a model that is not here: only --model makes the run possible
+    sae = write_sae(tmp_path / "sae", tmp_path / "not-here")
+    run = tmp_path / "run"
+    args = ["explain", "--sae", str(sae), "--model", str(tiny_model_dir), "--corpus", str(tiny_corpus_file), *TINY,
+            "--max-records-per-split", "2", "--run-dir", str(run)]
+    assert run_cli(args) in (0, 1)  # 1 only if a random feature never fired (dead: no explanation)
+    assert {r.id.source for r in load_run(run).records.values()} == {sae.as_posix()}
+    assert run_cli([*args[:3], *args[5:]]) == 2  # without --model the SAE's own model is used, and is not here
