@@ -4,6 +4,7 @@
 |-------------------|-------------------------------|-------------------------------------------------------|
 | ``L{L}/resid_pre``  | ``blocks.L.hook_resid_pre``   | input of decoder layer L                              |
 | ``L{L}/resid_post`` | ``blocks.L.hook_resid_post``  | output of decoder layer L                             |
+| ``L{L}/mlp_in``     | ``blocks.L.hook_mlp_in``      | input of the MLP block (after Gemma's pre-FF norm)    |
 | ``L{L}/mlp_neurons``| ``blocks.L.mlp.hook_post``    | MLP hidden activations (input of down_proj / c_proj)  |
 | ``L{L}/mlp_out``    | ``blocks.L.hook_mlp_out``     | output of the MLP block (after Gemma's post-FF norm)  |
 | ``L{L}/attn_out``   | ``blocks.L.hook_attn_out``    | output of the attention block (after post-attn norm)  |
@@ -20,6 +21,7 @@ from autointerp.errors import UserError
 KINDS: dict[str, str] = {
     "resid_pre": "blocks.{L}.hook_resid_pre",
     "resid_post": "blocks.{L}.hook_resid_post",
+    "mlp_in": "blocks.{L}.hook_mlp_in",
     "mlp_neurons": "blocks.{L}.mlp.hook_post",
     "mlp_out": "blocks.{L}.hook_mlp_out",
     "attn_out": "blocks.{L}.hook_attn_out",

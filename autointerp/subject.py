@@ -12,6 +12,8 @@ Hook points (see autointerp/hooks.py), for Llama/Qwen/Gemma 2/Gemma 3 (``model.m
 (``model.transformer.h``):
 
 - ``resid_pre``: input of decoder layer L; ``resid_post``: its output.
+- ``mlp_in``: input of the MLP block; for Gemma 2/3 the output of ``pre_feedforward_layernorm`` (what
+  transcoders such as Gemma Scope 2's read; TransformerLens ``hook_mlp_in``).
 - ``mlp_neurons``: input of ``mlp.down_proj`` (GPT-2: input of ``mlp.c_proj``).
 - ``mlp_out``: output of the MLP block; for Gemma 2/3 the output of ``post_feedforward_layernorm``
   (what TransformerLens ``hook_mlp_out`` reads).
@@ -40,7 +42,7 @@ log = logging.getLogger(__name__)
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 # Order in which the hooked modules of one layer run; the stop is raised after the last one needed.
-_KIND_ORDER = ("resid_pre", "attn_z", "attn_out", "mlp_neurons", "mlp_out", "resid_post")
+_KIND_ORDER = ("resid_pre", "attn_z", "attn_out", "mlp_in", "mlp_neurons", "mlp_out", "resid_post")
 
 
 class _StopForward(Exception):
@@ -132,6 +134,10 @@ class Subject:
             return (layer.mlp.c_proj if gpt2 else layer.mlp.down_proj), "pre"
         if kind == "attn_z":
             return (layer.attn.c_proj if gpt2 else layer.self_attn.o_proj), "pre"
+        if kind == "mlp_in":
+            if not gpt2 and self._is_gemma(layer):
+                return layer.pre_feedforward_layernorm, "post"
+            return layer.mlp, "pre"
         if kind == "mlp_out":
             if not gpt2 and self._is_gemma(layer):
                 return layer.post_feedforward_layernorm, "post"

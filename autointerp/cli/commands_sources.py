@@ -36,7 +36,7 @@ def sources(
 
     if address is None:
         table = Table(title=escape("SAE addresses (<family>/L<layer>[/<site>][/<width>][/l0_<N>])"))
-        for col in ("address", "model", "site", "layers", "widths", "canonical L0", "hook", "format"):
+        for col in ("address", "model", "site", "layers", "widths", "canonical L0", "hook", "format", "release"):
             table.add_column(col)
         for s in site_summaries():
             widths = ", ".join(f"[bold]{w}[/]" if w == s["default_width"] else w for w in s["widths"])
@@ -56,11 +56,14 @@ def sources(
                 l0,
                 s["hook"],
                 s["format"] + (" (shipped)" if s["local"] else ""),
+                s["release"],
             )
         console.print(table)
         console.print(
             "Neurons: <model>/L<layer>/<hook>, e.g. gemma3-270m/L6/mlp_neurons (hooks: resid_pre, resid_post, "
-            "mlp_neurons, mlp_out, attn_out, attn_z). Default width in bold; default L0 is canonical (closest to 100)."
+            "mlp_in, mlp_neurons, mlp_out, attn_out, attn_z). Default width in bold; default L0 is canonical "
+            "(closest to 100). gemma3-270m/L6 is the SAE this project trained and ships (embedded); the gs2 sites "
+            "are Google DeepMind's Gemma Scope 2 (hub download, or --sae-dir)."
         )
         return
     if all_l0:
@@ -95,6 +98,7 @@ def sources(
     table.add_row("model", f"{spec.model} ({spec.model_name})")
     table.add_row("hook", f"{spec.hook} ({spec.hook.tl_name})")
     table.add_row("format", spec.format or "-")
+    table.add_row("release", spec.release or "-")
     table.add_row("repo", spec.repo_id or f"shipped: {spec.local_root}")
     if spec.repo_id:
         table.add_row(

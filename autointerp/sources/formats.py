@@ -4,6 +4,13 @@ Formats (each loaded into :class:`autointerp.sources.sae.LinearSae`):
 
 - ``gemma_scope``: ``params.npz`` with W_enc [d, F], W_dec, b_enc, b_dec, threshold. JumpReLU
   ``relu(pre) * (pre > threshold)``, ``pre = x W_enc + b_enc``; no b_dec subtraction, no normalisation.
+- ``gemma_scope_2`` (Gemma Scope 2, as SAELens's ``gemma_3`` loader reads it): a folder with
+  ``params.safetensors`` holding lower-case ``w_enc`` [d, F], ``w_dec`` [F, d_out], ``b_enc``, ``b_dec``,
+  ``threshold`` (and ``affine_skip_connection`` for affine transcoders), with an optional ``config.json``
+  whose ``architecture`` must be ``jump_relu``. The same JumpReLU as Gemma Scope: no b_dec subtraction
+  (SAELens sets apply_b_dec_to_input False), no normalisation. The hook comes from the folder name as the
+  release lays it out (``resid_post[_all]/layer_L_...`` -> L/resid_post, ``mlp_out`` -> mlp_out,
+  ``attn_out`` -> attn_z, ``transcoder[_all]`` -> mlp_in), or from the registry.
 - ``saelens``: folder with ``cfg.json`` + ``sae_weights.safetensors``. Architectures standard (ReLU),
   jumprelu, topk, gated. Honours apply_b_dec_to_input and normalize_activations in {none, layer_norm,
   constant_norm_rescale, expected_average_only_in with a norm_scaling_factor in cfg.json}.
@@ -36,7 +43,7 @@ from autointerp.sources.sae import Activation, InputNorm, LinearSae, SaeWeights
 
 log = logging.getLogger(__name__)
 
-FORMATS: tuple[str, ...] = ("gemma_scope", "saelens", "sparsify", "openai")
+FORMATS: tuple[str, ...] = ("gemma_scope", "gemma_scope_2", "saelens", "sparsify", "openai")
 SIDECAR = "autointerp_sae.json"
 """Optional JSON beside a Gemma Scope ``params.npz`` (hook, model, address); the embedded SAE has one."""
 
@@ -53,6 +60,8 @@ def detect_format(path: Path) -> str:
         names = {p.name for p in path.iterdir()}
         if "params.npz" in names:
             return "gemma_scope"
+        if "params.safetensors" in names:
+            return "gemma_scope_2"
         if "cfg.json" in names and "sae_weights.safetensors" in names:
             return "saelens"
         if "cfg.json" in names and "sae.safetensors" in names:
@@ -61,7 +70,8 @@ def detect_format(path: Path) -> str:
         if len(pts) == 1:
             return "openai"
         raise UserError(
-            f"{path} holds no SAE this tool can read (expected params.npz, cfg.json + sae_weights.safetensors, "
+            f"{path} holds no SAE this tool can read (expected params.npz, params.safetensors, "
+            "cfg.json + sae_weights.safetensors, "
             "cfg.json + sae.safetensors, or one OpenAI .pt state dict): point at the SAE's own folder"
         )
     with open(path, "rb") as fh:
@@ -74,6 +84,8 @@ def detect_format(path: Path) -> str:
             return "openai"
     if path.suffix == ".pt":
         return "openai"
+    if path.suffix == ".safetensors" and {"w_enc", "threshold"} <= set(safetensors_index(path)):
+        return "gemma_scope_2"
     raise UserError(
         f"cannot tell the SAE format of {path}: pass format= one of {', '.join(FORMATS)} (--sae-format), "
         "or point at a params.npz, a SAELens / sparsify folder or an OpenAI .pt file"
@@ -111,6 +123,8 @@ def load_sae(
     addr = address or path.as_posix()
     if fmt == "gemma_scope":
         sae = _load_gemma_scope(path, hook_point, addr, model_name)
+    elif fmt == "gemma_scope_2":
+        sae = _load_gemma_scope_2(path, hook_point, addr, model_name)
     elif fmt == "saelens":
         sae = _load_saelens(path, hook_point, addr, model_name)
     elif fmt == "sparsify":
@@ -178,9 +192,70 @@ def _load_gemma_scope(path: Path, hook: HookPoint | None, address: str, model_na
     )
 
 
+# ---- Gemma Scope 2 ----------------------------------------------------------------------------------
+_GS2_SITE = re.compile(r"(?:^|/)(resid_post|mlp_out|attn_out|transcoder)(?:_all)?/layer_(\d+)_width_")
+_GS2_HOOK_KIND = {"resid_post": "resid_post", "mlp_out": "mlp_out", "attn_out": "attn_z", "transcoder": "mlp_in"}
+_GS2_NAMES = {"w_enc": "W_enc", "w_dec": "W_dec", "b_enc": "b_enc", "b_dec": "b_dec", "threshold": "threshold"}
+
+
+def gemma_scope_2_hook(folder: str) -> HookPoint | None:
+    """The hook point of a Gemma Scope 2 folder as the release names it (SAELens's ``gemma_3`` rules):
+    ``resid_post_all/layer_6_width_16k_l0_big`` -> ``L6/resid_post``; ``attn_out`` -> ``attn_z`` (the
+    SAE reads the input of o_proj); ``transcoder`` -> ``mlp_in``; None when the name has no such part."""
+    m = _GS2_SITE.search(folder)
+    return HookPoint(int(m.group(2)), _GS2_HOOK_KIND[m.group(1)]) if m else None
+
+
+def _load_gemma_scope_2(path: Path, hook: HookPoint | None, address: str, model_name: str | None) -> LinearSae:
+    params = path / "params.safetensors" if path.is_dir() else path
+    if not params.is_file():
+        raise UserError(
+            f"{params} not found: a Gemma Scope 2 SAE is a folder with params.safetensors; download it or fix the path"
+        )
+    folder = params.parent
+    config_path = folder / "config.json"
+    if config_path.is_file():
+        cfg = _read_json_object(config_path)
+        if cfg.get("architecture", "jump_relu") != "jump_relu":
+            raise UserError(
+                f"{config_path}: architecture {cfg.get('architecture')!r} is not a Gemma Scope 2 JumpReLU SAE "
+                "(expected jump_relu); pass the right folder"
+            )
+    shapes = safetensors_index(params)
+    if "w_enc" not in shapes or len(shapes["w_enc"]) != 2:
+        raise UserError(f"{params} lacks w_enc: it is not a Gemma Scope 2 params.safetensors (pass the right format)")
+    d_in, n = shapes["w_enc"]
+    expected: dict[str, tuple[int, ...]] = {"b_enc": (n,), "threshold": (n,)}
+    if "w_dec" in shapes:
+        expected["w_dec"] = (n, shapes["w_dec"][-1])
+    _check_shapes(str(params), shapes, expected)
+    if hook is None:
+        hook = gemma_scope_2_hook(folder.as_posix())
+    if hook is None:
+        raise UserError(
+            f"cannot tell where {folder} reads the model (its folder name is not laid out like the Gemma Scope 2 "
+            "release): pass hook='L12/resid_post' (--hook), or use a registry address"
+        )
+    loaders = {_GS2_NAMES.get(k, k): safetensors_loader(params, k) for k in shapes}
+    return LinearSae(
+        address=address,
+        hook=hook,
+        d_in=d_in,
+        n_features=n,
+        model_name=model_name,
+        weights=SaeWeights(loaders, {_GS2_NAMES.get(k, k): v for k, v in shapes.items()}, str(params)),
+        activation="jumprelu",
+        format="gemma_scope_2",
+        info={
+            "architecture": "jumprelu_transcoder" if hook.kind == "mlp_in" else "jumprelu",
+            "file": str(params),
+            "affine_skip": "affine_skip_connection" in shapes,
+        },
+    )
+
+
 # ---- SAELens ----------------------------------------------------------------------------------------
-def _read_cfg(path: Path) -> dict[str, Any]:
-    cfg_path = path / "cfg.json"
+def _read_json_object(cfg_path: Path) -> dict[str, Any]:
     try:
         cfg = json.loads(cfg_path.read_text())
     except (OSError, json.JSONDecodeError) as e:
@@ -188,6 +263,10 @@ def _read_cfg(path: Path) -> dict[str, Any]:
     if not isinstance(cfg, dict):
         raise UserError(f"{cfg_path} is not a JSON object: the SAE folder is damaged; download it again")
     return cfg
+
+
+def _read_cfg(path: Path) -> dict[str, Any]:
+    return _read_json_object(path / "cfg.json")
 
 
 def _check_shapes(origin: str, shapes: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]]) -> None:

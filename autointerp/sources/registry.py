@@ -4,10 +4,15 @@ Grammar::
 
     <family>/L<layer>[/<site>][/<width>][/l0_<N>]     an SAE, e.g. gemma2-9b/L20, gemma2-9b/L20/131k,
                                                       gemma2-9b/L20/16k/l0_114, gemma2-9b/L20/mlp,
-                                                      gpt2-small/L8, gpt2-small/L8/res-post/128k
+                                                      gpt2-small/L8, gpt2-small/L8/res-post/128k,
+                                                      gemma3-270m/L12/gs2 (Gemma Scope 2),
+                                                      gemma3-270m/L6/gs2-all/262k/l0_small
     <model>/L<layer>/<hook kind>                      neurons / raw hook dims, e.g. gemma3-270m/L6/mlp_neurons
 
 Defaults: site ``res``, the site's default width (16k for Gemma Scope), the canonical L0 (closest to 100).
+Gemma Scope 2 names its L0s (``l0_small``, ``l0_medium``, ``l0_big``, ``l0_big_affine``): those names are
+accepted, and so is the number where it picks one SAE. ``gemma3-270m/L6`` (site ``res``) is the embedded SAE
+this project trained; the ``gs2*`` sites of ``gemma3-270m`` are Google DeepMind's Gemma Scope 2 release.
 ``embedded/gemma3-270m/L6`` is accepted for the embedded SAE and names the same source as
 ``gemma3-270m/L6``. Every SAE resolves to a :class:`SaeSpec` (pure data: repo, revision, files, format,
 hook, sizes, Neuronpedia id); :func:`resolve_source` turns it into a loaded :class:`FeatureSource`, taking
@@ -51,6 +56,8 @@ WIDTHS: dict[str, int] = {
 }
 _LAYER = re.compile(r"^L(\d+)$")
 _L0 = re.compile(r"^l0[_-](\d+(?:\.\d+)?)$")
+_L0_NAME = re.compile(r"^l0[_-]([a-z][a-z0-9_]*)$")
+_PATH_L0_NAME = re.compile(r"_l0_([a-z0-9_]+)$")
 
 
 @dataclass(frozen=True)
@@ -84,6 +91,8 @@ class SaeSpec:
     l0: float | None = None
     canonical: bool = True
     neuronpedia: str | None = None
+    release: str | None = None
+    """The release it belongs to (SAELens's release name), or the embedded SAE's description."""
 
     @property
     def layer(self) -> int:
@@ -107,6 +116,9 @@ class _Site:
     path_template: str | None
     local_dir: str | None
     rows: tuple[tuple[int, str, float | None, str | None, bool, str | None], ...]
+    release: str = ""
+    l0_names: bool = False
+    """L0s are named by the release (Gemma Scope 2: small, medium, big, ...) as the end of each row's path."""
 
     def repo_for(self, width: str) -> str | None:
         return self.repo_ids.get(width) or self.repo_ids.get("")
@@ -137,6 +149,8 @@ def _sites() -> tuple[_Site, ...]:
                 path_template=s.get("path_template"),
                 local_dir=s.get("local_dir"),
                 rows=tuple((int(r[0]), str(r[1]), r[2], r[3], bool(r[4]), r[5]) for r in s["saes"]),
+                release=str(s.get("release") or ""),
+                l0_names=bool(s.get("l0_names")),
             )
         )
     return tuple(out)
@@ -163,7 +177,9 @@ def _spec(site: _Site, row: tuple[int, str, float | None, str | None, bool, str 
         parts.append(site.site)
     if width != site.default_width:
         parts.append(width)
-    if not canonical and l0 is not None:
+    if not canonical and site.l0_names and path is not None:
+        parts.append(f"l0_{_l0_name(path)}")
+    elif not canonical and l0 is not None:
         parts.append(f"l0_{_fmt_l0(l0)}")
     if path is None:
         assert site.path_template is not None
@@ -171,6 +187,9 @@ def _spec(site: _Site, row: tuple[int, str, float | None, str | None, bool, str 
     if site.fmt == "gemma_scope":
         files: tuple[str, ...] = (f"{path}/params.npz",)
         sae_path = files[0]
+    elif site.fmt == "gemma_scope_2":
+        files = (f"{path}/params.safetensors",)
+        sae_path = path
     else:
         files = (f"{path}/cfg.json", f"{path}/sae_weights.safetensors")
         sae_path = path
@@ -196,7 +215,13 @@ def _spec(site: _Site, row: tuple[int, str, float | None, str | None, bool, str 
         l0=None if l0 is None else float(l0),
         canonical=canonical,
         neuronpedia=np_id,
+        release=site.release or None,
     )
+
+
+def _l0_name(path: str) -> str:
+    m = _PATH_L0_NAME.search(path)
+    return m.group(1) if m else ""
 
 
 def _fmt_l0(l0: float) -> str:
@@ -248,14 +273,18 @@ def resolve_address(address: str) -> SaeSpec:
     site_name: str | None = None
     width: str | None = None
     l0: float | None = None
+    l0_name: str | None = None
     for p in parts[2:]:
         lm = _L0.match(p.lower())
-        if site_name is None and width is None and l0 is None and p in fams[family]:
+        nm = _L0_NAME.match(p.lower())
+        if site_name is None and width is None and l0 is None and l0_name is None and p in fams[family]:
             site_name = p
-        elif width is None and l0 is None and p.lower() in WIDTHS:
+        elif width is None and l0 is None and l0_name is None and p.lower() in WIDTHS:
             width = p.lower()
-        elif l0 is None and lm:
+        elif l0 is None and l0_name is None and lm:
             l0 = float(lm.group(1))
+        elif l0 is None and l0_name is None and nm:
+            l0_name = nm.group(1)
         else:
             raise _unknown(
                 text,
@@ -274,19 +303,29 @@ def resolve_address(address: str) -> SaeSpec:
             text,
             f"no {width} SAE at {family}/L{layer} {site_name} (widths: {_widths(rows)})",
         )
-    if l0 is None:
+    if l0_name is not None:
+        chosen = [r for r in wrows if site.l0_names and r[5] is not None and _l0_name(r[5]) == l0_name]
+        if not chosen:
+            raise _unknown(text, f"no L0 named {l0_name!r} at {family}/L{layer}/{width} (L0s: {_l0s(wrows, site)})")
+    elif l0 is None:
         chosen = [r for r in wrows if r[4]] or (wrows if len(wrows) == 1 else [])
         if not chosen:
             raise _unknown(
                 text,
-                f"pick an L0 for {family}/L{layer}/{width}: {_l0s(wrows, 'l0_')}",
+                f"pick an L0 for {family}/L{layer}/{width}: {_l0s(wrows, site)}",
             )
     else:
         chosen = [r for r in wrows if r[2] is not None and float(r[2]) == l0]
         if not chosen:
             raise _unknown(
                 text,
-                f"no L0 {_fmt_l0(l0)} at {family}/L{layer}/{width} (L0s: {_l0s(wrows)})",
+                f"no L0 {_fmt_l0(l0)} at {family}/L{layer}/{width} (L0s: {_l0s(wrows, site, '')})",
+            )
+        if len(chosen) > 1:
+            raise _unknown(
+                text,
+                f"L0 {_fmt_l0(l0)} names {len(chosen)} SAEs at {family}/L{layer}/{width}; pick one by name: "
+                f"{_l0s(chosen, site)}",
             )
     return _spec(site, chosen[0])
 
@@ -298,7 +337,11 @@ def _widths(rows: list[_Row]) -> str:
     return ", ".join(sorted({r[1] for r in rows}, key=lambda w: WIDTHS.get(w, 0)))
 
 
-def _l0s(rows: list[_Row], prefix: str = "") -> str:
+def _l0s(rows: list[_Row], site: _Site, prefix: str = "l0_") -> str:
+    """The L0s of ``rows``: ``l0_68, l0_114`` (``68, 114`` with ``prefix=""``), or where the release names
+    them, ``l0_small (10), l0_big (60)``."""
+    if site.l0_names:
+        return ", ".join(f"l0_{_l0_name(r[5] or '')} ({_fmt_l0(r[2])})" for r in rows if r[2] is not None)
     return ", ".join(prefix + _fmt_l0(r[2]) for r in rows if r[2] is not None)
 
 
@@ -335,6 +378,7 @@ def site_summaries() -> list[dict[str, Any]]:
                 "format": s.fmt,
                 "local": s.local_dir is not None,
                 "repo": s.repo_for(s.default_width),
+                "release": s.release,
             }
         )
     return out
