@@ -47,10 +47,19 @@ from autointerp.llm.base import (
     LLMResponse,
     TopLogprobsRequest,
 )
-from autointerp.llm.usage import PriceTable, UsageMeter, read_run_usage, run_usage_json
+from autointerp.llm.usage import ROLES, MeteredClient, PriceTable, UsageLog, UsageMeter, usage_from_log
 from autointerp.prompts import load_template
 from autointerp.records import ActivationRecord, Explanation, FeatureRecord, Score, Simulation, Usage
-from autointerp.rundir import USAGE, ExplanationRow, RunData, RunDir, atomic_write_json, load_run
+from autointerp.rundir import (
+    USAGE,
+    USAGE_LOG,
+    ExplanationRow,
+    RunData,
+    RunDir,
+    atomic_write_json,
+    load_run,
+    read_jsonl,
+)
 from autointerp.score import (
     SCORERS,
     SIMULATION_SCORES,
@@ -163,10 +172,6 @@ class ExplainConfig:
             prices_path=Path(self.prices) if self.prices else None,
         )
 
-    def role_specs(self) -> dict[str, str]:
-        """The LLM spec of each usage role."""
-        return {"explainer": self.explainer, "simulator": self.simulator, "scorer": self.judge_spec}
-
     @property
     def scorer_list(self) -> list[str]:
         return [s.strip() for s in self.scorers.split(",") if s.strip()]
@@ -189,6 +194,17 @@ class Clients:
     simulator: LLMClient
     judge: LLMClient
 
+    def metered(self, prices: PriceTable, log: UsageLog) -> tuple[Clients, dict[str, UsageMeter]]:
+        """Each role's client wrapped in its own :class:`MeteredClient` (the underlying clients may be
+        shared), appending to ``log``; returns the wrapped clients and each role's meter."""
+        meters = {role: UsageMeter(prices=prices, role=role, log=log) for role in ROLES}
+        wrapped = Clients(
+            MeteredClient(self.explainer, meters["explainer"]),
+            MeteredClient(self.simulator, meters["simulator"]),
+            MeteredClient(self.judge, meters["judge"]),
+        )
+        return wrapped, meters
+
 
 @dataclass
 class RunSummary:
@@ -200,7 +216,7 @@ class RunSummary:
     n_failed_explanations: int
     errors: list[dict[str, Any]] = field(default_factory=list)
     usage: dict[str, Usage] = field(default_factory=dict)
-    """LLM usage per role in this session."""
+    """LLM usage per role in this session (from the roles' meters)."""
     failed_features: list[str] = field(default_factory=list)
     """Features of this session that failed: an error (retried on rerun) or no usable explanation."""
     scores: dict[str, dict[str, tuple[float, float, float] | None]] = field(default_factory=dict)
@@ -232,18 +248,28 @@ def open_clients(config: ExplainConfig) -> tuple[Clients, list[LLMClient]]:
 
 
 class _Session:
-    """This session's state: the run's data (appended to as results arrive) and the LLM usage per role."""
+    """One session of a run: its data (appended to as results arrive) and each role's metered client, which
+    appends every answer's usage to the run's usage log as it arrives."""
 
-    def __init__(self, data: RunData) -> None:
+    def __init__(self, data: RunData, config: ExplainConfig, clients: Clients) -> None:
         self.data = data
-        self.usage: dict[str, Usage] = {"explainer": Usage(), "simulator": Usage(), "scorer": Usage()}
-
-    def save_usage(self, config: ExplainConfig, counters: dict[str, dict[str, int]]) -> None:
-        """Add this session's LLM usage, cost and client counters to usage.json (see :func:`run_usage_json`)."""
-        path = self.data.run.file(USAGE)
         prices = PriceTable.load(config.client_config().prices_path)
-        old = read_run_usage(path)
-        atomic_write_json(path, run_usage_json(old, self.usage, config.role_specs(), prices, counters))
+        self.log = UsageLog(data.run.file(USAGE_LOG))
+        self.log.start_session(prices)
+        self.clients, self.meters = clients.metered(prices, self.log)
+
+    @property
+    def usage(self) -> dict[str, Usage]:
+        """This session's usage per role."""
+        return {role: m.total for role, m in self.meters.items()}
+
+    def close(self, counters: dict[str, dict[str, int]]) -> None:
+        """Log the clients' counters, close the log, and derive usage.json from it."""
+        if counters:
+            self.log.append({"clients": counters})
+        self.log.close()
+        usage = usage_from_log(read_jsonl(self.data.run.file(USAGE_LOG)))
+        atomic_write_json(self.data.run.file(USAGE), usage)
 
 
 class _Counters:
@@ -315,7 +341,7 @@ def _limit(records: list[ActivationRecord], n: int) -> list[ActivationRecord]:
 
 class _Runner:
     def __init__(
-        self, config: ExplainConfig, session: _Session, clients: Clients, retry_failed: bool = False
+        self, config: ExplainConfig, session: _Session, retry_failed: bool = False
     ) -> None:
         self.config = config
         data = session.data
@@ -325,9 +351,8 @@ class _Runner:
             self.stale |= {("sim", k) for k, v in data.simulations.items() if not v.ok}
             self.stale |= {("score", k) for k, v in data.score_rows.items() if v.value is None}
             self.stale |= {("explain", f) for f in data.features() if data.selected(f) is None}
-        self.session = session
         self.data = session.data
-        self.clients = clients
+        self.clients = clients = session.clients
         settings = ExplainerSettings(
             kind=config.explainer_kind,
             n_top=config.n_top_examples,
@@ -338,9 +363,6 @@ class _Runner:
         self.explainer_settings = settings
         self.explainer = Explainer(clients.explainer, settings)
         self.sem = asyncio.Semaphore(max(1, config.concurrency))
-
-    def _count(self, role: str, usage: Usage) -> None:
-        self.session.usage[role] = self.session.usage[role] + usage
 
     # -- simulation with the run-dir cache ---------------------------------------------------------
     async def simulations(self, eid: str, text: str, record: FeatureRecord, split: str) -> list[Simulation]:
@@ -356,7 +378,6 @@ class _Runner:
             pairs = zip(simulators, missing, strict=True)
             results = await asyncio.gather(*(s.simulate(recs[i].tokens) for s, i in pairs))
             for i, s, w, res in zip(missing, simulators, watched, results, strict=True):
-                self._count("simulator", s.usage)
                 if not w.failures:
                     self.data.add_simulation(eid, str(record.id), split, i, s.spec, res)
                     self.stale.discard(("sim", (eid, split, i)))
@@ -380,13 +401,11 @@ class _Runner:
             try:
                 ex = await explainer.explain(record, candidate=c, temperature=temp, seed=cfg.seed + c)
             except ExplanationFailed as e:
-                self._count("explainer", e.usage)
                 failed = Explanation(
                     record.id, "", self.explainer.spec, self.explainer.template.hash, e.raw, e.usage, c
                 )
                 rows.append({**failed.to_json(), "explanation_id": f"{fid}#{c}", "selected": False, "failed": e.reason})
                 continue
-            self._count("explainer", ex.usage)
             candidates.append(ex)
         watch.check("explainer")  # nothing is written for a feature whose explainer requests failed
         best: Explanation | None = None
@@ -461,7 +480,6 @@ class _Runner:
                     if self._have_score(eid, sb.name, judge.spec):
                         continue
                     sc = await sb.score(text, record)
-                    self._count_scorer_usage(sc)
                     judge.check("judge")  # a score missing answers the server failed to give is not written
                     self._add_score(eid, fid, baseline, judge.spec, sc)
                 continue
@@ -475,7 +493,6 @@ class _Runner:
             )
             clf = DetectionScorer(judge, cs) if scorer == "detection" else FuzzingScorer(judge, cs)
             sc = await clf.score(text, record)
-            self._count_scorer_usage(sc)
             judge.check("judge")
             self._add_score(eid, fid, baseline, judge.spec, sc)
 
@@ -486,11 +503,6 @@ class _Runner:
     def _add_score(self, eid: str, feature: str, baseline: bool, judge: str, score: Score) -> None:
         self.data.add_score(eid, feature, baseline, judge, score)
         self.stale.discard(("score", (eid, score.name, judge)))
-
-    def _count_scorer_usage(self, sc: Score) -> None:
-        d = sc.details
-        u = Usage(int(d.get("prompt_tokens", 0)), int(d.get("completion_tokens", 0)), int(d.get("requests", 0)))
-        self._count("scorer", u)
 
     # -- orchestration --------------------------------------------------------------------------
     async def guarded(self, feature: str, stage: str, coro: Any) -> None:
@@ -599,8 +611,7 @@ async def run_explain(
             "seeds": {"seed": config.seed},
         }
     )
-    session = _Session(load_run(run.path))
-    data = session.data
+    data = load_run(run.path)
     if records is not None:
         data.add_records(records)
     if not data.records:
@@ -609,9 +620,10 @@ async def run_explain(
         raise UserError(f"{run_dir} holds no feature records; pass records or a --cache-run with sampled features")
     features = [str(r.id) for r in records] if records is not None else list(data.records)
     counters = _Counters(clients)
+    session = _Session(data, config, clients)
     run.set_stage("explain", "running")
     try:
-        runner = _Runner(config, session, clients, retry_failed)
+        runner = _Runner(config, session, retry_failed)
         await runner.explain_all(features)
         if config.baseline:
             runner.add_baselines(features)
@@ -620,7 +632,7 @@ async def run_explain(
         run.set_stage("explain", "interrupted" if isinstance(e, KeyboardInterrupt) else "failed", error=str(e))
         raise
     finally:
-        session.save_usage(config, counters.delta())
+        session.close(counters.delta())
         for c in to_close:
             await c.aclose()
     failed = _failed_features(data, features)
@@ -657,19 +669,19 @@ async def run_score(
         config = replace(config, simulator=simulator)
     for name in _prompt_names(config):
         run.record_prompt(name, load_template(name).text)
-    session = _Session(load_run(run.path))
-    data = session.data
+    data = load_run(run.path)
     if not data.explanations:
         raise UserError(f"{run_dir} holds no explanations; run `autointerp explain` first")
     to_close: list[LLMClient] = []
     if clients is None:
         clients, to_close = open_clients(config)
     counters = _Counters(clients)
+    session = _Session(data, config, clients)
     try:
-        runner = _Runner(config, session, clients, retry_failed)
+        runner = _Runner(config, session, retry_failed)
         await runner.score_all(list(data.records))
     finally:
-        session.save_usage(config, counters.delta())
+        session.close(counters.delta())
         for c in to_close:
             await c.aclose()
     failed = sorted({str(e["feature"]) for e in data.errors})

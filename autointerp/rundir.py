@@ -12,7 +12,8 @@ Layout (each stage owns its files; any stage can be rerun or resumed alone)::
     scores.jsonl         {explanation_id, feature, baseline, judge, score: Score.to_json()}; one line per
                          (explanation, score name, judge); ``judge`` is the LLM (or simulator) that produced it
     errors.jsonl         {feature, stage, error}: per-feature errors (the feature is retried on rerun)
-    usage.json           LLM usage and cost per role (see autointerp.llm.usage)
+    usage.jsonl          append-only usage log: one line per LLM answer, by role (see autointerp.llm.usage)
+    usage.json           LLM usage and cost per role, derived from usage.jsonl at the end of each session
 
 JSONL files are append-only; a line is written whole (flushed and fsync'd) or not at all, so a killed run
 resumes by reading what is there and skipping keys already done. A torn last line (a crash mid-write) is
@@ -59,6 +60,7 @@ SIMULATIONS = "simulations.jsonl"
 SCORES = "scores.jsonl"
 ERRORS = "errors.jsonl"
 USAGE = "usage.json"
+USAGE_LOG = "usage.jsonl"
 _VERSIONED = ("autointerp", "torch", "transformers", "numpy", "openai", "anthropic", "xllamacpp", "vllm")
 
 
@@ -472,8 +474,6 @@ class RunData:
 def load_run(path: Path, *, records: bool = True) -> RunData:
     """Read the run directory at ``path`` (a partial run gives partial results). With ``records=False``
     only statistics are kept from ``records.jsonl`` (saves memory when only scores are needed)."""
-    from autointerp.llm.usage import read_run_usage
-
     run = RunDir.open(Path(path))
     data = RunData(run, run.manifest())
     rec_path = run.file(RECORDS)
@@ -508,8 +508,20 @@ def load_run(path: Path, *, records: bool = True) -> RunData:
             data.explanations[eid] = ExplanationRow(
                 eid, str(row["feature"]), "", "", 0, bool(row.get("baseline", False)), False, {}
             )
-    data.usage = read_run_usage(run.file(USAGE))
+    data.usage = load_run_usage(run.path)
     return data
+
+
+def load_run_usage(path: Path) -> dict[str, Any]:
+    """The LLM usage of the run directory at ``path``, as ``usage.json`` holds it: derived from the usage log
+    (``usage.jsonl``, current even when a killed session never wrote ``usage.json``); for runs written
+    before the log existed, ``usage.json`` itself; ``{}`` when the run has used no LLM."""
+    from autointerp.llm.usage import read_usage_json, usage_from_log
+
+    path = Path(path)
+    if (path / USAGE_LOG).exists():
+        return usage_from_log(read_jsonl(path / USAGE_LOG))
+    return read_usage_json(path / USAGE)
 
 
 def read_feature_records(path: Path, indices: Sequence[int] | None = None) -> list[FeatureRecord]:

@@ -35,7 +35,6 @@ import pandas as pd
 
 from autointerp.config import config_to_dict
 from autointerp.errors import UserError
-from autointerp.llm.usage import read_run_usage
 from autointerp.records import FeatureId, FeatureRecord
 from autointerp.rundir import (
     RECORDS,
@@ -43,6 +42,7 @@ from autointerp.rundir import (
     atomic_write_text,
     features_scored,
     load_run,
+    load_run_usage,
     read_feature_records,
     short_hash,
 )
@@ -644,7 +644,7 @@ def usage_table(sweep_dir: Path, cells: Sequence[Cell] | None = None) -> pd.Data
     rows: list[dict[str, Any]] = []
     param_keys: dict[str, None] = {}
     for cell in cells:
-        usage = read_run_usage(cell_dir(sweep_dir, cell) / "usage.json")
+        usage = load_run_usage(cell_dir(sweep_dir, cell))
         if not usage:
             continue
         total = dict(usage.get("total") or {})
@@ -692,7 +692,7 @@ def read_tables(sweep_dir: Path) -> SweepTables:
     built = min(t.stat().st_mtime for t in tables)
     _, cells = read_index(sweep_dir)
     sources = [sweep_dir / SWEEP_INDEX] + [
-        cell_dir(sweep_dir, c) / f for c in cells for f in ("scores.jsonl", "explanations.jsonl", "usage.json")
+        cell_dir(sweep_dir, c) / f for c in cells for f in ("scores.jsonl", "explanations.jsonl", "usage.jsonl")
     ]
     if any(p.exists() and p.stat().st_mtime > built for p in sources):
         return write_tables(sweep_dir)

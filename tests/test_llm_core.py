@@ -208,7 +208,6 @@ def test_request_key_is_the_canonical_json_of_asdict() -> None:
     """The fast canonical form gives the same key as the asdict formula, so existing caches stay valid."""
     import dataclasses
     import hashlib
-    import json
 
     def reference(spec: str, request: Any) -> str:
         payload = {"spec": spec, "type": type(request).__name__, "request": dataclasses.asdict(request)}
@@ -524,38 +523,34 @@ async def test_keys_never_in_cache_or_logs(
 # -- usage and prices ---------------------------------------------------------------------------------
 
 
-def test_run_usage_json_sums_sessions_and_keeps_undefined_costs() -> None:
-    from autointerp.llm.usage import Price, run_usage_json
+def test_usage_log_sums_sessions_per_role_and_keeps_undefined_costs(tmp_path: Path) -> None:
+    from autointerp.llm.usage import Price, UsageLog, usage_from_log
+    from autointerp.rundir import read_jsonl
 
     prices = PriceTable({"openai:gpt-4o-mini": Price(0.15, 0.6)}, "my-prices.json")
-    specs = {"explainer": "openai:gpt-4o-mini", "simulator": "openai-compatible:https://x.org/v1/m", "scorer": "b:x"}
-    first = run_usage_json(
-        {},
-        {
-            "explainer": Usage(prompt_tokens=1_000_000, requests=2, cost_usd=0.15),
-            "simulator": Usage(prompt_tokens=10, requests=3),
-            "scorer": Usage(cache_hits=5),  # unpriced, but sent nothing: its cost is a true 0
-        },
-        specs,
-        prices,
-        {"openai:gpt-4o-mini": {"attempts": 3, "retries": 1}},
-    )
-    assert first["explainer"]["cost_usd"] == 0.15 and first["scorer"]["cost_usd"] == 0.0
-    assert first["simulator"]["cost_usd"] is None and first["total"]["cost_usd"] is None
-    assert first["cost_reason"] == (
+    path = tmp_path / "usage.jsonl"
+    for session in range(2):
+        log = UsageLog(path)
+        log.start_session(prices)
+        meters = {r: UsageMeter(prices=prices, role=r, log=log) for r in ("explainer", "simulator", "judge")}
+        meters["explainer"].add("openai:gpt-4o-mini", Usage(prompt_tokens=1_000_000, requests=1, cost_usd=0.15))
+        if session == 0:
+            meters["simulator"].unpriced.add("openai-compatible:https://x.org/v1/m")
+            meters["simulator"].add("openai-compatible:https://x.org/v1/m", Usage(prompt_tokens=10, requests=3))
+        meters["judge"].unpriced.add("b:x")  # unpriced, but sent nothing: its cost is a true 0
+        meters["judge"].add("b:x", Usage(cache_hits=5))
+        meters["judge"].add_failure("b:x")
+        log.append({"clients": {"openai:gpt-4o-mini": {"attempts": 1, "retries": session}}})
+        log.close()
+    out = usage_from_log(read_jsonl(path))
+    assert out["explainer"]["requests"] == 2 and abs(out["explainer"]["cost_usd"] - 0.3) < 1e-12
+    assert out["judge"]["cost_usd"] == 0.0 and out["judge"]["cache_hits"] == 10 and out["judge"]["failures"] == 2
+    assert out["simulator"]["cost_usd"] is None and out["total"]["cost_usd"] is None
+    assert out["total"]["requests"] == 5 and out["unpriced"] == {"simulator": ["openai-compatible:https://x.org/v1/m"]}
+    assert out["cost_reason"] == (
         "no price for openai-compatible:https://x.org/v1/m in my-prices.json; pass a price table with --prices FILE"
     )
-    second = run_usage_json(
-        json.loads(json.dumps(first)),  # as read back from usage.json
-        {"explainer": Usage(requests=1, cost_usd=0.05), "simulator": Usage(cache_hits=3), "scorer": Usage()},
-        specs,
-        prices,
-        {"openai:gpt-4o-mini": {"attempts": 1, "retries": 0}},
-    )
-    assert second["explainer"]["requests"] == 3 and abs(second["explainer"]["cost_usd"] - 0.2) < 1e-12
-    assert second["simulator"]["cost_usd"] is None and second["simulator"]["cache_hits"] == 3  # stays undefined
-    assert second["clients"] == {"openai:gpt-4o-mini": {"attempts": 4, "retries": 1}}
-    assert second["total"]["requests"] == 6 and second["total"]["cost_usd"] is None
+    assert out["clients"] == {"openai:gpt-4o-mini": {"attempts": 2, "retries": 1}}
 
 
 async def test_usage_meter_and_prices(tmp_path: Path) -> None:

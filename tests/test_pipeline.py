@@ -41,7 +41,7 @@ def _count(path: Path) -> int:
 
 
 async def test_run_writes_schema_and_beats_baseline(tmp_path: Path) -> None:
-    fake = FakeLLM(chat_fn=smart_chat)
+    fake = FakeLLM(spec="local:fake", chat_fn=smart_chat)
     cfg = ExplainConfig(scorers="simulation,detection", n_top_examples=4, max_records_per_split=3)
     summary = await run_explain(cfg, tmp_path / "run", _records(), Clients(fake, fake, fake))
     run = tmp_path / "run"
@@ -159,8 +159,8 @@ async def test_unpriced_spec_makes_the_run_cost_undefined(tmp_path: Path) -> Non
     summary = await run_explain(cfg, tmp_path / "run", _records(2), Clients(fake, fake, fake))
     usage = summary.run_usage
     assert usage["total"]["cost_usd"] is None and usage["explainer"]["cost_usd"] is None
-    assert "local:qwen2.5-coder-1.5b" in usage["cost_reason"] and str(prices) in usage["cost_reason"]
-    assert usage["explainer"]["requests"] == 2 and usage["explainer"]["spec"] == "local:qwen2.5-coder-1.5b"
+    assert "fake:oracle" in usage["cost_reason"] and str(prices) in usage["cost_reason"]
+    assert usage["explainer"]["requests"] == 2 and usage["explainer"]["spec"] == "fake:oracle"
     again = await run_explain(cfg, tmp_path / "run", _records(2), Clients(fake, fake, fake))
     assert again.run_usage["total"]["cost_usd"] is None and again.run_usage["explainer"]["requests"] == 2
 

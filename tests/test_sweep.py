@@ -198,7 +198,7 @@ class _FakeRunner(PipelineRunner):
 
     def __init__(self) -> None:
         super().__init__()
-        self.fake = FakeLLM(chat_fn=label_chat)
+        self.fake = FakeLLM(spec="local:fake", chat_fn=label_chat)
         self.ran: list[str] = []
 
     def clients_for(self, config: object) -> Clients:

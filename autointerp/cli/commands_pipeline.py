@@ -87,7 +87,9 @@ def _load_cache_run(cache_run: Path, features: str | None) -> Any:
 
 def _print_usage(usage: dict[str, Any]) -> None:
     """One line per role of usage.json (all sessions of the run), then the cost or why it is undefined."""
-    for role in ("explainer", "simulator", "scorer"):
+    from autointerp.llm.usage import ROLES
+
+    for role in ROLES:
         u = usage.get(role)
         if not isinstance(u, dict) or not (u.get("requests") or u.get("cache_hits")):
             continue

@@ -1,16 +1,36 @@
-"""Usage and cost accounting: a price table and a per-run :class:`UsageMeter`.
+"""Usage and cost accounting: a price table, :class:`UsageMeter` and :class:`MeteredClient`, and the
+append-only usage log of a run.
 
 Prices are USD per million tokens, keyed by client spec (exact match first, then fnmatch patterns such as
 ``local:*``). The packaged table is ``autointerp/data/prices.json``; a user file replaces it. A spec with
 no price makes the run's cost undefined (None, with the reason naming the spec), never a silent 0.
+
+**Per-role metering.** A run gives each LLM role (:data:`ROLES`: explainer, simulator, judge) its own
+:class:`MeteredClient` around a possibly shared underlying client, with a :class:`UsageMeter` of that role.
+What those meters count is the only source of a run's usage: every answer (or failure) is appended, as it
+arrives, to the run's :class:`UsageLog` (``usage.jsonl``), and ``usage.json`` is derived from that log by
+:func:`usage_from_log`. A killed run therefore loses at most the usage of the requests in flight.
+
+Usage-log lines (one JSON object per line)::
+
+    {"session": "<time>", "prices": "<price table source>"}        a session (run_explain / run_score) starts
+    {"role", "spec", "usage": Usage.to_json(), "priced": bool}      one answer (cost filled when priced)
+    {"role", "spec", "failed": true}                                one request that failed for good
+    {"clients": {spec: {attempts, retries, cache_hits, ...}}}       client counters at the end of a session
+
+Sums over :class:`Usage` go through its fields generically, so new counters added to ``Usage`` are summed
+without changes here.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import json
 import logging
-from collections.abc import Awaitable
+import os
+import time
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -72,23 +92,77 @@ class PriceTable:
         return None
 
 
+ROLES = ("explainer", "simulator", "judge")
+"""The LLM roles of a run, each metered by its own client."""
+
+
+def usage_from_json(d: object) -> Usage:
+    """A :class:`Usage` from its JSON form, over whatever fields ``Usage`` has (missing or null: the default)."""
+    if not isinstance(d, dict):
+        return Usage()
+    return Usage(**{f.name: d[f.name] for f in dataclasses.fields(Usage) if d.get(f.name) is not None})
+
+
+class UsageLog:
+    """The append-only usage log of a run directory (``usage.jsonl``; lines in the module doc).
+
+    Each line is written whole and flushed to the operating system at once, so it survives the process
+    being killed (``close`` also fsyncs). A torn last line left by a crash is ended before appending."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = open(self.path, "a", encoding="utf-8")
+        if self._f.tell() > 0:
+            with open(self.path, "rb") as rf:
+                rf.seek(-1, os.SEEK_END)
+                if rf.read(1) != b"\n":
+                    self._f.write("\n")
+
+    def append(self, row: dict[str, Any]) -> None:
+        if self._f.closed:
+            raise ValueError(f"{self.path} is closed")
+        self._f.write(json.dumps(row, sort_keys=True) + "\n")
+        self._f.flush()
+
+    def start_session(self, prices: PriceTable) -> None:
+        self.append({"session": time.strftime("%Y-%m-%dT%H:%M:%S"), "prices": prices.source})
+
+    def close(self) -> None:
+        if not self._f.closed:
+            self._f.flush()
+            os.fsync(self._f.fileno())
+            self._f.close()
+
+
 @dataclass
 class UsageMeter:
-    """Sums the usage of every request of a run, per spec: tokens, requests sent, cache hits, failures, $."""
+    """Sums the usage of every request, per spec: tokens, requests sent, cache hits, failures, $. A role's
+    meter (``role`` set) also appends each answer and failure to the run's ``log``."""
 
     prices: PriceTable = field(default_factory=PriceTable.load)
     by_spec: dict[str, Usage] = field(default_factory=dict)
     failures: dict[str, int] = field(default_factory=dict)
     unpriced: set[str] = field(default_factory=set)
+    role: str = ""
+    """The LLM role this meter counts (see :data:`ROLES`); empty for a client's own meter."""
+    log: UsageLog | None = None
+    """Where each answer is appended as it arrives (the run's usage log), if anywhere."""
 
     def add(self, spec: str, usage: Usage) -> None:
         self.by_spec[spec] = self.by_spec.get(spec, Usage()) + usage
+        if self.log is not None:
+            priced = spec not in self.unpriced
+            self.log.append({"role": self.role, "spec": spec, "usage": usage.to_json(), "priced": priced})
 
     def add_failure(self, spec: str) -> None:
         self.failures[spec] = self.failures.get(spec, 0) + 1
+        if self.log is not None:
+            self.log.append({"role": self.role, "spec": spec, "failed": True})
 
     def price_response(self, spec: str, response: LLMResponse) -> None:
-        """Fill ``response.usage.cost_usd`` from the table (no change for cache hits or unpriced specs)."""
+        """Fill ``response.usage.cost_usd`` from the table (no change for cache hits); an unpriced spec that
+        sent a request is remembered, so the cost is undefined rather than 0."""
         if response.cached:
             return
         p = self.prices.price(spec)
@@ -125,7 +199,9 @@ class UsageMeter:
 
 
 class MeteredClient:
-    """Prices each answer and adds its usage (or its failure) to a :class:`UsageMeter`."""
+    """Prices each answer and adds its usage (or its failure) to a :class:`UsageMeter`. A run wraps the
+    (possibly shared) client of each role in one, with that role's meter; ``aclose`` closes ``inner``, so
+    close the underlying clients instead when they are shared."""
 
     def __init__(self, inner: LLMClient, meter: UsageMeter) -> None:
         self.inner = inner
@@ -158,9 +234,9 @@ class MeteredClient:
         await self.inner.aclose()
 
 
-def read_run_usage(path: Path) -> dict[str, Any]:
-    """A run's ``usage.json`` (see :func:`run_usage_json`); ``{}`` when it is missing, and ``{}`` with a
-    warning when it cannot be read or is not a JSON object."""
+def read_usage_json(path: Path) -> dict[str, Any]:
+    """A ``usage.json`` written by an earlier version (before the usage log); ``{}`` when it is missing, and
+    ``{}`` with a warning when it cannot be read or is not a JSON object."""
     if not path.exists():
         return {}
     try:
@@ -174,66 +250,61 @@ def read_run_usage(path: Path) -> dict[str, Any]:
     return data
 
 
-def _usage_from(d: object) -> Usage:
-    """A :class:`Usage` from one role's entry of ``usage.json`` (an undefined cost reads as 0: it is kept
-    undefined separately, through the unpriced list)."""
-    if not isinstance(d, dict):
-        return Usage()
-    return Usage(
-        prompt_tokens=int(d.get("prompt_tokens") or 0),
-        completion_tokens=int(d.get("completion_tokens") or 0),
-        requests=int(d.get("requests") or 0),
-        cache_hits=int(d.get("cache_hits") or 0),
-        cost_usd=float(d.get("cost_usd") or 0.0),
-    )
+def usage_from_log(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """The content of ``usage.json``, derived from the lines of a run's usage log (all sessions).
 
-
-def run_usage_json(
-    previous: dict[str, Any],
-    session: dict[str, Usage],
-    specs: dict[str, str],
-    prices: PriceTable,
-    client_stats: dict[str, dict[str, int]] | None = None,
-) -> dict[str, Any]:
-    """The content of a run's ``usage.json`` once this session's usage is added to what an earlier session
-    of the same run wrote (``previous``, ``{}`` for a new run).
-
-    ``session``: usage per role (explainer, simulator, scorer) this session; ``specs``: the LLM spec of each
-    role. A role that sent requests to a spec with no price in ``prices`` has cost None, and so has the
-    total; ``cost_reason`` names the specs and the fix. ``client_stats``: per spec, counters such as
-    attempts, retries, cache hits/misses and coalesced requests, summed over sessions.
-    """
-    unpriced: dict[str, list[str]] = {
-        str(k): [str(s) for s in v] for k, v in dict(previous.get("unpriced") or {}).items() if isinstance(v, list)
-    }
+    Per role (:data:`ROLES`, plus any other role found): the summed :class:`Usage` fields, ``spec`` (the
+    specs it used, comma-separated), ``by_spec`` (usage per spec), ``failures``; ``total``: summed over
+    roles. A role that sent a request to a spec with no price has ``cost_usd`` None, and so has the total;
+    ``cost_reason`` names the specs and the fix and ``unpriced`` maps role -> specs. ``prices``: the price
+    table of the last session; ``clients``: per spec, client counters summed over sessions."""
+    by_role: dict[str, dict[str, Usage]] = {}
+    failures: dict[str, int] = {}
+    unpriced: dict[str, list[str]] = {}
+    clients: dict[str, dict[str, int]] = {}
+    prices = ""
+    for row in rows:
+        if "session" in row:
+            prices = str(row.get("prices", ""))
+        elif "clients" in row:
+            for spec, counters in dict(row["clients"] or {}).items():
+                acc = clients.setdefault(str(spec), {})
+                for k, v in dict(counters).items():
+                    if isinstance(v, int) and not isinstance(v, bool):
+                        acc[k] = acc.get(k, 0) + v
+        elif "role" in row:
+            role, spec = str(row["role"]), str(row.get("spec", ""))
+            specs = by_role.setdefault(role, {})
+            if row.get("failed"):
+                specs.setdefault(spec, Usage())
+                failures[role] = failures.get(role, 0) + 1
+                continue
+            used = usage_from_json(row.get("usage"))
+            specs[spec] = specs.get(spec, Usage()) + used
+            if not row.get("priced", True) and used.requests and spec not in unpriced.get(role, []):
+                unpriced.setdefault(role, []).append(spec)
     out: dict[str, Any] = {}
     total = Usage()
-    for role, used in session.items():
-        spec = specs.get(role, "")
-        if used.requests and prices.price(spec) is None and spec not in unpriced.get(role, []):
-            unpriced.setdefault(role, []).append(spec)
-        merged = _usage_from(previous.get(role)) + used
-        total = total + merged
-        row: dict[str, Any] = {**merged.to_json(), "spec": spec}
+    for role in [*ROLES, *sorted(set(by_role) - set(ROLES))]:
+        specs = by_role.get(role, {})
+        used = Usage()
+        for u in specs.values():
+            used = used + u
+        total = total + used
+        out[role] = {
+            **used.to_json(),
+            "spec": ", ".join(specs),
+            "by_spec": {k: v.to_json() for k, v in specs.items()},
+            "failures": failures.get(role, 0),
+        }
         if unpriced.get(role):
-            row["cost_usd"] = None
-        out[role] = row
-    unpriced = {k: v for k, v in unpriced.items() if v}
+            out[role]["cost_usd"] = None
     missing = sorted({s for v in unpriced.values() for s in v})
     out["total"] = {**total.to_json(), "cost_usd": None if missing else total.cost_usd}
     out["cost_reason"] = (
-        f"no price for {', '.join(missing)} in {prices.source}; pass a price table with --prices FILE"
-        if missing
-        else None
+        f"no price for {', '.join(missing)} in {prices}; pass a price table with --prices FILE" if missing else None
     )
     out["unpriced"] = unpriced
-    out["prices"] = prices.source
-    stats: dict[str, dict[str, int]] = {}
-    for source in (previous.get("clients"), client_stats):
-        for spec, counters in dict(source or {}).items():
-            row_stats = stats.setdefault(str(spec), {})
-            for k, v in dict(counters).items():
-                if isinstance(v, int) and not isinstance(v, bool):
-                    row_stats[k] = row_stats.get(k, 0) + v
-    out["clients"] = stats
+    out["prices"] = prices
+    out["clients"] = clients
     return out
