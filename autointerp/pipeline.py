@@ -172,6 +172,10 @@ class ExplainConfig:
             prices_path=Path(self.prices) if self.prices else None,
         )
 
+    def role_specs(self) -> dict[str, str]:
+        """The LLM spec of each role (see autointerp.llm.usage.ROLES)."""
+        return {"explainer": self.explainer, "simulator": self.simulator, "judge": self.judge_spec}
+
     @property
     def scorer_list(self) -> list[str]:
         return [s.strip() for s in self.scorers.split(",") if s.strip()]

@@ -41,6 +41,18 @@ class RoleServer(LoopbackHTTPServer):
         tally["requests"] += 1
         if self.latency_s:
             await asyncio.sleep(self.latency_s)
+        if path.endswith("/v1/completions"):  # a judge reading the probability of "yes" at each answer slot
+            prompts = req["prompt"] if isinstance(req["prompt"], list) else [req["prompt"]]
+            top = {"1": -0.1, "0": -2.5}
+            choices = [{"index": i, "text": "1", "finish_reason": "length", "logprobs": {
+                "tokens": ["1"], "token_logprobs": [-0.1], "top_logprobs": [top], "text_offset": [len(p)]}}
+                for i, p in enumerate(prompts)]
+            prompt = sum(len(p) // 4 + 1 for p in prompts)
+            tally["prompt_tokens"] += prompt
+            tally["completion_tokens"] += len(prompts)
+            usage = {"prompt_tokens": prompt, "completion_tokens": len(prompts)}
+            return json_reply({"id": "x", "object": "text_completion", "created": 0, "model": model,
+                               "choices": choices, "usage": usage})
         last = req["messages"][-1]["content"]
         if "summarize" in req["messages"][0]["content"].lower():
             answer = "Explanation: cat tokens"
