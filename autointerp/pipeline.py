@@ -61,6 +61,8 @@ from autointerp.rundir import (
     read_jsonl,
 )
 from autointerp.score import (
+    LABEL_DEPENDENCE,
+    LABEL_PRIOR_FLAG,
     SCORERS,
     SIMULATION_SCORES,
     ClassifierSettings,
@@ -71,6 +73,7 @@ from autointerp.score import (
     bootstrap_ci,
     correlation_score,
     derangement,
+    label_prior_correlation,
     simulation_scores,
 )
 from autointerp.simulate import SIMULATOR_KINDS, make_simulator
@@ -228,6 +231,15 @@ class RunSummary:
     run_usage: dict[str, Any] = field(default_factory=dict)
     """usage.json: usage of every session of the run, per role and in total, with cost (None: undefined,
     with ``cost_reason``) and client counters."""
+    paired_gain: dict[str, tuple[float, float, float] | None] = field(default_factory=dict)
+    """Per score label: mean over features of (explained - shuffled baseline) on the same feature, with its
+    bootstrap 95% CI; None when no feature has both."""
+    n_paired: dict[str, int] = field(default_factory=dict)
+    label_prior: tuple[float, int] | None = None
+    """(median, n) of :func:`autointerp.score.label_prior_correlation` over the explained features: how much
+    the simulations under a label equal those under a shuffled label (near 1: the label is ignored)."""
+    flags: list[str] = field(default_factory=list)
+    """Warnings about what the scores can mean (e.g. simulations that do not depend on the label)."""
 
 
 def open_clients(config: ExplainConfig) -> tuple[Clients, list[LLMClient]]:
@@ -508,6 +520,37 @@ class _Runner:
         self.data.add_score(eid, feature, baseline, judge, score)
         self.stale.discard(("score", (eid, score.name, judge)))
 
+    def add_label_prior(self, features: Sequence[str]) -> None:
+        """Score each feature's selected label by :func:`label_prior_correlation` against its shuffled
+        baseline, from the stored simulations of the test splits (no LLM request); a feature whose
+        simulations are missing (failed requests, retried on rerun) is left for then."""
+        cfg = self.config
+        if "simulation" not in cfg.scorer_list:
+            return
+        spec = f"{cfg.simulator_kind}[{self.clients.simulator.spec}]"
+        sims = self.data.simulations
+        for f in features:
+            sel, base, record = self.data.selected(f), self.data.baseline(f), self.data.records.get(f)
+            if sel is None or base is None or record is None:
+                continue
+            if self._have_score(sel.explanation_id, LABEL_DEPENDENCE, spec):
+                continue
+            keys = [
+                (split, i)
+                for split in TEST_SPLITS
+                if split != "test_quantiles" or cfg.score_quantiles
+                for i in range(len(_limit(getattr(record, split), cfg.max_records_per_split)))
+            ]
+            pairs = [
+                (sims[(sel.explanation_id, sp, i)], sims[(base.explanation_id, sp, i)])
+                for sp, i in keys
+                if (sel.explanation_id, sp, i) in sims and (base.explanation_id, sp, i) in sims
+            ]
+            if not keys or len(pairs) < len(keys):
+                continue
+            sc = label_prior_correlation([a for a, _ in pairs], [b for _, b in pairs], cfg.max_failed_fraction)
+            self._add_score(sel.explanation_id, f, False, spec, sc)
+
     # -- orchestration --------------------------------------------------------------------------
     async def guarded(self, feature: str, stage: str, coro: Any) -> None:
         async with self.sem:
@@ -560,16 +603,34 @@ def summarize(
     data = load_run(Path(run_dir), records=False)
     feats = data.features()
     by: dict[str, dict[str, list[float | None]]] = {}
+    gains: dict[str, list[float | None]] = {}
+    prior: list[float] = []
     n_explained = n_failed = 0
     for f in feats:
-        sel = data.selected(f)
+        sel, base = data.selected(f), data.baseline(f)
         n_explained += sel is not None
         n_failed += sel is None and any(e.failed and not e.baseline for e in data.explanations_of(f))
-        for group, e in (("explained", sel), ("baseline", data.baseline(f))):
+        for group, e in (("explained", sel), ("baseline", base)):
             for label, sc in data.scores_of(e).items():
+                if sc.name == LABEL_DEPENDENCE:
+                    prior += [sc.value] if sc.value is not None and group == "explained" else []
+                    continue
                 by.setdefault(label, {"explained": [], "baseline": []})[group].append(sc.value)
+        if sel is not None and base is not None:
+            mine, theirs = data.scores_of(sel), data.scores_of(base)
+            for label in mine.keys() & theirs.keys():
+                a, b = mine[label].value, theirs[label].value
+                gains.setdefault(label, []).append(None if a is None or b is None else a - b)
     scores = {name: {g: bootstrap_ci(v, n=1000, seed=0) for g, v in groups.items()} for name, groups in by.items()}
     n_scored = {name: {g: sum(x is not None for x in v) for g, v in groups.items()} for name, groups in by.items()}
+    label_prior = (float(np.median(prior)), len(prior)) if prior else None
+    flags = []
+    if label_prior is not None and label_prior[0] >= LABEL_PRIOR_FLAG:
+        flags.append(
+            f"the simulator barely reads the label: its predictions under each feature's label and under a "
+            f"shuffled label correlate at a median of {label_prior[0]:.2f} (n={label_prior[1]}), so the "
+            "correlation scores mostly measure its prior about the text; compare them with the baseline"
+        )
     return RunSummary(
         run_dir=Path(run_dir),
         n_features=len(data.stats),
@@ -581,6 +642,10 @@ def summarize(
         scores=scores,
         n_scored=n_scored,
         run_usage=data.usage,
+        paired_gain={k: bootstrap_ci(v, n=1000, seed=0) for k, v in gains.items()},
+        n_paired={k: sum(x is not None for x in v) for k, v in gains.items()},
+        label_prior=label_prior,
+        flags=flags,
     )
 
 
@@ -632,6 +697,7 @@ async def run_explain(
         if config.baseline:
             runner.add_baselines(features)
         await runner.score_all(features)
+        runner.add_label_prior(features)
     except BaseException as e:
         run.set_stage("explain", "interrupted" if isinstance(e, KeyboardInterrupt) else "failed", error=str(e))
         raise
@@ -684,6 +750,7 @@ async def run_score(
     try:
         runner = _Runner(config, session, retry_failed)
         await runner.score_all(list(data.records))
+        runner.add_label_prior(list(data.records))
     finally:
         session.close(counters.delta())
         for c in to_close:

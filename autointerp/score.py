@@ -135,6 +135,48 @@ def correlation_score(
     return Score(name, r, settings=settings, details=details)
 
 
+LABEL_DEPENDENCE = "label_prior_correlation"
+"""Score name of :func:`label_prior_correlation`."""
+LABEL_PRIOR_FLAG = 0.8
+"""A run whose median :func:`label_prior_correlation` reaches this is flagged: its simulations barely depend
+on the label, so its correlation scores mostly measure the simulator's prior about the text."""
+
+
+def label_prior_correlation(
+    under_label: Sequence[Simulation], under_shuffled: Sequence[Simulation], max_failed_fraction: float = 0.2
+) -> Score:
+    """How much a simulator ignores the label: the pooled Pearson correlation, over the same records, of its
+    expected values under the feature's label and under a shuffled (another feature's) label.
+
+    Near 1: the simulation hardly changes with the label (it predicts from its prior about the text, so a
+    correlation score measures that prior); near 0: the label decides the prediction. Pairs where either
+    simulation failed are left out; undefined (None with the reason) when more than ``max_failed_fraction``
+    of the pairs failed, or either side is constant."""
+    settings = {"pooled": True, "max_failed_fraction": max_failed_fraction}
+    if not under_label or len(under_label) != len(under_shuffled):
+        reason = "no records" if not under_label else "the two labels were simulated on different records"
+        return Score(LABEL_DEPENDENCE, None, reason=reason, settings=settings)
+    pairs = [
+        (a.expected, b.expected)
+        for a, b in zip(under_label, under_shuffled, strict=True)
+        if a.expected is not None and b.expected is not None and len(a.expected) == len(b.expected)
+    ]
+    n_failed = len(under_label) - len(pairs)
+    details = {"n_records": len(under_label), "n_failed": n_failed}
+    if not pairs or n_failed > max_failed_fraction * len(under_label):
+        reason = f"{n_failed} of {len(under_label)} record pairs have a failed simulation"
+        return Score(LABEL_DEPENDENCE, None, reason=reason, settings=settings, details=details)
+    a = np.concatenate([p[0] for p in pairs])
+    b = np.concatenate([p[1] for p in pairs])
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        side = "the label" if np.ptp(a) == 0 else "the shuffled label"
+        return Score(LABEL_DEPENDENCE, None, reason=f"the simulation under {side} is constant", settings=settings,
+                     details=details)
+    r = pearson(a, b)
+    assert not isinstance(r, str)
+    return Score(LABEL_DEPENDENCE, r, settings=settings, details={**details, "n_tokens": len(a)})
+
+
 def r_squared(true: np.ndarray, pred: np.ndarray) -> float | str:
     """OpenAI's definition: ``1 - mean((true - pred)^2) / mean(true^2)``."""
     denom = float(np.mean(np.square(true)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -174,3 +175,33 @@ def test_bad_prices_file_is_a_user_error(tmp_path: Path) -> None:
         open_clients(ExplainConfig(prices=str(bad)))
     with pytest.raises(UserError, match="llm-concurrency"):
         ExplainConfig(llm_concurrency=0)
+
+
+async def test_label_prior_correlation_flags_a_simulator_that_ignores_the_label(tmp_path: Path) -> None:
+    """The keyword oracle reads the label: its simulations under a feature's label and under a shuffled
+    label differ (low label prior correlation, no flag, positive paired gain). A simulator that predicts from
+    the text alone (any word of the vocabulary, whatever the label says) gives the same simulation under
+    both labels: correlation 1, flagged in the summary."""
+    cfg = ExplainConfig(scorers="simulation", n_top_examples=4, max_records_per_split=3)
+    reads = FakeLLM(spec="local:fake", chat_fn=smart_chat)
+    summary = await run_explain(cfg, tmp_path / "reads", _records(), Clients(reads, reads, reads))
+    assert summary.label_prior is not None and summary.label_prior[1] == 4
+    assert summary.label_prior[0] < 0.5 and not summary.flags
+    gain = summary.paired_gain["correlation"]
+    assert gain is not None and gain[1] > 0 and summary.n_paired["correlation"] == 4
+    rows = [r for r in read_jsonl(tmp_path / "reads" / "scores.jsonl")
+            if r["score"]["name"] == "label_prior_correlation"]
+    assert len(rows) == 4 and not any(r["baseline"] for r in rows)
+    assert "label_prior_correlation" not in summary.scores  # reported apart, not as a mean score
+
+    def prior_only(prompt: str, pos: int) -> dict[str, float]:
+        line = prompt[:pos].rsplit("\n", 1)[-1].lower()
+        hit = any(w.strip() in line for w in KEYWORDS)
+        return {"9": math.log(0.9), "0": math.log(0.1)} if hit else {"0": math.log(0.9), "1": math.log(0.1)}
+
+    ignores = FakeLLM(spec="local:fake", chat_fn=smart_chat, logprob_fn=prior_only)
+    summary = await run_explain(cfg, tmp_path / "ignores", _records(), Clients(ignores, ignores, ignores))
+    assert summary.label_prior is not None and summary.label_prior[0] == pytest.approx(1.0)
+    assert summary.flags and "barely reads the label" in summary.flags[0]
+    gain = summary.paired_gain["correlation"]
+    assert gain is not None and gain[0] == pytest.approx(0.0, abs=1e-6)

@@ -144,3 +144,19 @@ def test_bootstrap_ci_and_derangement() -> None:
     assert bootstrap_ci([None]) is None
     perm = derangement(5, np.random.default_rng(0))
     assert sorted(perm.tolist()) == list(range(5)) and not np.any(perm == np.arange(5))
+
+
+def test_label_prior_correlation_is_undefined_with_a_reason_not_a_number() -> None:
+    from autointerp.records import Simulation
+    from autointerp.score import label_prior_correlation
+
+    a = [Simulation(np.array([0.0, 1.0, 2.0])), Simulation(np.array([1.0, 0.0, 3.0]))]
+    same = label_prior_correlation(a, a)
+    assert same.value == pytest.approx(1.0) and same.details["n_tokens"] == 6
+    flipped = label_prior_correlation(a, [Simulation(-s.expected) for s in a])  # type: ignore[operator]
+    assert flipped.value == pytest.approx(-1.0)
+    const = label_prior_correlation(a, [Simulation(np.zeros(3)), Simulation(np.zeros(3))])
+    assert const.value is None and "shuffled label is constant" in str(const.reason)
+    failed = label_prior_correlation(a, [Simulation(None, failed="timeout"), Simulation(None, failed="timeout")])
+    assert failed.value is None and "2 of 2" in str(failed.reason)
+    assert label_prior_correlation([], []).value is None

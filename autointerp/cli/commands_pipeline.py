@@ -109,6 +109,28 @@ def _print_usage(usage: dict[str, Any]) -> None:
             console.print(f"LLM cost: ${cost:.4f} (prices: {escape(str(usage.get('prices', '')))})")
 
 
+def _print_label_checks(summary: Any) -> None:
+    """The paired gain over the shuffled baseline and how much the simulations read the label, each with a
+    sentence on what it means."""
+    gain = summary.paired_gain.get("correlation")
+    if gain is not None:
+        console.print(
+            f"correlation gain over the shuffled baseline (same features, paired): {gain[0]:+.3f} "
+            f"[{gain[1]:+.2f}, {gain[2]:+.2f}], n={summary.n_paired.get('correlation', 0)}: how much better each "
+            "label predicts its own feature than another feature's label does; a CI above 0 means the labels "
+            "carry information about their features."
+        )
+    if summary.label_prior is not None:
+        median, n = summary.label_prior
+        console.print(
+            f"label prior correlation (median of {n}): {median:.2f}: how alike the simulations under the label "
+            "and under a shuffled label are; near 1, the simulator predicts from the text alone and ignores "
+            "the label."
+        )
+    for flag in summary.flags:
+        console.print(f"[yellow]warning[/]: {escape(flag)}")
+
+
 def _print_results(run_dir: Path, summary: Any) -> None:
     from autointerp.cli.results_table import MAX_ROWS, feature_table, means_table
     from autointerp.export import feature_rows
@@ -122,6 +144,7 @@ def _print_results(run_dir: Path, summary: Any) -> None:
     if len(rows) > MAX_ROWS:
         console.print(f"({len(rows) - MAX_ROWS} more features: see `autointerp export` or `autointerp report`)")
     console.print(means_table(summary.scores, summary.n_scored))
+    _print_label_checks(summary)
     n_failed = len(summary.failed_features)
     console.print(
         f"{summary.n_explained}/{summary.n_features} features explained, "
