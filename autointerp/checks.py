@@ -24,25 +24,26 @@ from autointerp.llm.base import ClientConfig
 log = logging.getLogger(__name__)
 
 
-def check_run_dir(path: Path) -> None:
+def check_run_dir(path: Path, option: str = "--run-dir") -> None:
     """UserError unless ``path`` is a directory, or can be made one, that this process can write into.
 
     Nothing stays behind: the deepest existing folder on the way is probed with a temporary file that is
-    deleted at once (permission bits alone are no answer: root ignores them, a read-only mount does not)."""
+    deleted at once (permission bits alone are no answer: root ignores them, a read-only mount does not).
+    ``option`` is the CLI option that names the folder (for the message)."""
     p = Path(path).expanduser()
     if p.exists() and not p.is_dir():
-        raise UserError(f"run directory {p} is a file, not a folder; pass a folder path with --run-dir")
+        raise UserError(f"run directory {p} is a file, not a folder; pass a folder path with {option}")
     probe = p
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     if not probe.is_dir():
-        raise UserError(f"run directory {p} cannot be made: {probe} is a file; pass another --run-dir")
+        raise UserError(f"run directory {p} cannot be made: {probe} is a file; pass another {option}")
     try:
         with tempfile.TemporaryFile(dir=probe, prefix=".autointerp-write-check-"):
             pass
     except OSError as e:
         raise UserError(
-            f"run directory {p} is not writable ({probe}: {e.strerror or e}); pass a --run-dir you can write to"
+            f"run directory {p} is not writable ({probe}: {e.strerror or e}); pass a {option} you can write to"
         ) from e
 
 

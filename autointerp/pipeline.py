@@ -711,9 +711,14 @@ async def run_explain(
 
 
 def _failed_features(data: RunData, features: Sequence[str]) -> list[str]:
-    """Features of this session with an error (retried on rerun) or without a usable explanation."""
+    """Features of this session with an error (retried on rerun) or without a usable explanation; a dead
+    feature (it never fired in the sampled corpus, so there is nothing to explain) is not a failure."""
     with_errors = {str(e["feature"]) for e in data.errors}
-    return [f for f in features if f in with_errors or data.selected(f) is None]
+    return [
+        f
+        for f in features
+        if f in with_errors or (data.selected(f) is None and not (f in data.records and data.records[f].dead))
+    ]
 
 
 async def run_score(

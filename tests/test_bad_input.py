@@ -290,3 +290,14 @@ def test_a_failed_sampling_pass_never_leaves_the_stage_running(
         main([*argv, "--run-dir", str(tmp_path / "r")])
     stage = json.loads((tmp_path / "r" / "manifest.json").read_text())["stages"]["cache"]
     assert stage["status"] == "failed" and "disk on fire" in stage["error"]
+
+
+def test_sweep_dir_that_is_a_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = tmp_path / "sweep.yaml"
+    spec.write_text("name: s\ncache_run: /no/such/run\ngrid:\n  n_top_examples: [5, 10]\n")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    assert run_cli(["sweep", str(spec), "--sweep-dir", str(a_file)]) == 2
+    err = capsys.readouterr().err
+    assert_one_line_error(err)
+    assert "--sweep-dir" in err and a_file.read_text() == "x"

@@ -166,3 +166,17 @@ async def test_a_torn_last_line_is_cut_off_when_the_run_resumes(tmp_path: Path) 
     for name in ("records.jsonl", "explanations.jsonl", "simulations.jsonl", "scores.jsonl"):
         for line in (run / name).read_text().splitlines():
             json.loads(line)  # strict JSONL
+
+
+async def test_a_dead_feature_is_not_a_failure(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    import numpy as np
+
+    recs = _records(3)
+    dead = recs[2]
+    silent = [replace(r, activations=np.zeros_like(r.activations)) for r in dead.train]
+    recs[2] = replace(dead, stats=replace(dead.stats, max=0.0, frequency=0.0, mean=0.0, mean_active=0.0), train=silent)
+    llm = Switchable(down=False)
+    s = await run_explain(ExplainConfig(baseline=False), tmp_path / "run", recs, Clients(llm, llm, llm))
+    assert s.n_explained == 2 and s.failed_features == [] and _stage(tmp_path / "run")["status"] == "done"

@@ -108,12 +108,14 @@ def sweep(
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from autointerp.checks import check_run_dir
     from autointerp.paths import runs_root
     from autointerp.plots import cell_label, plot_sweep
     from autointerp.sweep import PipelineRunner, SweepEvent, explain_settings, load_spec, read_tables, run_sweep
 
     spec = load_spec(sweep_file)
     out = sweep_dir or runs_root() / f"sweep-{spec.name}"
+    check_run_dir(out, "--sweep-dir")
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as bar:
         cells_task = bar.add_task("cells", total=None)
