@@ -33,11 +33,13 @@ def test_hostile_tokens_are_escaped_and_round_trip(tmp_path: Path) -> None:
     for evil in EVIL_TOKENS:
         assert evil not in page
     assert "<img" not in page and "onerror=alert(1)>" not in page
-    # Exactly our two script elements, and the only inline script is the report's own (CSP by hash).
-    assert page.count("<script") == 2 and page.count("</script>") == 2
-    assert "script-src 'sha256-" in page and "connect-src" not in page
-    data = _embedded_json(page)
-    tokens = [t for r in data["features"][0]["examples"]["test_top"] for t in r["tokens"]]
+    # Our script elements only (the index, one chunk, the report's script); the only inline script that
+    # runs is the report's own (CSP by hash), and fetch may reach the page's own origin only.
+    assert page.count("<script") == 3 and page.count("</script>") == 3
+    assert "script-src 'sha256-" in page and "connect-src 'self'" in page
+    m = re.search(r'<script type="application/json" id="chunk-0">(.*?)</script>', page, re.S)
+    assert m
+    tokens = [t for r in json.loads(m.group(1))[0]["examples"]["test_top"] for t in r["tokens"]]
     for evil in EVIL_TOKENS:
         assert evil in tokens, "hostile text must survive as data (shown as text), not be dropped"
 
@@ -47,15 +49,15 @@ def test_page_is_self_contained(tmp_path: Path) -> None:
     page = build_report(run.path, tmp_path / "out" / "r.html").read_text(encoding="utf-8")
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page), "no network resources"
     assert "@import" not in page and "innerHTML" not in page
-    for slot in ("<!--@CSS@-->", "<!--@JS@-->", "<!--@DATA@-->", "<!--@TITLE@-->", "<!--@CSP@-->"):
+    for slot in ("<!--@CSS@-->", "<!--@JS@-->", "<!--@DATA@-->", "<!--@CHUNKS@-->", "<!--@TITLE@-->", "<!--@CSP@-->"):
         assert slot not in page
 
 
 def test_report_data_contents(tmp_path: Path) -> None:
     run = write_synthetic_run(tmp_path / "run", n_features=4)
     data = report_data(load_run(run.path))
-    assert data["score_names"] == ["correlation", "detection"]
-    feats = {f["id"]: f for f in data["features"]}
+    assert data["index"]["score_names"] == ["correlation", "detection"]
+    feats = {f["id"]: f for f in data["cards"]}
     f0 = feats["synthetic/L0/mlp_neurons:0"]
     assert f0["label"] == "names of European capital cities"
     assert f0["baseline_label"] == "years in the nineteenth century"
@@ -91,7 +93,7 @@ def test_partial_run_and_selection(tmp_path: Path) -> None:
          for s in (s_old, s_new)],
     )
     data = report_data(load_run(run.path))
-    (f,) = data["features"]
+    (f,) = data["cards"]
     assert f["label"] == "cand 1" and f["stats"] is None and f["examples"] == {}
     assert f["scores"]["correlation"] == {"value": None, "reason": "all simulations failed"}
     assert f["baseline"]["correlation"] is None and f["baseline_label"] is None
@@ -102,7 +104,7 @@ def test_partial_run_and_selection(tmp_path: Path) -> None:
     append_jsonl(run.file("explanations.jsonl"),
                  [{**bad.to_json(), "explanation_id": "m/L1/mlp_neurons:4#0", "selected": False,
                    "failed": "label longer than 300 characters"}])
-    f4 = report_data(load_run(run.path))["features"][1]
+    f4 = report_data(load_run(run.path))["cards"][1]
     assert f4["label"] is None and f4["label_failed"] == "label longer than 300 characters"
 
 
@@ -121,3 +123,169 @@ def test_cli_report(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as e:
         main(["report", str(tmp_path / "nope")])
     assert e.value.code == 2
+
+
+# -- the large-run layout, the index, bad input, export files, compare, serve ---------------------------
+
+
+def test_index_columns_match_the_cards_and_undefined_scores_keep_their_reason(tmp_path: Path) -> None:
+    run = write_synthetic_run(tmp_path / "run", n_features=5)
+    data = report_data(load_run(run.path))
+    idx, cards = data["index"], data["cards"]
+    lst = idx["list"]
+    assert lst["id"] == [c["id"] for c in cards]
+    assert lst["label"] == [c["label"] for c in cards]
+    for n in idx["score_names"]:
+        assert lst["scores"][n] == [c["scores"][n]["value"] for c in cards]
+        assert lst["baseline"][n] == [c["baseline"][n]["value"] for c in cards]
+    k = lst["id"].index("synthetic/L0/mlp_neurons:1")
+    assert lst["scores"]["correlation"][k] is None
+    assert idx["reasons"][lst["reason"]["correlation"][k]] == "true activations are constant over the scored records"
+    assert lst["freq"] == [c["stats"]["frequency"] for c in cards] or all(
+        abs(a - b) <= 1e-3 * abs(b) for a, b in zip(lst["freq"], [c["stats"]["frequency"] for c in cards], strict=True)
+    )
+
+
+def test_overview_histograms_means_and_undefined_counts(tmp_path: Path) -> None:
+    run = write_synthetic_run(tmp_path / "run", n_features=8)
+    ov = report_data(load_run(run.path))["index"]["overview"]
+    corr = ov["scores"]["correlation"]
+    assert sum(corr["explained"]["hist"]) == corr["explained"]["n"] == 7
+    assert sum(corr["baseline"]["hist"]) == corr["baseline"]["n"] == 8
+    assert corr["explained"]["undefined"] == {"true activations are constant over the scored records": 1}
+    lo, hi = corr["explained"]["ci"]
+    assert lo <= corr["explained"]["mean"] <= hi
+    assert len(corr["edges"]) == len(corr["explained"]["hist"]) + 1
+    assert ov["failed_simulations"] == {"the simulator's reply had no value for token 3": 1}
+    assert ov["missing"] == [] and ov["warnings"] == []
+
+
+def test_large_runs_get_a_folder_of_chunks_built_by_the_same_code(tmp_path: Path) -> None:
+    run = write_synthetic_run(tmp_path / "run", n_features=6)
+    page = build_report(run.path, single_file_max=4)  # auto -> folder, 6 > 4
+    assert page == run.path / "report" / "index.html"
+    text = page.read_text(encoding="utf-8")
+    assert 'id="chunk-' not in text and '"layout":"folder"' in text
+    data = report_data(load_run(run.path))
+    from autointerp.report.report import CHUNK_SIZE
+
+    chunk = json.loads((page.parent / "chunks" / "0.json").read_text(encoding="utf-8"))
+    assert chunk == json.loads(json.dumps(data["cards"][:CHUNK_SIZE]))
+    single = build_report(run.path, tmp_path / "one.html", layout="file").read_text(encoding="utf-8")
+    m = re.search(r'<script type="application/json" id="chunk-0">(.*?)</script>', single, re.S)
+    assert m and json.loads(m.group(1)) == chunk, "both layouts carry the same card data"
+
+
+def test_corrupt_jsonl_line_is_skipped_with_a_warning_naming_file_and_line(tmp_path: Path) -> None:
+    from autointerp.report import read_run
+
+    run = write_synthetic_run(tmp_path / "run", n_features=3)
+    lines = run.file("scores.jsonl").read_text(encoding="utf-8").splitlines()
+    lines.insert(2, '{"explanation_id": "broken')
+    run.file("scores.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    data, warnings = read_run(run.path)
+    assert any("scores.jsonl:3" in w for w in warnings), warnings
+    index = report_data(data, warnings=warnings)["index"]
+    assert any("scores.jsonl:3" in w for w in index["overview"]["warnings"])
+    assert len(index["list"]["id"]) == 3  # the rest of the file is still read
+
+
+def test_run_without_explanations_says_what_is_missing(tmp_path: Path) -> None:
+    run = write_synthetic_run(tmp_path / "run", n_features=3)
+    for name in ("explanations.jsonl", "simulations.jsonl", "scores.jsonl"):
+        run.file(name).unlink()
+    index = report_data(load_run(run.path))["index"]
+    (msg,) = index["overview"]["missing"]
+    assert "no explanations yet" in msg and "3 features" in msg
+    assert index["overview"]["files"]["records.jsonl"] is True
+    assert index["overview"]["files"]["explanations.jsonl"] is False
+    assert index["list"]["label"] == [None, None, None]
+    build_report(run.path)
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "jsonl", "csv"])
+def test_an_exported_dataset_opens_like_a_run(tmp_path: Path, fmt: str) -> None:
+    from autointerp.export import export_run
+
+    run = write_synthetic_run(tmp_path / "run", n_features=4)
+    out = tmp_path / f"labels.{fmt}"
+    export_run(run.path, fmt, out)
+    from_file = report_data(__import__("autointerp.report", fromlist=["read_run"]).read_run(out)[0])["index"]
+    from_run = report_data(load_run(run.path))["index"]
+    assert from_file["list"]["id"] == from_run["list"]["id"]
+    assert from_file["list"]["label"] == from_run["list"]["label"]
+    for n in from_run["score_names"]:
+        assert from_file["list"]["scores"][n] == from_run["list"]["scores"][n]
+        assert from_file["list"]["baseline"][n] == from_run["list"]["baseline"][n]
+    k = from_file["list"]["id"].index("synthetic/L0/mlp_neurons:1")
+    assert from_file["reasons"][from_file["list"]["reason"]["correlation"][k]].startswith("true activations")
+    page = build_report(out)
+    assert page == tmp_path / "labels-report.html" and page.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+
+
+def test_export_file_without_the_schema_columns_is_refused(tmp_path: Path) -> None:
+    from autointerp.errors import UserError
+
+    bad = tmp_path / "x.jsonl"
+    bad.write_text('{"id": 1, "label": "x"}\n', encoding="utf-8")
+    with pytest.raises(UserError, match="lacks the column"):
+        build_report(bad)
+
+
+def test_compare_pairs_scores_by_feature(tmp_path: Path) -> None:
+    import numpy as np
+
+    a = write_synthetic_run(tmp_path / "a", n_features=6, seed=0, quality=0.8)
+    b = write_synthetic_run(tmp_path / "b", n_features=6, seed=1, quality=0.2)
+    ra, rb = load_run(a.path), load_run(b.path, records=False)
+    cmp = report_data(ra, compare=rb)["index"]["compare"]
+    la = report_data(ra)["index"]["list"]
+    lb = report_data(rb)["index"]["list"]
+    diffs = [x - y for x, y in zip(la["scores"]["correlation"], lb["scores"]["correlation"], strict=True)
+             if x is not None and y is not None]
+    assert cmp["paired"]["correlation"]["n"] == len(diffs) == 5
+    assert cmp["paired"]["correlation"]["mean"] == pytest.approx(float(np.mean(diffs)), rel=1e-3)
+    assert cmp["label"] == lb["label"] and cmp["name"] == "b"
+
+
+def test_cli_report_folder_and_serve_port_in_use(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    from autointerp.cli import main
+
+    run = write_synthetic_run(tmp_path / "run", n_features=3)
+    main(["report", str(run.path), "--layout", "folder"])
+    assert (run.path / "report" / "index.html").is_file()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        busy = s.getsockname()[1]
+        with pytest.raises(SystemExit) as e:
+            main(["serve", str(run.path), "--port", str(busy)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert f"port {busy}" in err and "--port" in err and len(err.splitlines()) == 1
+
+
+def test_served_folder_gives_the_page_and_its_chunks(tmp_path: Path) -> None:
+    import threading
+    import urllib.request
+
+    from autointerp.report.serve import make_server, url_of
+
+    run = write_synthetic_run(tmp_path / "run", n_features=3)
+    page = build_report(run.path, layout="folder")
+    server = make_server(page.parent, 0)
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    try:
+        url = url_of(server)
+        assert url.startswith("http://127.0.0.1:")
+        with urllib.request.urlopen(url, timeout=10) as r:
+            assert r.headers["X-Content-Type-Options"] == "nosniff"
+            assert r.read().decode("utf-8").startswith("<!DOCTYPE html>")
+        with urllib.request.urlopen(url.replace("index.html", "chunks/0.json"), timeout=10) as r:
+            assert [c["id"] for c in json.loads(r.read())][:1] == ["synthetic/L0/mlp_neurons:0"]
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from autointerp.cli.app import app
 
@@ -18,22 +19,77 @@ if TYPE_CHECKING:
 console = Console()
 
 
-@app.command()
-def report(
-    run_dir: Path = typer.Argument(..., help="A run directory written by `autointerp explain`."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Where to write the page (default RUN_DIR/report.html)."),
-    max_examples: int = typer.Option(20, help="Examples shown per split and feature."),
-) -> None:
-    """Write a self-contained interactive HTML report of a run (opens from file://, no network)."""
+def _not_a_sweep(run_dir: Path) -> None:
     from autointerp.errors import UserError
-    from autointerp.report import build_report
 
     if (run_dir / "sweep.json").exists() and not (run_dir / "manifest.json").exists():
         cells = sorted(p.name for p in (run_dir / "cells").glob("*") if (p / "manifest.json").exists())
         example = run_dir / "cells" / (cells[0] if cells else "<cell>")
         raise UserError(f"{run_dir} is a sweep, not a run; report one of its cells, e.g. autointerp report {example}")
-    path = build_report(run_dir, out, max_examples=max_examples)
-    console.print(f"report written to [bold]{path}[/]", highlight=False)
+
+
+@app.command()
+def report(
+    run_dir: Path = typer.Argument(
+        ..., help="A run directory written by `autointerp explain`, or a file written by `autointerp export` "
+        "(.parquet, .jsonl, .csv)."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Where to write: the page (file layout, default RUN_DIR/report.html) or the "
+        "folder (folder layout, default RUN_DIR/report/)."),
+    layout: str = typer.Option(
+        "auto", "--layout", help="file: one self-contained page (opens from file://); folder: index.html plus "
+        "chunks loaded on demand (open with `autointerp serve`); auto: file up to --single-file-max features."),
+    single_file_max: int = typer.Option(1000, "--single-file-max", help="Largest run written as one page by auto."),
+    compare: Path | None = typer.Option(
+        None, "--compare", help="A second run (or sweep cell) on the same features: paired score differences "
+        "and both labels."),
+    max_examples: int = typer.Option(20, help="Examples shown per split and feature."),
+) -> None:
+    """Write the interactive feature browser of a run: overview, feature list, feature cards, compare."""
+    from autointerp.report import build_report
+
+    _not_a_sweep(run_dir)
+    if compare is not None:
+        _not_a_sweep(compare)
+    path = build_report(run_dir, out, max_examples=max_examples, layout=layout,  # type: ignore[arg-type]
+                        compare=compare, single_file_max=single_file_max)
+    console.print(f"report written to [bold]{escape(str(path))}[/]", highlight=False)
+    if path.name == "index.html":
+        console.print(f"open it with: autointerp serve {escape(str(run_dir))}", highlight=False)
+
+
+@app.command()
+def serve(
+    run_dir: Path = typer.Argument(
+        ..., help="A run directory (its report/ folder is served; written first when missing), or a folder "
+        "written by `autointerp report --layout folder`."),
+    port: int = typer.Option(8765, "--port", help="Port on 127.0.0.1 (0: any free port)."),
+    rebuild: bool = typer.Option(False, "--rebuild", help="Rewrite the report folder before serving."),
+) -> None:
+    """Serve a run's feature browser on 127.0.0.1 and print its URL (Ctrl-C stops)."""
+    from autointerp.errors import UserError
+    from autointerp.report import build_report
+    from autointerp.report.report import default_out
+    from autointerp.report.serve import make_server, url_of
+
+    if not run_dir.exists():
+        raise UserError(f"{run_dir} does not exist; give a run directory or an exported .parquet/.jsonl/.csv file")
+    _not_a_sweep(run_dir)
+    folder = run_dir if (run_dir / "index.html").is_file() else default_out(run_dir, "folder")
+    server = make_server(folder, port)  # bind first: a busy port fails before a long build
+    try:
+        if folder != run_dir and (rebuild or not (folder / "index.html").is_file()):
+            build_report(run_dir, folder, layout="folder")
+    except BaseException:
+        server.server_close()
+        raise
+    console.print(f"serving {escape(str(folder))} at [bold]{url_of(server)}[/] (Ctrl-C stops)", highlight=False)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
 
 
 def _fmt(v: Any, digits: int = 3) -> str:

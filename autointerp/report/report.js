@@ -1,11 +1,20 @@
-/* autointerp report: renders the embedded JSON. Data is untrusted text: only textContent,
-   createElement and property assignment are used here, never HTML parsing of strings. */
+/* autointerp feature browser: renders the embedded index JSON and loads per-feature cards from chunks
+   (embedded application/json script elements with id chunk-K, or chunks/K.json fetched from the
+   same origin). Data is untrusted text: only textContent, createElement and property assignment are
+   used here, never HTML parsing of strings. */
 (function () {
   "use strict";
+  var T0 = performance.now();
   var DATA = JSON.parse(document.getElementById("report-data").textContent);
-  var FEATURES = DATA.features;
+  var L = DATA.list;
+  var N = L.id.length;
   var NAMES = DATA.score_names;
-  var state = { sortKey: null, sortDir: 1, filter: "", open: null };
+  var P = DATA.primary_score;
+  var CMP = DATA.compare;
+  var REASONS = DATA.reasons;
+  var ROWH = 26;
+  var perf = { list_ms: null, filter_ms: null, card_ms: null, cards_opened: 0 };
+  var state = { sortKey: null, sortDir: -1, order: null, cursor: -1, open: -1, showBaselineSim: false };
 
   function el(tag, cls, text) {
     var e = document.createElement(tag);
@@ -19,134 +28,261 @@
     if (v !== 0 && (Math.abs(v) < 1e-3 || Math.abs(v) >= 1e5)) { return v.toExponential(2); }
     return v.toFixed(digits === undefined ? 3 : digits);
   }
-  /* A score cell: the value, or "undefined" with the reason as tooltip (never 0, never NaN). */
-  function scoreNode(tag, s) {
-    if (!s) { var m = el(tag, "missing", "—"); m.title = "not scored"; return m; }
-    if (s.value === null || s.value === undefined) {
+  function reasonOf(k) { return (k === null || k === undefined) ? null : REASONS[k]; }
+  /* A score: the value, or "undefined" with the reason as tooltip (never 0, never NaN). */
+  function scoreNode(tag, value, reason) {
+    if (value === null || value === undefined) {
+      if (!reason || reason === "not scored") { var m = el(tag, "missing", "—"); m.title = "not scored"; return m; }
       var u = el(tag, "undef", "undefined");
-      u.title = s.reason || "undefined";
+      u.title = reason;
       return u;
     }
-    var d = el(tag, "num", fmt(s.value));
-    d.title = String(s.value);
+    var d = el(tag, "num", fmt(value));
+    d.title = String(value);
     return d;
   }
+  function scoreObjNode(tag, s) { return s ? scoreNode(tag, s.value, s.reason || "undefined") : scoreNode(tag, null, null); }
+  function ciText(g) {
+    if (!g || g.mean === null || g.mean === undefined) { return "undefined"; }
+    return fmt(g.mean) + (g.ci ? " [" + fmt(g.ci[0]) + ", " + fmt(g.ci[1]) + "]" : "");
+  }
 
-  /* ---- columns of the feature table ---- */
+  /* ---------------------------------------------------------------- chunks (card data) */
+  var chunkCache = new Map();
+  var CHUNK_KEEP = 16;
+  function loadChunk(k) {
+    if (chunkCache.has(k)) {
+      var hit = chunkCache.get(k);
+      chunkCache.delete(k); chunkCache.set(k, hit);  /* most recently used last */
+      return hit;
+    }
+    var p;
+    var inline = document.getElementById("chunk-" + k);
+    if (inline) {
+      p = Promise.resolve(JSON.parse(inline.textContent));
+    } else {
+      p = fetch("chunks/" + k + ".json", { credentials: "same-origin" }).then(function (r) {
+        if (!r.ok) { throw new Error("chunks/" + k + ".json: HTTP " + r.status); }
+        return r.json();
+      });
+    }
+    p.catch(function () { chunkCache.delete(k); });
+    chunkCache.set(k, p);
+    while (chunkCache.size > CHUNK_KEEP) { chunkCache.delete(chunkCache.keys().next().value); }
+    return p;
+  }
+  function cardOf(i) {
+    var cs = DATA.chunk_size;
+    return loadChunk(Math.floor(i / cs)).then(function (arr) { return arr[i % cs]; });
+  }
+
+  /* ---------------------------------------------------------------- list columns */
+  var oneSource = DATA.sources.length === 1;
+  var lowerLabel = new Array(N), lowerId = new Array(N);
+  for (var q = 0; q < N; q++) {
+    lowerLabel[q] = (L.label[q] || "").toLowerCase();
+    lowerId[q] = L.id[q].toLowerCase();
+  }
   var COLUMNS = [
-    { key: "feature", title: "feature", get: function (f) { return f.id; }, kind: "text" },
-    { key: "label", title: "label", get: function (f) { return f.label; }, kind: "text" }
+    { key: "feature", title: oneSource ? "index" : "feature", kind: "text", w: oneSource ? "70px" : "190px",
+      get: function (i) { return oneSource && L.index[i] !== null ? L.index[i] : L.id[i]; } },
+    { key: "label", title: "label", kind: "text", w: "minmax(160px, 1fr)", get: function (i) { return L.label[i]; } }
   ];
   NAMES.forEach(function (n) {
-    COLUMNS.push({ key: "s:" + n, title: n, score: true, get: function (f) { return f.scores[n]; }, kind: "score" });
+    COLUMNS.push({ key: "s:" + n, title: n, kind: "score", w: "88px",
+                   get: function (i) { return L.scores[n][i]; }, reason: function (i) { return reasonOf(L.reason[n][i]); } });
   });
-  /* One baseline column (the primary score's) keeps the table narrow; the detail view shows all. */
-  if (DATA.primary_score) {
-    var P = DATA.primary_score;
-    COLUMNS.push({ key: "b:" + P, title: "baseline " + P, score: true,
-                   get: function (f) { return f.baseline[P]; }, kind: "score", cls: "baseline-col" });
+  if (P) {
+    COLUMNS.push({ key: "b:" + P, title: "baseline " + P, kind: "score", w: "88px", cls: "baseline-col",
+                   get: function (i) { return L.baseline[P][i]; }, reason: function (i) { return reasonOf(L.baseline_reason[P][i]); } });
   }
-  COLUMNS.push({ key: "frequency", title: "frequency", get: function (f) { return f.stats ? f.stats.frequency : null; }, kind: "num" });
-  COLUMNS.push({ key: "max", title: "max", get: function (f) { return f.stats ? f.stats.max : null; }, kind: "num" });
+  COLUMNS.push({ key: "frequency", title: "firing rate", kind: "num", w: "84px", get: function (i) { return L.freq[i]; } });
+  COLUMNS.push({ key: "max", title: "max act", kind: "num", w: "72px", get: function (i) { return L.max[i]; } });
+  if (CMP && P && CMP.scores[P]) {
+    COLUMNS.push({ key: "d:" + P, title: "Δ " + P + " vs " + CMP.name, kind: "num", w: "96px",
+                   get: function (i) { var a = L.scores[P][i], b = CMP.scores[P][i]; return (a === null || b === null) ? null : a - b; } });
+  }
+  var GRID = COLUMNS.map(function (c) { return c.w; }).join(" ");
+  var KEYS = { frequency: function (i) { return L.freq[i]; }, freq: function (i) { return L.freq[i]; },
+               max: function (i) { return L.max[i]; }, index: function (i) { return L.index[i]; } };
+  NAMES.forEach(function (n) {
+    KEYS[n] = function (i) { return L.scores[n][i]; };
+    KEYS["baseline_" + n] = function (i) { return L.baseline[n][i]; };
+  });
 
-  function sortValue(col, f) {
-    var v = col.get(f);
-    if (col.kind === "score") { return v && typeof v.value === "number" ? v.value : null; }
-    if (v === undefined) { return null; }
-    return v;
+  /* ---------------------------------------------------------------- filter and sort */
+  function parseQuery(text) {
+    var terms = [], conds = [], errors = [];
+    text.trim().split(/\s+/).forEach(function (tok) {
+      if (!tok) { return; }
+      var m = /^([A-Za-z_][\w.]*)(<=|>=|<|>|=)(-?[\d.]+(?:e-?\d+)?)$/.exec(tok);
+      if (m) {
+        if (!KEYS[m[1]]) { errors.push("unknown field " + m[1]); return; }
+        conds.push({ get: KEYS[m[1]], op: m[2], v: parseFloat(m[3]) });
+      } else { terms.push(tok.toLowerCase()); }
+    });
+    return { terms: terms, conds: conds, errors: errors };
   }
-  function compareFeatures(a, b) {
+  function test(op, a, b) {
+    if (a === null || a === undefined) { return false; }
+    return op === "<" ? a < b : op === ">" ? a > b : op === "<=" ? a <= b : op === ">=" ? a >= b : a === b;
+  }
+  function applyFilter() {
+    var t = performance.now();
+    var query = parseQuery(document.getElementById("filter").value);
+    var src = document.getElementById("source-filter").value;
+    var srcIdx = src === "" ? -1 : parseInt(src, 10);
+    var out = new Int32Array(N), k = 0;
+    outer: for (var i = 0; i < N; i++) {
+      if (srcIdx >= 0 && L.source[i] !== srcIdx) { continue; }
+      for (var a = 0; a < query.terms.length; a++) {
+        var term = query.terms[a];
+        if (lowerLabel[i].indexOf(term) < 0 && lowerId[i].indexOf(term) < 0) { continue outer; }
+      }
+      for (var b = 0; b < query.conds.length; b++) {
+        var c = query.conds[b];
+        if (!test(c.op, c.get(i), c.v)) { continue outer; }
+      }
+      out[k++] = i;
+    }
+    var order = out.slice(0, k);
+    if (state.sortKey) { order = sortOrder(order); }
+    state.order = order;
+    state.cursor = state.open >= 0 ? order.indexOf(state.open) : -1;
+    renderList();
+    var count = document.getElementById("count");
+    count.textContent = k + " of " + N + " features" + (query.errors.length ? " (" + query.errors.join("; ") + ")" : "");
+    count.classList.toggle("undef", query.errors.length > 0);
+    perf.filter_ms = performance.now() - t;
+  }
+  function sortOrder(order) {
     var col = COLUMNS.filter(function (c) { return c.key === state.sortKey; })[0];
-    if (!col) { return 0; }
-    var va = sortValue(col, a), vb = sortValue(col, b);
-    // Undefined values sort last in both directions.
-    if (va === null && vb === null) { return 0; }
-    if (va === null) { return 1; }
-    if (vb === null) { return -1; }
-    if (typeof va === "number" && typeof vb === "number") { return (va - vb) * state.sortDir; }
-    return String(va).localeCompare(String(vb), undefined, { numeric: true }) * state.sortDir;
+    if (!col) { return order; }
+    var dir = state.sortDir;
+    var arr = Array.prototype.slice.call(order);
+    if (col.kind === "text") {
+      var vals = {};
+      arr.forEach(function (i) { var v = col.get(i); vals[i] = v === null || v === undefined ? null : String(v); });
+      var coll = new Intl.Collator(undefined, { numeric: true });
+      arr.sort(function (x, y) {
+        var a = vals[x], b = vals[y];
+        if (a === null && b === null) { return x - y; }
+        if (a === null) { return 1; }
+        if (b === null) { return -1; }
+        return coll.compare(a, b) * dir || x - y;
+      });
+    } else {
+      var key = new Float64Array(N);
+      arr.forEach(function (i) { var v = col.get(i); key[i] = (v === null || v === undefined) ? NaN : v; });
+      arr.sort(function (x, y) {
+        var a = key[x], b = key[y];
+        var na = a !== a, nb = b !== b;  /* undefined values sort last in both directions */
+        if (na || nb) { return na && nb ? x - y : (na ? 1 : -1); }
+        return (a - b) * dir || x - y;
+      });
+    }
+    return Int32Array.from(arr);
   }
 
-  function renderHeader() {
-    var row = document.getElementById("header-row");
-    row.textContent = "";
+  /* ---------------------------------------------------------------- list rendering (virtual) */
+  function renderHead() {
+    var head = document.getElementById("list-head");
+    head.textContent = "";
+    head.style.gridTemplateColumns = GRID;
     COLUMNS.forEach(function (col) {
-      var th = el("th", col.cls || "", col.title);
-      th.dataset.key = col.key;
-      th.tabIndex = 0;
-      th.title = "sort by " + col.title;
+      var h = el("div", "cell th " + (col.cls || ""), col.title);
+      h.dataset.key = col.key;
+      h.tabIndex = 0;
+      h.title = "sort by " + col.title;
+      h.setAttribute("role", "columnheader");
       if (state.sortKey === col.key) {
-        th.classList.add(state.sortDir > 0 ? "sorted-asc" : "sorted-desc");
-        th.setAttribute("aria-sort", state.sortDir > 0 ? "ascending" : "descending");
+        h.classList.add(state.sortDir > 0 ? "sorted-asc" : "sorted-desc");
+        h.setAttribute("aria-sort", state.sortDir > 0 ? "ascending" : "descending");
       }
       function sort() {
         if (state.sortKey === col.key) { state.sortDir = -state.sortDir; }
-        else { state.sortKey = col.key; state.sortDir = (col.kind === "text") ? 1 : -1; }
-        renderHeader(); renderRows();
+        else { state.sortKey = col.key; state.sortDir = col.kind === "text" ? 1 : -1; }
+        renderHead(); applyFilter();
       }
-      th.addEventListener("click", sort);
-      th.addEventListener("keydown", function (ev) { if (ev.key === "Enter") { sort(); } });
-      row.appendChild(th);
+      h.addEventListener("click", sort);
+      h.addEventListener("keydown", function (ev) { if (ev.key === "Enter") { sort(); } });
+      head.appendChild(h);
     });
   }
-
-  function matches(f) {
-    if (!state.filter) { return true; }
-    var q = state.filter.toLowerCase();
-    return f.id.toLowerCase().indexOf(q) >= 0 || (f.label || "").toLowerCase().indexOf(q) >= 0;
+  function cellFor(col, i) {
+    var v = col.get(i);
+    var c;
+    if (col.kind === "score") { c = scoreNode("div", v, col.reason(i)); }
+    else if (col.kind === "num") {
+      c = el("div", "num", v === null || v === undefined ? "" : fmt(v, 4));
+      if (v !== null && v !== undefined) { c.title = String(v); }
+    } else if (col.key === "label") {
+      if (v === null || v === undefined) {
+        var why = reasonOf(L.label_failed[i]);
+        c = el("div", why ? "undef" : "missing", why ? "explanation failed" : "(no explanation)");
+        if (why) { c.title = why; }
+      } else { c = el("div", "label", v); c.title = String(v); }
+    } else { c = el("div", "fid", v); c.title = L.id[i]; }
+    c.classList.add("cell");
+    if (col.cls) { c.classList.add(col.cls); }
+    return c;
+  }
+  var rendered = { from: -1, to: -1 };
+  function renderList() {
+    var list = document.getElementById("list");
+    var spacer = document.getElementById("list-spacer");
+    spacer.style.height = (state.order.length * ROWH) + "px";
+    rendered.from = rendered.to = -1;
+    renderVisible(true);
+  }
+  function renderVisible(force) {
+    var list = document.getElementById("list");
+    var spacer = document.getElementById("list-spacer");
+    if (!state.order) { return; }
+    var n = state.order.length;
+    var from = Math.max(0, Math.floor(list.scrollTop / ROWH) - 10);
+    var to = Math.min(n, Math.ceil((list.scrollTop + list.clientHeight) / ROWH) + 10);
+    if (!force && from === rendered.from && to === rendered.to) { return; }
+    rendered.from = from; rendered.to = to;
+    spacer.textContent = "";
+    var frag = document.createDocumentFragment();
+    for (var pos = from; pos < to; pos++) {
+      var i = state.order[pos];
+      var row = el("div", "row");
+      row.style.gridTemplateColumns = GRID;
+      row.style.top = (pos * ROWH) + "px";
+      row.dataset.index = String(i);
+      row.dataset.pos = String(pos);
+      row.setAttribute("role", "row");
+      if (pos === state.cursor) { row.classList.add("cursor"); }
+      if (i === state.open) { row.classList.add("open"); }
+      for (var c = 0; c < COLUMNS.length; c++) { row.appendChild(cellFor(COLUMNS[c], i)); }
+      frag.appendChild(row);
+    }
+    spacer.appendChild(frag);
+  }
+  function moveCursor(pos) {
+    var n = state.order.length;
+    if (!n) { return; }
+    pos = Math.max(0, Math.min(n - 1, pos));
+    state.cursor = pos;
+    var list = document.getElementById("list");
+    var top = pos * ROWH;
+    if (top < list.scrollTop) { list.scrollTop = top; }
+    else if (top + ROWH > list.scrollTop + list.clientHeight) { list.scrollTop = top + ROWH - list.clientHeight; }
+    openFeature(state.order[pos]);
   }
 
-  function renderRows() {
-    var body = document.getElementById("feature-rows");
-    body.textContent = "";
-    var rows = FEATURES.map(function (f, i) { return { f: f, i: i }; }).filter(function (r) { return matches(r.f); });
-    if (state.sortKey) { rows.sort(function (a, b) { return compareFeatures(a.f, b.f) || a.i - b.i; }); }
-    rows.forEach(function (r) {
-      var tr = el("tr");
-      tr.dataset.index = String(r.i);
-      tr.tabIndex = 0;
-      if (state.open === r.i) { tr.classList.add("open"); }
-      COLUMNS.forEach(function (col) {
-        var v = col.get(r.f);
-        var td;
-        if (col.kind === "score") { td = scoreNode("td", v); }
-        else if (col.kind === "num") { td = el("td", "num", fmt(v, 4)); if (v !== null && v !== undefined) { td.title = String(v); } }
-        else if (col.key === "label" && (v === null || v === undefined) && r.f.label_failed) {
-          td = el("td", "label undef", "explanation failed");
-          td.title = r.f.label_failed;
-        }
-        else if (v === null || v === undefined) { td = el("td", "missing", col.key === "label" ? "(no explanation)" : ""); }
-        else if (col.key === "label") {
-          td = el("td", "label");
-          var clamp = el("div", "clamp", v);
-          clamp.title = String(v);
-          td.appendChild(clamp);
-        }
-        else { td = el("td", col.key, v); }
-        if (col.cls) { td.classList.add(col.cls); }
-        tr.appendChild(td);
-      });
-      tr.addEventListener("click", function () { openFeature(r.i); });
-      tr.addEventListener("keydown", function (ev) { if (ev.key === "Enter") { openFeature(r.i); } });
-      body.appendChild(tr);
-    });
-    document.getElementById("count").textContent = rows.length + " of " + FEATURES.length + " features";
-  }
-
-  /* ---- detail view ---- */
+  /* ---------------------------------------------------------------- card */
   function shade(value, scale, rgb) {
     if (typeof value !== "number" || !(scale > 0)) { return "transparent"; }
     var a = Math.max(0, Math.min(1, Math.abs(value) / scale)) * 0.85;
     var c = value < 0 ? "220,50,47" : rgb;
     return "rgba(" + c + "," + a.toFixed(3) + ")";
   }
-  function showToken(t) {
-    return String(t).replace(/\n/g, "\u21b5").replace(/\t/g, "\u2192");
-  }
-  function tokenRow(label, tokens, values, scale, rgb, cls) {
-    var row = el("div", "tokrow " + cls);
-    row.appendChild(el("span", "rowlabel", label));
-    var line = el("span", "tokens");
+  function showToken(t) { return String(t).replace(/\n/g, "\u21b5").replace(/\t/g, "\u2192"); }
+  function tokenLine(tokens, values, scale, rgb) {
+    var line = el("div", "tokens");
     for (var i = 0; i < tokens.length; i++) {
       var s = el("span", "tok", showToken(tokens[i]));
       var v = values ? values[i] : null;
@@ -154,10 +290,9 @@
       s.title = JSON.stringify(String(tokens[i])) + " = " + (typeof v === "number" ? String(v) : "n/a");
       line.appendChild(s);
     }
-    row.appendChild(line);
-    return row;
+    return line;
   }
-  function maxOf(arr) {
+  function maxAbs(arr) {
     var m = 0;
     (arr || []).forEach(function (v) { if (typeof v === "number" && Math.abs(v) > m) { m = Math.abs(v); } });
     return m;
@@ -165,20 +300,16 @@
   function simScale(f, eid) {
     var m = 0;
     Object.keys(f.examples).forEach(function (split) {
-      f.examples[split].forEach(function (r) {
-        var s = r.sims[eid];
-        if (s && s.expected) { m = Math.max(m, maxOf(s.expected)); }
-      });
+      f.examples[split].forEach(function (r) { var s = r.sims[eid]; if (s && s.expected) { m = Math.max(m, maxAbs(s.expected)); } });
     });
     return m > 0 ? m : 1;
   }
-
   function statsTable(stats) {
     var t = el("table", "stats");
     if (!stats) { t.appendChild(el("caption", null, "no statistics")); return t; }
     Object.keys(stats).forEach(function (k) {
       var tr = el("tr");
-      tr.appendChild(el("th", null, k.replace(/_/g, " ")));
+      tr.appendChild(el("th", null, k === "frequency" ? "firing rate" : k.replace(/_/g, " ")));
       var v = stats[k];
       var text = Array.isArray(v) ? v.map(function (x) { return fmt(x, 3); }).join(", ")
         : (v === null ? "undefined" : (Number.isInteger(v) ? String(v) : fmt(v, 5)));
@@ -189,139 +320,418 @@
     });
     return t;
   }
-
   function explanationsTable(f) {
     var t = el("table", "explanations");
     var head = el("tr");
-    ["explanation", "kind", "explainer", "simulator"].concat(NAMES).forEach(function (h) { head.appendChild(el("th", null, h)); });
+    ["label", "kind", "explainer", "simulator"].concat(NAMES).forEach(function (h) { head.appendChild(el("th", null, h)); });
     t.appendChild(head);
     f.explanations.forEach(function (e) {
       var tr = el("tr", e.selected ? "selected" : (e.baseline ? "baseline" : ""));
-      if (e.failed) {
-        var ft = el("td", "label undef", "explainer answer unusable");
-        ft.title = e.failed;
-        tr.appendChild(ft);
-      } else { tr.appendChild(el("td", "label", e.text)); }
+      if (e.failed) { var ft = el("td", "label undef", "explainer answer unusable"); ft.title = e.failed; tr.appendChild(ft); }
+      else { tr.appendChild(el("td", "label", e.text)); }
       tr.appendChild(el("td", null, e.baseline ? "shuffled baseline" : (e.selected ? "selected #" + e.candidate : "candidate #" + e.candidate)));
       tr.appendChild(el("td", "spec", e.explainer));
       tr.appendChild(el("td", "spec", e.simulator || ""));
-      NAMES.forEach(function (n) { tr.appendChild(scoreNode("td", e.scores[n])); });
+      NAMES.forEach(function (n) { tr.appendChild(scoreObjNode("td", e.scores[n])); });
       t.appendChild(tr);
     });
     return t;
   }
-
+  function promptsSection(f) {
+    var d = el("details", "prompts");
+    d.appendChild(el("summary", null, "Prompts and raw answers"));
+    var prompts = DATA.run.prompts || {};
+    var names = Object.keys(prompts);
+    d.appendChild(el("p", "legend", names.length
+      ? "Prompt templates of this run (name: sha256 prefix): " + names.map(function (n) { return n + ": " + prompts[n]; }).join(", ")
+      : "This run records no prompt templates."));
+    f.explanations.forEach(function (e) {
+      var box = el("div", "raw");
+      box.appendChild(el("div", "raw-head", (e.baseline ? "shuffled baseline" : "candidate #" + e.candidate) +
+        " · " + e.explainer + (e.prompt_hash ? " · prompt " + e.prompt_hash : "")));
+      box.appendChild(el("pre", null, e.raw === null || e.raw === undefined || e.raw === "" ? "(no raw answer stored)" : e.raw));
+      if (e.settings && Object.keys(e.settings).length) {
+        box.appendChild(el("pre", "settings", "scorer settings: " + JSON.stringify(e.settings)));
+      }
+      d.appendChild(box);
+    });
+    return d;
+  }
+  function vocabSection(v) {
+    var sec = el("section", "vocab");
+    sec.appendChild(el("h3", null, "Vocabulary projection"));
+    ["top", "bottom"].forEach(function (side) {
+      if (!v[side] || !v[side].length) { return; }
+      var p = el("p", "vocab-" + side);
+      p.appendChild(el("span", "rowlabel", side === "top" ? "promoted" : "suppressed"));
+      v[side].forEach(function (pair) {
+        var s = el("span", "vtok", showToken(pair[0]));
+        s.title = String(pair[1]);
+        p.appendChild(s);
+      });
+      sec.appendChild(p);
+    });
+    return sec;
+  }
   function examplesSection(f, split) {
     var recs = f.examples[split];
     var sec = el("section", "split");
     sec.dataset.split = split;
     sec.appendChild(el("h3", null, (DATA.split_titles[split] || split) + " (" + recs.length + ")"));
     var trueScale = f.stats && f.stats.max > 0 ? f.stats.max : 0;
-    var ids = [f.label_id, f.baseline_id].filter(function (x) { return !!x; });
-    var scales = {};
-    ids.forEach(function (id) { scales[id] = simScale(f, id); });
-    recs.forEach(function (r, i) {
-      var box = el("div", "record");
-      var scale = trueScale > 0 ? trueScale : maxOf(r.acts);
-      box.appendChild(tokenRow("true #" + i, r.tokens, r.acts, scale, "34,139,34", "true"));
-      ids.forEach(function (id) {
-        var s = r.sims[id];
-        if (!s) { return; }
-        var lab = (id === f.baseline_id ? "baseline sim" : "simulated");
-        if (s.expected) { box.appendChild(tokenRow(lab, r.tokens, s.expected, scales[id], "30,100,220", "sim")); }
-        else {
-          var fail = el("div", "tokrow failed");
-          fail.appendChild(el("span", "rowlabel", lab));
-          fail.appendChild(el("span", "undef", "simulation failed: " + (s.failed || "unknown reason")));
-          box.appendChild(fail);
-        }
-      });
-      sec.appendChild(box);
+    var simId = state.showBaselineSim ? f.baseline_id : f.label_id;
+    var scale = simId ? simScale(f, simId) : 1;
+    var grid = el("div", "pair-grid");
+    grid.appendChild(el("div", "pair-head", "true activation"));
+    grid.appendChild(el("div", "pair-head", state.showBaselineSim ? "simulated from the shuffled baseline label" : "simulated from the label"));
+    recs.forEach(function (r) {
+      grid.appendChild(tokenLine(r.tokens, r.acts, trueScale > 0 ? trueScale : maxAbs(r.acts), "34,139,34"));
+      var s = simId ? r.sims[simId] : null;
+      if (s && s.expected) { grid.appendChild(tokenLine(r.tokens, s.expected, scale, "30,100,220")); }
+      else if (s) { grid.appendChild(el("div", "undef", "simulation failed: " + (s.failed || "unknown reason"))); }
+      else { grid.appendChild(el("div", "missing", split === "train" ? "(not simulated: shown to the explainer)" : "(not simulated)")); }
     });
+    sec.appendChild(grid);
     return sec;
   }
-
-  function openFeature(i) {
-    state.open = i;
-    var f = FEATURES[i];
-    var d = document.getElementById("detail");
+  function renderCard(i, f) {
+    var d = document.getElementById("card");
     d.textContent = "";
-    d.hidden = false;
-    var close = el("button", "close", "close");
-    close.type = "button";
-    close.addEventListener("click", function () { d.hidden = true; state.open = null; renderRows(); });
-    d.appendChild(close);
     d.appendChild(el("h2", "feature-id", f.id));
-    var lab = el("p", "feature-label", f.label === null ? (f.label_failed ? "explanation failed: " + f.label_failed : "(no explanation)") : f.label);
-    d.appendChild(lab);
-    if (f.baseline_label !== null && f.baseline_label !== undefined) {
-      d.appendChild(el("p", "baseline-label", "shuffled baseline label: " + f.baseline_label));
+    d.appendChild(el("p", "feature-label", f.label === null ? (f.label_failed ? "explanation failed: " + f.label_failed : "(no explanation)") : f.label));
+    if (f.baseline_label) { d.appendChild(el("p", "baseline-label", "shuffled baseline label: " + f.baseline_label)); }
+    if (CMP) {
+      var other = CMP.label[i];
+      d.appendChild(el("p", "compare-label", CMP.name + ": " + (other === null ? "(no explanation)" : other)));
     }
-    var scores = el("div", "score-cards");
+    var cards = el("div", "score-cards");
     NAMES.forEach(function (n) {
-      var card = el("div", "card");
+      var card = el("div", "scard");
       card.appendChild(el("div", "card-title", n));
-      card.appendChild(scoreNode("div", f.scores[n]));
+      card.appendChild(scoreObjNode("div", f.scores[n]));
       var b = el("div", "card-base");
       b.appendChild(el("span", null, "baseline "));
-      b.appendChild(scoreNode("span", f.baseline[n]));
+      b.appendChild(scoreObjNode("span", f.baseline[n]));
       card.appendChild(b);
-      scores.appendChild(card);
+      if (CMP && CMP.scores[n]) {
+        var c = el("div", "card-base");
+        c.appendChild(el("span", null, CMP.name + " "));
+        c.appendChild(scoreNode("span", CMP.scores[n][i], "not scored"));
+        card.appendChild(c);
+      }
+      cards.appendChild(card);
     });
-    d.appendChild(scores);
+    var st = el("div", "scard");
+    st.appendChild(el("div", "card-title", "firing rate"));
+    st.appendChild(el("div", "num", f.stats ? fmt(f.stats.frequency, 5) : "—"));
+    st.appendChild(el("div", "card-base", "max activation " + (f.stats ? fmt(f.stats.max, 4) : "—")));
+    cards.appendChild(st);
+    d.appendChild(cards);
+    if (f.vocab) { d.appendChild(vocabSection(f.vocab)); }
     var cols = el("div", "detail-cols");
     var left = el("div", "col");
-    left.appendChild(el("h3", null, "Explanations"));
+    left.appendChild(el("h3", null, "Labels"));
     left.appendChild(explanationsTable(f));
     var right = el("div", "col");
     right.appendChild(el("h3", null, "Statistics"));
     right.appendChild(statsTable(f.stats));
     cols.appendChild(left); cols.appendChild(right);
     d.appendChild(cols);
-    var legend = el("p", "legend", "Green: true activation; blue: simulated (each shaded relative to its own maximum); red: negative. Hover a token for its value.");
-    d.appendChild(legend);
+    d.appendChild(promptsSection(f));
+    var bar = el("div", "legend");
+    bar.appendChild(el("span", null, "Green: true activation (relative to the feature's max); blue: simulated (relative to its max); red: negative. Hover a token for its value. "));
+    if (f.baseline_id) {
+      var tog = el("button", "toggle", state.showBaselineSim ? "show the label's simulation" : "show the baseline's simulation");
+      tog.type = "button";
+      tog.addEventListener("click", function () { state.showBaselineSim = !state.showBaselineSim; renderCard(i, f); });
+      bar.appendChild(tog);
+    }
+    d.appendChild(bar);
     var any = false;
     ["test_top", "test_quantiles", "test_random", "train"].forEach(function (split) {
       if (f.examples[split] && f.examples[split].length) { d.appendChild(examplesSection(f, split)); any = true; }
     });
     if (!any) { d.appendChild(el("p", "missing", "No examples recorded for this feature.")); }
-    renderRows();
-    try { history.replaceState(null, "", "#" + encodeURIComponent(f.id)); } catch (e) { /* not allowed here */ }
-    d.scrollIntoView({ block: "start" });
+  }
+  var openSeq = 0;
+  function openFeature(i) {
+    var t = performance.now();
+    var seq = ++openSeq;
+    state.open = i;
+    showView("features", true);
+    renderVisible(true);
+    return cardOf(i).then(function (f) {
+      if (seq !== openSeq) { return; }
+      renderCard(i, f);
+      perf.card_ms = performance.now() - t;
+      perf.cards_opened += 1;
+      try { history.replaceState(null, "", "#" + encodeURIComponent(f.id)); } catch (e) { /* not allowed here */ }
+    }).catch(function (err) {
+      var d = document.getElementById("card");
+      d.textContent = "";
+      d.appendChild(el("p", "undef", "Cannot load this feature's data: " + err.message +
+        (location.protocol === "file:" ? " (a folder report must be served: autointerp serve RUN_DIR)" : "")));
+    });
   }
 
-  /* ---- page ---- */
+  /* ---------------------------------------------------------------- overview */
+  function histogram(edges, series) {
+    var box = el("div", "hist");
+    var max = 1;
+    series.forEach(function (s) { s.counts.forEach(function (c) { if (c > max) { max = c; } }); });
+    for (var b = 0; b < edges.length - 1; b++) {
+      var bin = el("div", "bin");
+      series.forEach(function (s) {
+        var bar = el("div", "bar " + s.cls);
+        bar.style.height = (100 * s.counts[b] / max).toFixed(1) + "%";
+        bar.title = s.name + " [" + fmt(edges[b]) + ", " + fmt(edges[b + 1]) + "): " + s.counts[b];
+        bin.appendChild(bar);
+      });
+      box.appendChild(bin);
+    }
+    var wrap = el("div", "hist-wrap");
+    wrap.appendChild(box);
+    var axis = el("div", "axis");
+    axis.appendChild(el("span", null, fmt(edges[0])));
+    axis.appendChild(el("span", null, fmt(edges[edges.length - 1])));
+    wrap.appendChild(axis);
+    return wrap;
+  }
+  function reasonList(title, counts) {
+    var keys = Object.keys(counts || {});
+    var box = el("div", "reasons");
+    box.appendChild(el("h4", null, title + (keys.length ? "" : ": none")));
+    if (keys.length) {
+      var ul = el("ul");
+      keys.forEach(function (k) { ul.appendChild(el("li", null, counts[k] + " × " + k)); });
+      box.appendChild(ul);
+    }
+    return box;
+  }
+  function usageTable(u) {
+    var t = el("table", "usage");
+    var head = el("tr");
+    ["role", "LLM", "requests", "from cache", "prompt tokens", "completion tokens", "cost (USD)"].forEach(function (h) { head.appendChild(el("th", null, h)); });
+    t.appendChild(head);
+    var roles = Object.keys(u).filter(function (k) { return u[k] && typeof u[k] === "object" && typeof u[k].requests === "number"; });
+    roles.forEach(function (role) {
+      var r = u[role];
+      var tr = el("tr", role === "total" ? "total" : "");
+      tr.appendChild(el("td", null, role));
+      tr.appendChild(el("td", "spec", r.spec || ""));
+      [r.requests, r.cache_hits, r.prompt_tokens, r.completion_tokens].forEach(function (v) { tr.appendChild(el("td", "num", v === undefined ? "" : String(v))); });
+      if (typeof r.cost_usd === "number") { tr.appendChild(el("td", "num", "$" + r.cost_usd.toFixed(4))); }
+      else { var c = el("td", "undef", "undefined"); c.title = u.cost_reason || "no price for this LLM"; tr.appendChild(c); }
+      t.appendChild(tr);
+    });
+    if (!roles.length) { var none = el("tr"); none.appendChild(el("td", "missing", "no LLM usage recorded")); t.appendChild(none); }
+    return t;
+  }
+  function renderOverview() {
+    var o = DATA.overview;
+    var v = document.getElementById("view-overview");
+    v.textContent = "";
+    o.missing.forEach(function (m) { v.appendChild(el("p", "banner", m)); });
+    if (o.warnings.length) {
+      var w = el("div", "banner warn");
+      w.appendChild(el("strong", null, o.warnings.length + " warning(s) while reading the run:"));
+      var ul = el("ul");
+      o.warnings.forEach(function (m) { ul.appendChild(el("li", null, m)); });
+      w.appendChild(ul);
+      v.appendChild(w);
+    }
+    v.appendChild(el("p", null, o.n_features + " features, " + o.n_explained + " with a label, " + o.n_simulations + " simulations."));
+    var grid = el("div", "overview-grid");
+    NAMES.forEach(function (n) {
+      var s = o.scores[n];
+      var box = el("div", "ov-score");
+      box.dataset.score = n;
+      box.appendChild(el("h3", null, n));
+      var t = el("table", "means");
+      [["explained", s.explained, "ex"], ["shuffled baseline", s.baseline, "bl"]].forEach(function (row) {
+        var tr = el("tr");
+        var key = el("td");
+        key.appendChild(el("span", "swatch " + row[2]));
+        key.appendChild(document.createTextNode(row[0]));
+        tr.appendChild(key);
+        tr.appendChild(el("td", "num", ciText(row[1])));
+        tr.appendChild(el("td", "num", "n=" + row[1].n));
+        t.appendChild(tr);
+      });
+      box.appendChild(t);
+      box.appendChild(histogram(s.edges, [{ name: "explained", cls: "ex", counts: s.explained.hist },
+                                          { name: "baseline", cls: "bl", counts: s.baseline.hist }]));
+      box.appendChild(reasonList("undefined (explained)", s.explained.undefined));
+      box.appendChild(reasonList("undefined (baseline)", s.baseline.undefined));
+      grid.appendChild(box);
+    });
+    v.appendChild(grid);
+    var fails = el("div", "overview-grid");
+    fails.appendChild(reasonList("failed explanations", o.failed_explanations));
+    fails.appendChild(reasonList("failed simulations", o.failed_simulations));
+    v.appendChild(fails);
+    v.appendChild(el("h3", null, "LLM usage and cost per role"));
+    v.appendChild(usageTable(DATA.usage || {}));
+    var files = Object.keys(o.files || {});
+    if (files.length) {
+      v.appendChild(el("h3", null, "Run directory"));
+      var ft = el("ul", "files");
+      files.forEach(function (k) { ft.appendChild(el("li", o.files[k] ? "" : "missing", k + (o.files[k] ? "" : " (missing)"))); });
+      v.appendChild(ft);
+      var stages = Object.keys(o.stages || {});
+      if (stages.length) {
+        v.appendChild(el("p", "legend", "stages: " + stages.map(function (k) { return k + " " + (o.stages[k].status || "?"); }).join(", ")));
+      }
+    }
+  }
+
+  /* ---------------------------------------------------------------- compare */
+  function renderCompare() {
+    var v = document.getElementById("view-compare");
+    v.textContent = "";
+    v.appendChild(el("p", null, "This run against " + CMP.name + " (" + CMP.path + "), on this run's " + N +
+      " features (" + CMP.n_common + " also in the other run). Differences are this run minus the other, paired by feature."));
+    var grid = el("div", "overview-grid");
+    Object.keys(CMP.paired).forEach(function (n) {
+      var s = CMP.paired[n];
+      var box = el("div", "ov-score");
+      box.dataset.score = n;
+      box.appendChild(el("h3", null, "Δ " + n));
+      box.appendChild(el("p", "num-line", "mean difference " + ciText(s) + ", n=" + s.n + " features scored in both"));
+      box.appendChild(histogram(s.edges, [{ name: "Δ " + n, cls: "ex", counts: s.hist }]));
+      grid.appendChild(box);
+    });
+    v.appendChild(grid);
+    if (!P || !CMP.scores[P]) { return; }
+    var idx = [];
+    for (var i = 0; i < N; i++) { if (L.scores[P][i] !== null && CMP.scores[P][i] !== null) { idx.push(i); } }
+    idx.sort(function (a, b) { return Math.abs(L.scores[P][b] - CMP.scores[P][b]) - Math.abs(L.scores[P][a] - CMP.scores[P][a]); });
+    v.appendChild(el("h3", null, "Largest differences in " + P + " (click to open)"));
+    var t = el("table", "compare-table");
+    var head = el("tr");
+    ["feature", "label (this run)", P, "label (" + CMP.name + ")", P, "Δ"].forEach(function (h) { head.appendChild(el("th", null, h)); });
+    t.appendChild(head);
+    idx.slice(0, 200).forEach(function (i) {
+      var tr = el("tr");
+      tr.tabIndex = 0;
+      tr.appendChild(el("td", "fid", L.id[i]));
+      tr.appendChild(el("td", "label", L.label[i] || ""));
+      tr.appendChild(el("td", "num", fmt(L.scores[P][i])));
+      tr.appendChild(el("td", "label", CMP.label[i] || ""));
+      tr.appendChild(el("td", "num", fmt(CMP.scores[P][i])));
+      tr.appendChild(el("td", "num", fmt(L.scores[P][i] - CMP.scores[P][i])));
+      tr.addEventListener("click", function () { openFeature(i); });
+      tr.addEventListener("keydown", function (ev) { if (ev.key === "Enter") { openFeature(i); } });
+      t.appendChild(tr);
+    });
+    v.appendChild(t);
+  }
+
+  /* ---------------------------------------------------------------- views and keys */
+  var VIEWS = [["features", "Features"], ["overview", "Overview"]];
+  if (CMP) { VIEWS.push(["compare", "Compare"]); }
+  var drawn = {};
+  function showView(name, keepHash) {
+    VIEWS.forEach(function (pair) {
+      document.getElementById("view-" + pair[0]).hidden = pair[0] !== name;
+      var tab = document.getElementById("tab-" + pair[0]);
+      tab.classList.toggle("active", pair[0] === name);
+      tab.setAttribute("aria-selected", pair[0] === name ? "true" : "false");
+    });
+    if (!drawn[name]) {
+      drawn[name] = true;
+      if (name === "overview") { renderOverview(); }
+      if (name === "compare") { renderCompare(); }
+    }
+    if (!keepHash && name !== "features") { try { history.replaceState(null, "", "#" + name); } catch (e) { /* file: */ } }
+    if (name === "features") { renderVisible(true); }
+  }
+  var tabs = document.getElementById("tabs");
+  VIEWS.forEach(function (pair) {
+    var b = el("button", "tab", pair[1]);
+    b.type = "button";
+    b.id = "tab-" + pair[0];
+    b.setAttribute("role", "tab");
+    b.addEventListener("click", function () { showView(pair[0]); });
+    tabs.appendChild(b);
+  });
+
+  document.addEventListener("keydown", function (ev) {
+    var tag = ev.target && ev.target.tagName;
+    var typing = tag === "INPUT" || tag === "SELECT" || tag === "TEXTAREA";
+    if (typing) {
+      if (ev.key === "Escape" || ev.key === "Enter" || ev.key === "ArrowDown") {
+        ev.target.blur(); document.getElementById("list").focus();
+        if (ev.key !== "Escape" && state.order.length) { moveCursor(state.cursor < 0 ? 0 : state.cursor); }
+        ev.preventDefault();
+      }
+      return;
+    }
+    if (document.getElementById("view-features").hidden) { return; }
+    var page = Math.max(1, Math.floor(document.getElementById("list").clientHeight / ROWH) - 1);
+    if (ev.key === "ArrowDown" || ev.key === "j") { moveCursor(state.cursor + 1); ev.preventDefault(); }
+    else if (ev.key === "ArrowUp" || ev.key === "k") { moveCursor(state.cursor - 1); ev.preventDefault(); }
+    else if (ev.key === "PageDown") { moveCursor(state.cursor + page); ev.preventDefault(); }
+    else if (ev.key === "PageUp") { moveCursor(state.cursor - page); ev.preventDefault(); }
+    else if (ev.key === "Home") { moveCursor(0); ev.preventDefault(); }
+    else if (ev.key === "End") { moveCursor(state.order.length - 1); ev.preventDefault(); }
+    else if (ev.key === "Enter" && state.cursor >= 0) { openFeature(state.order[state.cursor]); ev.preventDefault(); }
+    else if (ev.key === "/") { document.getElementById("filter").focus(); ev.preventDefault(); }
+  });
+
+  /* ---------------------------------------------------------------- page */
   document.getElementById("title").textContent = DATA.title;
   document.title = DATA.title;
   var info = document.getElementById("run-info");
-  var bits = [DATA.run.command, DATA.run.created_at, DATA.run.path, FEATURES.length + " features"];
-  var usage = DATA.usage && (DATA.usage.total || DATA.usage);
+  var bits = [DATA.run.command, DATA.run.created_at, DATA.run.path, N + " features"];
+  var usage = DATA.usage && DATA.usage.total;
   if (usage && typeof usage.requests === "number") {
     bits.push(usage.requests + " LLM requests" + (usage.cache_hits ? " (+" + usage.cache_hits + " from cache)" : ""));
-    if (typeof usage.cost_usd === "number") {
-      bits.push("LLM cost $" + usage.cost_usd.toFixed(4));
-    } else if (usage.cost_usd === null) {
-      bits.push("LLM cost undefined" + (DATA.usage.cost_reason ? " (" + DATA.usage.cost_reason + ")" : ""));
-    }
+    if (typeof usage.cost_usd === "number") { bits.push("LLM cost $" + usage.cost_usd.toFixed(4)); }
+    else if (usage.cost_usd === null) { bits.push("LLM cost undefined" + (DATA.usage.cost_reason ? " (" + DATA.usage.cost_reason + ")" : "")); }
   }
   info.textContent = bits.filter(function (x) { return x !== null && x !== undefined && x !== ""; }).join(" · ");
   var details = el("details", "config");
-  details.appendChild(el("summary", null, "configuration, prompts and versions"));
-  details.appendChild(el("pre", null, JSON.stringify({ config: DATA.run.config, prompts: DATA.run.prompts, versions: DATA.run.versions }, null, 2)));
+  details.appendChild(el("summary", null, "configuration, models, prompts and versions"));
+  details.appendChild(el("pre", null, JSON.stringify({ config: DATA.run.config, models: DATA.run.models, prompts: DATA.run.prompts, versions: DATA.run.versions }, null, 2)));
   info.appendChild(details);
-  document.getElementById("filter").addEventListener("input", function (ev) {
-    state.filter = ev.target.value.trim();
-    renderRows();
-  });
-  renderHeader();
-  renderRows();
-  /* A link to RUN/report.html#<feature id> opens that feature. */
-  if (location.hash.length > 1) {
-    var want = "";
-    try { want = decodeURIComponent(location.hash.slice(1)); } catch (e) { want = ""; }
-    for (var k = 0; k < FEATURES.length; k++) {
-      if (FEATURES[k].id === want) { openFeature(k); break; }
-    }
+  if (DATA.overview.warnings.length || DATA.overview.missing.length) {
+    var note = el("p", "banner warn", DATA.overview.missing.concat(
+      DATA.overview.warnings.length ? [DATA.overview.warnings.length + " warning(s) while reading the run: see Overview"] : []).join(" · "));
+    info.appendChild(note);
   }
+  var sel = document.getElementById("source-filter");
+  sel.appendChild(el("option", null, "all sources")).value = "";
+  DATA.sources.forEach(function (s, k) { var o = el("option", null, s || "(unparsed ids)"); o.value = String(k); sel.appendChild(o); });
+  sel.hidden = DATA.sources.length < 2;
+  var pending = null;
+  document.getElementById("filter").addEventListener("input", function () {
+    if (pending !== null) { cancelAnimationFrame(pending); }
+    pending = requestAnimationFrame(function () { pending = null; applyFilter(); });
+  });
+  sel.addEventListener("change", applyFilter);
+  document.getElementById("list").addEventListener("scroll", function () { renderVisible(false); }, { passive: true });
+  document.getElementById("list").addEventListener("click", function (ev) {
+    var row = ev.target.closest ? ev.target.closest(".row") : null;
+    if (row && row.dataset.pos) { state.cursor = parseInt(row.dataset.pos, 10); openFeature(parseInt(row.dataset.index, 10)); }
+  });
+  window.addEventListener("resize", function () { renderVisible(true); });
+  if (P) { state.sortKey = "s:" + P; state.sortDir = -1; }
+  renderHead();
+  showView("features", true);
+  applyFilter();
+  perf.list_ms = performance.now() - T0;
+  /* For tests and the benchmark: timings measured inside the page, and the views' entry points. */
+  window.__report = {
+    perf: perf,
+    setFilter: function (q) { document.getElementById("filter").value = q; applyFilter(); return state.order.length; },
+    open: function (i) { return openFeature(i); },
+    openId: function (id) { var i = L.id.indexOf(id); return i >= 0 ? openFeature(i) : Promise.reject(new Error("no feature " + id)); },
+    show: function (name) { showView(name); }
+  };
+  var hash = "";
+  try { hash = decodeURIComponent(location.hash.slice(1)); } catch (e) { hash = ""; }
+  if (hash === "overview" || (hash === "compare" && CMP)) { showView(hash); }
+  else if (hash) { var at = L.id.indexOf(hash); if (at >= 0) { state.cursor = state.order.indexOf(at); openFeature(at); } }
   document.body.dataset.ready = "1";
 })();

@@ -7,7 +7,7 @@ simulations, scores with some undefined values), built from the types in :mod:`a
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -22,6 +22,9 @@ from autointerp.records import (
     Usage,
 )
 from autointerp.rundir import RunDir, append_jsonl, atomic_write_json
+
+if TYPE_CHECKING:
+    from autointerp.report.rundata import RunData
 
 _WORDS = (
     "the city of Paris lies on the Seine and London on the Thames while Berlin sits on the Spree "
@@ -122,3 +125,35 @@ def write_synthetic_run(
     atomic_write_json(run.file("usage.json"), Usage(1000, 200, 24, 0, 0.0).to_json())
     run.set_stage("explain", "done")
     return run
+
+
+def synthetic_rundata(n_features: int, *, seed: int = 0, source: str = "synthetic/L0/mlp_neurons") -> RunData:
+    """An in-memory run of ``n_features`` features with labels, a shuffled baseline, two scores (some
+    undefined, with a reason) and statistics, but no records or simulations: builds in about a second
+    for 16,384 features, so browser tests can exercise the large-run layout quickly."""
+    from autointerp.report.rundata import ExplanationRow, RunData
+
+    rng = np.random.default_rng(seed)
+    data = RunData(path=Path(f"/synthetic-{n_features}"), manifest={"command": "explain", "config": {"seed": seed}})
+    corr = rng.uniform(-0.2, 0.9, n_features)
+    base = rng.normal(0.0, 0.1, n_features)
+    det = rng.uniform(0.4, 1.0, n_features)
+    freq = 10 ** rng.uniform(-5, -0.5, n_features)
+    mx = rng.uniform(0.5, 20.0, n_features)
+    for i in range(n_features):
+        fid = str(FeatureId(source, i))
+        f, m = float(freq[i]), float(mx[i])
+        data.stats[fid] = FeatureStats(10_000, f, m, m * f / 3, m / 3)
+        label = f"{_LABELS[i % len(_LABELS)]} (variant {i})"
+        shuffled = _LABELS[(i + 1) % len(_LABELS)]
+        for eid, text, is_base in ((f"{fid}#0", label, False), (f"{fid}#baseline", shuffled, True)):
+            data.explanations[eid] = ExplanationRow(eid, fid, text, "synthetic[none]", 0, is_base, not is_base, {})
+        c = (
+            Score("correlation", None, reason="true activations are constant over the scored records")
+            if i % 97 == 1
+            else Score("correlation", float(corr[i]))
+        )
+        data.scores[f"{fid}#0"] = {"correlation": c, "detection": Score("detection", float(det[i]))}
+        data.scores[f"{fid}#baseline"] = {"correlation": Score("correlation", float(base[i])),
+                                          "detection": Score("detection", 0.5)}
+    return data
