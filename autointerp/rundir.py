@@ -347,6 +347,8 @@ class RunData:
         """Errors added in this session (see :meth:`add_error`)."""
         self._labels: dict[tuple[str, str], str] | None = None
         self._by_label: dict[str, dict[str, Score]] | None = None
+        self._by_feature: dict[str, list[ExplanationRow]] | None = None
+        self._indexed = -1
 
     # -- the shared rules ---------------------------------------------------------------------------
     def features(self) -> list[str]:
@@ -360,7 +362,14 @@ class RunData:
         return out
 
     def explanations_of(self, feature: str) -> list[ExplanationRow]:
-        return [e for e in self.explanations.values() if e.feature == feature]
+        """The explanations of ``feature`` in file order. Indexed once (rebuilt when explanations were
+        added), so a reader asking for every feature of a 16k-feature run does not rescan all rows."""
+        if self._by_feature is None or self._indexed != len(self.explanations):
+            by: dict[str, list[ExplanationRow]] = {}
+            for e in self.explanations.values():
+                by.setdefault(e.feature, []).append(e)
+            self._by_feature, self._indexed = by, len(self.explanations)
+        return list(self._by_feature.get(feature, ()))
 
     def selected(self, feature: str) -> ExplanationRow | None:
         """The selected explanation of ``feature`` (the one rule every reader uses): the usable one
@@ -438,6 +447,7 @@ class RunData:
         for row in rows:
             e = ExplanationRow.from_json(row)
             self.explanations[e.explanation_id] = e
+        self._by_feature = None
 
     def add_simulation(self, eid: str, feature: str, split: str, idx: int, simulator: str, sim: Simulation) -> None:
         row = {

@@ -59,8 +59,9 @@ async def test_rescoring_with_a_second_judge_keeps_both_judges_scores_apart(tmp_
     table = run_table(run)
     assert list(table[f"score_{la}"]) == [1.0] * 4 and list(table[f"score_{lb}"]) == [0.5] * 4
     data = report_data(load_run(run))
-    assert set(data["score_names"]) == {la, lb}
-    assert data["features"][0]["scores"][lb]["value"] == 0.5
+    assert set(data["index"]["score_names"]) == {la, lb}
+    assert data["cards"][0]["scores"][lb]["value"] == 0.5
+    assert data["index"]["list"]["scores"][lb] == [0.5] * 4
 
 
 def _expl(feature: str, candidate: int, text: str, *, selected: bool = False, failed: str | None = None) -> dict:
@@ -96,7 +97,7 @@ def test_every_reader_selects_the_same_explanation(tmp_path: Path) -> None:
     assert summary.scores["correlation"]["explained"][0] == pytest.approx(0.9)  # type: ignore[index]
     export = {r["feature"]: r["explanation"] for r in feature_rows(run.path)}
     table = dict(zip(run_table(run.path)["feature"], run_table(run.path)["label"], strict=True))
-    report = {f["id"]: f["label"] for f in report_data(load_run(run.path))["features"]}
+    report = {f["id"]: f["label"] for f in report_data(load_run(run.path))["cards"]}
     expected = {f0: "label one", f1: "winner"}
     assert export == table == report == expected
 

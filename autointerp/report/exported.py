@@ -16,8 +16,7 @@ from typing import Any
 
 from autointerp.errors import UserError
 from autointerp.records import FeatureStats, Score
-from autointerp.report.rundata import ExplanationRow, RunData
-from autointerp.rundir import read_jsonl
+from autointerp.rundir import ExplanationRow, RunData, RunDir, read_jsonl
 
 EXPORT_SUFFIXES = (".parquet", ".jsonl", ".csv")
 REQUIRED = ("feature", "explanation")
@@ -69,7 +68,7 @@ def load_export(path: Path) -> RunData:
                 f"{path} lacks the column(s) {', '.join(missing)} of an exported dataset; write it with "
                 "`autointerp export RUN_DIR --format parquet` or see datasets/labelled-dataset-card.md"
             )
-    data = RunData(path=path, manifest={"command": "export-file", "config": {"file": str(path)}})
+    data = RunData(RunDir(path), {"command": "export-file", "config": {"file": str(path)}})
     for r in rows:
         fid = str(r["feature"])
         if r.get("frequency") is not None or r.get("max_activation") is not None:
@@ -106,12 +105,13 @@ def load_export(path: Path) -> RunData:
                 continue
             name = key[len("score_") :]
             value, reason = _float(r.get(key)), _none(r.get(f"score_{name}_reason"))
+            judge = str(settings.get(name, {}).get("judge", ""))
             if value is not None or reason:
-                data.scores.setdefault(eid, {})[name] = Score(name, value, reason, dict(settings.get(name, {})))
+                data.score_rows[(eid, name, judge)] = Score(name, value, reason, dict(settings.get(name, {})))
             b = _float(r.get(f"baseline_{name}"))
             if b is not None:
                 beid = f"{fid}#baseline"
                 if beid not in data.explanations:
                     data.explanations[beid] = ExplanationRow(beid, fid, "", "", 0, True, False, {})
-                data.scores.setdefault(beid, {})[name] = Score(name, b)
+                data.score_rows[(beid, name, judge)] = Score(name, b)
     return data

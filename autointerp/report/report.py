@@ -45,7 +45,16 @@ import numpy as np
 from autointerp.errors import UserError
 from autointerp.records import ActivationRecord, FeatureId, Score
 from autointerp.report.rundata import RunData, load_run
-from autointerp.rundir import atomic_write_text
+from autointerp.rundir import (
+    EXPLANATIONS,
+    MANIFEST,
+    RECORDS,
+    SCORES,
+    SIMULATIONS,
+    USAGE,
+    USAGE_LOG,
+    atomic_write_text,
+)
 
 Layout = Literal["auto", "file", "folder"]
 
@@ -64,7 +73,7 @@ _SPLIT_TITLES = {
     "test_random": "Random windows (held out)",
     "train": "Shown to the explainer",
 }
-_RUN_FILES = ("manifest.json", "records.jsonl", "explanations.jsonl", "simulations.jsonl", "scores.jsonl", "usage.json")
+_RUN_FILES = (MANIFEST, RECORDS, EXPLANATIONS, SIMULATIONS, SCORES, USAGE_LOG, USAGE)
 
 
 def _asset(name: str) -> str:

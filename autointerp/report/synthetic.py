@@ -24,7 +24,7 @@ from autointerp.records import (
 from autointerp.rundir import RunDir, append_jsonl, atomic_write_json
 
 if TYPE_CHECKING:
-    from autointerp.report.rundata import RunData
+    from autointerp.rundir import RunData
 
 _WORDS = (
     "the city of Paris lies on the Seine and London on the Thames while Berlin sits on the Spree "
@@ -131,10 +131,10 @@ def synthetic_rundata(n_features: int, *, seed: int = 0, source: str = "syntheti
     """An in-memory run of ``n_features`` features with labels, a shuffled baseline, two scores (some
     undefined, with a reason) and statistics, but no records or simulations: builds in about a second
     for 16,384 features, so browser tests can exercise the large-run layout quickly."""
-    from autointerp.report.rundata import ExplanationRow, RunData
+    from autointerp.rundir import ExplanationRow, RunData
 
     rng = np.random.default_rng(seed)
-    data = RunData(path=Path(f"/synthetic-{n_features}"), manifest={"command": "explain", "config": {"seed": seed}})
+    data = RunData(RunDir(Path(f"/synthetic-{n_features}")), {"command": "explain", "config": {"seed": seed}})
     corr = rng.uniform(-0.2, 0.9, n_features)
     base = rng.normal(0.0, 0.1, n_features)
     det = rng.uniform(0.4, 1.0, n_features)
@@ -153,7 +153,11 @@ def synthetic_rundata(n_features: int, *, seed: int = 0, source: str = "syntheti
             if i % 97 == 1
             else Score("correlation", float(corr[i]))
         )
-        data.scores[f"{fid}#0"] = {"correlation": c, "detection": Score("detection", float(det[i]))}
-        data.scores[f"{fid}#baseline"] = {"correlation": Score("correlation", float(base[i])),
-                                          "detection": Score("detection", 0.5)}
+        for eid, sc in (
+            (f"{fid}#0", c),
+            (f"{fid}#0", Score("detection", float(det[i]))),
+            (f"{fid}#baseline", Score("correlation", float(base[i]))),
+            (f"{fid}#baseline", Score("detection", 0.5)),
+        ):
+            data.score_rows[(eid, sc.name, "synthetic_judge[none]")] = sc
     return data
