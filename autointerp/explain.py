@@ -109,7 +109,26 @@ def highlight_tokens(tokens: Sequence[str], mask: np.ndarray) -> str:
     )
 
 
-_PREFIX = re.compile(r"^\s*(?:final\s+)?(?:explanation|label|answer)\s*[:\-]\s*", re.IGNORECASE)
+_PREFIX = re.compile(r"^[\s*_]*(?:final\s+)?(?:explanation|label|answer)[\s*_]*[:\-][\s*_]*", re.IGNORECASE)
+_WRAPPERS = "\"'`*_"
+
+
+def _unwrap(label: str) -> str:
+    """Strip wrapping quotes, backticks and emphasis from both ends, keeping balanced inner quotes: a character
+    goes when it closes a pair with the other end, or when it is unbalanced (an odd count in the label), so
+    ``words that start with "when"`` keeps its quotes and ``"cities"`` loses them."""
+    label = label.strip()
+    while len(label) >= 1:
+        first, last = label[0], label[-1]
+        if len(label) >= 2 and first == last and first in _WRAPPERS:
+            label = label[1:-1].strip()
+        elif first in _WRAPPERS and label.count(first) % 2 == 1:
+            label = label[1:].strip()
+        elif last in _WRAPPERS and label.count(last) % 2 == 1:
+            label = label[:-1].strip()
+        else:
+            break
+    return label
 _COT_MARKER = re.compile(r"(?:final\s+)?(?:explanation|label|answer)\s*:", re.IGNORECASE)
 
 
@@ -118,7 +137,7 @@ def parse_explanation(raw: str, cot: bool = False, max_chars: int = 300) -> str:
 
     With chain-of-thought the label is the text after the last ``Explanation:`` marker. Otherwise the
     first non-empty line is taken. Prefixes (``Explanation:``), wrapping quotes/backticks/asterisks and
-    a trailing period are stripped."""
+    a trailing period are stripped; balanced quotes inside the label are kept."""
     text = raw.strip()
     if cot:
         marks = list(_COT_MARKER.finditer(text))
@@ -131,8 +150,8 @@ def parse_explanation(raw: str, cot: bool = False, max_chars: int = 300) -> str:
     label = lines[0]
     for _ in range(3):
         label = _PREFIX.sub("", label).strip()
-        label = label.strip("\"'`*_ ").strip()
-    label = label.rstrip(".").strip()
+        label = _unwrap(label)
+    label = _unwrap(label.rstrip(".").strip())
     if not label:
         raise ExplanationFailed("answer holds no label", raw)
     if not re.search(r"[A-Za-z0-9]", label):

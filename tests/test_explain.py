@@ -54,9 +54,14 @@ def test_highlighted_merges_contiguous_spans_and_escapes() -> None:
         ('"the word cat"', False, "the word cat"),
         ("  \n**Explanation:** `numbers`\nmore text", False, "numbers"),
         ("Tokens 1 and 3 are high...\nExplanation: dates in May", True, "dates in May"),
+        ('Explanation: words that start with "when"', False, 'words that start with "when"'),
+        ('words that start with "when".', False, 'words that start with "when"'),
+        ("'quoted label'.", False, "quoted label"),
+        ('Explanation: "cities', False, "cities"),
+        ('"\"when\" at the start of clauses"', False, '"when" at the start of clauses'),
     ],
 )
-def test_parse_explanation(raw: str, cot: bool, label: str) -> None:
+def test_parse_explanation_keeps_balanced_quotes(raw: str, cot: bool, label: str) -> None:
     assert parse_explanation(raw, cot=cot) == label
 
 
