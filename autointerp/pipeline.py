@@ -147,6 +147,9 @@ class ExplainConfig:
     prices: str = ""
     """JSON price table (USD per million tokens, by LLM spec) replacing the packaged one; see
     autointerp/data/prices.json for the format."""
+    max_cost: float = 0.0
+    """Refuse to start when the estimated cost of the prompt tokens to send exceeds this many USD (needs
+    priced LLM specs); 0 for no limit."""
 
     def __post_init__(self) -> None:
         if self.explainer_kind not in EXPLAINER_KINDS:
@@ -160,6 +163,8 @@ class ExplainConfig:
             raise UserError("--n-candidates must be at least 1")
         if self.llm_concurrency < 1:
             raise UserError("--llm-concurrency must be at least 1")
+        if self.max_cost < 0:
+            raise UserError("--max-cost must be positive, or 0 for no limit")
         if self.requests_per_minute < 0 or self.tokens_per_minute < 0:
             raise UserError("--requests-per-minute and --tokens-per-minute must be positive, or 0 for no limit")
 
@@ -574,6 +579,65 @@ class _Runner:
         await asyncio.gather(*(self.guarded(e.feature, "score", self.score_explanation(e)) for e in todo))
 
 
+async def plan_llm_use(
+    config: ExplainConfig, records: Sequence[FeatureRecord], clients: Clients
+) -> tuple[ExplainConfig, dict[str, Any]]:
+    """Before any work: settle the simulator's logprob strategy, estimate the prompt tokens each role will send
+    (logged), and refuse what would cost more than asked. Returns the config to run with and the plan for the
+    manifest.
+
+    A billed simulator without prompt logprobs would send every slot's prefix: with ``--simulator-kind auto``
+    the JSON simulator is used instead; with ``logprob`` the run is refused with both estimates."""
+    from autointerp.estimate import describe, estimate_run, measured_chars_per_token, settle_strategy, total_cost
+    from autointerp.simulate import build_all_at_once_prompt
+
+    cc = config.client_config()
+    prices = PriceTable.load(cc.prices_path)
+    specs = config.role_specs()
+    strategy = await settle_strategy(clients.simulator)
+    windows = [w for r in records[:1] for w in (*r.test_top, *r.valid, *r.train)][:1]
+    template = load_template("simulate_all_at_once.j2")
+    sample = build_all_at_once_prompt(template, "x", windows[0].tokens).text if windows else ""
+    roles = {"explainer": clients.explainer, "simulator": clients.simulator, "scorer": clients.judge}
+    ratios = {role: await measured_chars_per_token(client, sample) for role, client in roles.items()}
+    estimates = estimate_run(config, records, specs, strategy, prices, ratios)
+    price = prices.price(specs["simulator"])
+    billed = price is not None and price.input_per_mtok > 0
+    if strategy == "prefix-list" and billed and config.simulator_kind != "json" and "simulation" in config.scorer_list:
+        as_json = estimate_run(replace(config, simulator_kind="json"), records, specs, strategy, prices, ratios)
+        sim, alt = estimates["simulator"], as_json["simulator"]
+        if config.simulator_kind == "logprob":
+            raise UserError(
+                f"{specs['simulator']} serves no prompt logprobs, so logprob simulation would send every slot's prefix "
+                f"(~{sim.prompt_tokens:,} prompt tokens, ~${sim.cost_usd or 0:.2f}); use --simulator-kind json "
+                f"(~{alt.prompt_tokens:,} tokens, ~${alt.cost_usd or 0:.2f}), a vllm-server: spec, or a local simulator"
+            )
+        log.warning(
+            "%s serves no prompt logprobs: simulating with JSON (~%s prompt tokens) instead of the prefix list (~%s)",
+            specs["simulator"],
+            f"{alt.prompt_tokens:,}",
+            f"{sim.prompt_tokens:,}",
+        )
+        config, estimates = replace(config, simulator_kind="json"), as_json
+    log.info("%s", describe(estimates))
+    cost, reason = total_cost(estimates)
+    if config.max_cost > 0:
+        if cost is None:
+            raise UserError(f"cannot check --max-cost: {reason}; pass a price table with --prices FILE")
+        if cost > config.max_cost:
+            raise UserError(
+                f"the estimated cost ~${cost:.2f} exceeds --max-cost ${config.max_cost:.2f} "
+                f"({describe(estimates)}); raise --max-cost, explain fewer features, or use cheaper LLM specs"
+            )
+    plan = {
+        "logprob_strategy": strategy,
+        "simulator_kind": config.simulator_kind,
+        "estimate": {role: e.to_json() for role, e in estimates.items()},
+        "estimated_cost_usd": cost,
+    }
+    return config, plan
+
+
 def _prompt_names(config: ExplainConfig) -> list[str]:
     names = [
         "explain_token_activation_pair.j2"
@@ -666,7 +730,10 @@ async def run_explain(
     to_close: list[LLMClient] = []
     if clients is None:
         clients, to_close = open_clients(config)
+    plan: dict[str, Any] | None = None
     try:
+        if records:  # settle, estimate and refuse before the run directory exists
+            config, plan = await plan_llm_use(config, records, clients)
         run = RunDir.create(Path(run_dir), "explain", config_to_dict(config))
     except BaseException:
         for c in to_close:
@@ -688,6 +755,14 @@ async def run_explain(
             await c.aclose()
         raise UserError(f"{run_dir} holds no feature records; pass records or a --cache-run with sampled features")
     features = [str(r.id) for r in records] if records is not None else list(data.records)
+    if plan is None:  # resuming: the records come from the run directory
+        try:
+            config, plan = await plan_llm_use(config, [data.records[f] for f in features], clients)
+        except BaseException:
+            for c in to_close:
+                await c.aclose()
+            raise
+    run.update_manifest({"llm": plan})
     counters = _Counters(clients)
     session = _Session(data, config, clients)
     run.set_stage("explain", "running")

@@ -167,7 +167,13 @@ class FeatureRecord:
 
 @dataclass
 class Usage:
-    """Token and request counts of LLM calls."""
+    """Token and request counts of LLM calls.
+
+    ``prompt_tokens`` counts every prompt token sent (all prompts of a multi-prompt request), cached or not.
+    ``cached_prompt_tokens`` is the part of them the server served from its prefix cache and
+    ``cache_write_tokens`` the part it wrote to a billed cache (Anthropic), counted over the
+    ``cache_reported`` requests whose server reported its cache use; on other requests cache use is unknown.
+    """
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -175,6 +181,12 @@ class Usage:
     """Requests actually sent to a backend (cache hits excluded)."""
     cache_hits: int = 0
     cost_usd: float = 0.0
+    cached_prompt_tokens: int = 0
+    """Prompt tokens the server read from its prefix cache instead of computing them (where it reports them)."""
+    cache_write_tokens: int = 0
+    """Prompt tokens written to a billed prompt cache (Anthropic ``cache_creation_input_tokens``)."""
+    cache_reported: int = 0
+    """Requests whose server reported its cache use (the cache counts above cover these requests only)."""
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(
@@ -183,7 +195,17 @@ class Usage:
             self.requests + other.requests,
             self.cache_hits + other.cache_hits,
             self.cost_usd + other.cost_usd,
+            self.cached_prompt_tokens + other.cached_prompt_tokens,
+            self.cache_write_tokens + other.cache_write_tokens,
+            self.cache_reported + other.cache_reported,
         )
+
+    def evaluated_prompt_tokens(self) -> tuple[int | None, str]:
+        """(prompt tokens the servers computed, "") when every request reported its cache use, else
+        (None, reason)."""
+        if self.cache_reported < self.requests:
+            return None, f"{self.requests - self.cache_reported} of {self.requests} requests did not report cache use"
+        return self.prompt_tokens - self.cached_prompt_tokens, ""
 
     def to_json(self) -> dict[str, Any]:
         return {  # asdict's result, without its deep copies (called once per LLM answer)
@@ -192,11 +214,24 @@ class Usage:
             "requests": self.requests,
             "cache_hits": self.cache_hits,
             "cost_usd": self.cost_usd,
+            "cached_prompt_tokens": self.cached_prompt_tokens,
+            "cache_write_tokens": self.cache_write_tokens,
+            "cache_reported": self.cache_reported,
         }
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Usage:
-        return cls(**d)
+        """Reads this form and the older one without the cache fields; an undefined cost (None) reads as 0."""
+        return cls(
+            prompt_tokens=int(d.get("prompt_tokens") or 0),
+            completion_tokens=int(d.get("completion_tokens") or 0),
+            requests=int(d.get("requests") or 0),
+            cache_hits=int(d.get("cache_hits") or 0),
+            cost_usd=float(d.get("cost_usd") or 0.0),
+            cached_prompt_tokens=int(d.get("cached_prompt_tokens") or 0),
+            cache_write_tokens=int(d.get("cache_write_tokens") or 0),
+            cache_reported=int(d.get("cache_reported") or 0),
+        )
 
 
 @dataclass

@@ -464,6 +464,12 @@ class _Classifier:
     def examples(self, record: FeatureRecord, rng: np.random.Generator) -> tuple[list[str], list[bool]]:
         raise NotImplementedError
 
+    def request(self, explanation: str, batch: Sequence[str]) -> ChatRequest:
+        """The judge request for one batch of example texts."""
+        listing = "\n".join(f"Example {i + 1}: {t}" for i, t in enumerate(batch))
+        msgs = self.template.render_chat({"explanation": explanation, "examples": listing, "n": len(batch)})
+        return ChatRequest(messages=msgs, max_tokens=10 + 4 * len(batch))
+
     async def _probabilities(self, msgs: tuple[Any, ...], answers: list[bool]) -> tuple[list[float | None], Usage]:
         """P(yes) per example: the prompt as plain text + the judge's answer list, teacher-forced."""
         text = "\n\n".join(m.content for m in msgs) + "\n\nAnswer: ["
@@ -496,10 +502,10 @@ class _Classifier:
         failures: list[str] = []
         for start in range(0, len(texts), s.per_prompt):
             batch = texts[start : start + s.per_prompt]
-            listing = "\n".join(f"Example {i + 1}: {t}" for i, t in enumerate(batch))
-            msgs = self.template.render_chat({"explanation": explanation, "examples": listing, "n": len(batch)})
+            req = self.request(explanation, batch)
+            msgs = req.messages
             try:
-                resp = await self.client.chat(ChatRequest(messages=msgs, max_tokens=10 + 4 * len(batch)))
+                resp = await self.client.chat(req)
             except LLMError as e:
                 failures.append(f"request failed: {e.reason}")
                 continue
@@ -522,6 +528,9 @@ class _Classifier:
             "requests": usage.requests,
             "prompt_tokens": usage.prompt_tokens,
             "completion_tokens": usage.completion_tokens,
+            "cached_prompt_tokens": usage.cached_prompt_tokens,
+            "cache_write_tokens": usage.cache_write_tokens,
+            "cache_reported": usage.cache_reported,
             "n_examples": len(texts),
             "n_classified": len(got_preds),
             "failed_prompts": len(failures),

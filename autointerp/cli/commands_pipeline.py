@@ -221,6 +221,7 @@ def explain(
     llm_cache: bool = typer.Option(_D.llm_cache, "--cache/--no-cache", help=_H["llm_cache"]),
     prices: str = typer.Option(_D.prices, "--prices", help=_H["prices"]),
     retry_failed: bool = typer.Option(False, "--retry-failed", help=RETRY_FAILED_HELP),
+    max_cost: float = typer.Option(_D.max_cost, "--max-cost", help=_H["max_cost"]),
 ) -> None:
     """Explain features: sample (or reuse --cache-run), explain, simulate, score; print a table.
 
@@ -258,6 +259,7 @@ def explain(
         tokens_per_minute=tokens_per_minute,
         llm_cache=llm_cache,
         prices=prices,
+        max_cost=max_cost,
     )
     # Validate everything, then act: options, specs, keys, prices, the run directory, the endpoints; then
     # the model-dependent checks; only then is the run directory created.

@@ -11,6 +11,8 @@ Specs:
   else a dummy one (``$OPENAI_API_KEY`` is never sent to another server).
 - ``vllm-server:<base_url>/<model>``: like ``openai-compatible:``, and ``top_logprobs`` uses vLLM's
   ``prompt_logprobs`` extension (one request, falls back to per-position completions if not available).
+  ``openai-compatible:`` servers get ``echo`` prompt logprobs where they serve them, else the prefix list
+  (see :mod:`autointerp.llm.openai_backend`).
 - ``vllm:<model>``: vLLM's offline engine in this process (``pip install autointerp[vllm]``, CUDA).
 - ``local:<name>``: an embedded GGUF (``qwen2.5-coder-1.5b``, ``smollm2-135m``, ...) or a ``.gguf`` path,
   served by in-process llama.cpp on loopback.
@@ -203,7 +205,7 @@ def make_backend(spec: str, config: ClientConfig) -> LLMClient:
             api_key=key,
             base_url=base,
             timeout_s=backend_timeout(config),
-            use_prompt_logprobs=kind == "vllm-server",
+            logprob_strategy="prompt-logprobs" if kind == "vllm-server" else "auto",
             direct_http=True,
         )
     if kind == "local":
@@ -258,6 +260,18 @@ class ManagedClient:
 
     async def top_logprobs(self, request: TopLogprobsRequest) -> LLMResponse:
         return await self._outer.top_logprobs(request)
+
+    def logprob_strategy(self) -> str:
+        """How this client's backend answers ``top_logprobs`` (e.g. ``prefix-list``, ``echo``,
+        ``prompt-logprobs``, ``forward-pass``; ``none`` for chat-only backends)."""
+        return str(getattr(self.backend, "logprob_strategy", "none"))
+
+    async def settle_logprob_strategy(self) -> str:
+        """Settle an ``auto`` strategy with one tiny request where the backend needs to ask; returns it."""
+        settle = getattr(self.backend, "settle_logprob_strategy", None)
+        if settle is not None:
+            await settle()
+        return self.logprob_strategy()
 
     def cache_stats(self) -> dict[str, Any]:
         """Entries/bytes of the cache file and this client's hits, misses and coalesced requests."""

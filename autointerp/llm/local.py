@@ -5,7 +5,8 @@ listens on 127.0.0.1 on a free port with ``n_threads`` and ``n_threads_batch`` s
 spoken to with the real ``openai`` SDK (``/v1/chat/completions``, ``/v1/completions`` with ``logprobs``).
 Servers are shared per (GGUF file, context size, threads) within a process and stop when their last
 client closes (or at exit). llama.cpp keeps the KV cache of the previous prompt, so the per-position
-1-token completions of ``top_logprobs`` (sent in order) re-read only what follows the shared prefix.
+1-token completions of ``top_logprobs`` (sent in order, the ``prefix-list`` strategy) re-read only what
+follows the shared prefix; every prefix is counted as sent, by the server's ``/tokenize``.
 
 Positions for ``top_logprobs``: the text ``prompt[:p]`` is sent as the prompt of position p, and llama.cpp
 tokenizes it afresh; choose p at token boundaries (e.g. right after a ``"\\t"`` or ``"\\n"`` separator).
@@ -134,6 +135,8 @@ class LocalBackend(OpenAIBackend):
             api_key="local",
             base_url=self.server.base_url,
             timeout_s=backend_timeout(config),
+            logprob_strategy="prefix-list",
+            tokenizer_endpoint=True,
         )
         self._closed = False
 

@@ -4,19 +4,36 @@ The SDK's own retries are off (``max_retries=0``) and its timeout is set: retrie
 :mod:`autointerp.llm.reliable`. The API key lives only in the SDK client object; it is never part of a
 cache key, a log line or a manifest.
 
-``top_logprobs`` sends one request whose ``prompt`` is the list ``[prompt[:p] for p in positions]``, each
-completed by one token with ``logprobs=top_k``: servers with prefix caching (llama.cpp, vLLM) read the
-shared prefix once. The text up to each position is sent as is, so a position must sit where the tokenizer
-would end a token anyway (callers put positions after a separator such as ``"\\t"``); otherwise the last
-prompt token differs from the one in the full prompt. On vLLM servers, ``prompt_logprobs`` (in
-``extra_body``) can instead answer all positions from the one full prompt (``use_prompt_logprobs``).
+``top_logprobs`` has three ways, one per backend (``logprob_strategy``, written to the run manifest):
+
+- ``prompt-logprobs`` (``vllm-server:``): vLLM's ``prompt_logprobs`` answers every position from one request
+  carrying the prompt once.
+- ``echo`` (``openai-compatible:`` servers that return prompt-token logprobs with ``echo`` + ``logprobs``, the
+  OpenAI legacy format with ``text_offset``): one request carrying the prompt once. ``auto`` tries this on
+  the first request and keeps it when every position aligns with a prompt token.
+- ``prefix-list`` (llama.cpp, ``local:``; any server where the others fail): one request whose ``prompt`` is
+  the list ``[prompt[:p] for p in positions]``, each completed by one token with ``logprobs=top_k``. Servers
+  with prefix caching read the shared prefix once, but every prefix is *sent* (and billed by a paid API).
+  The text up to each position is sent as is, so a position must sit where the tokenizer would end a token
+  anyway (callers put positions after a separator such as ``"\\t"``).
+
+Token counts of a prefix list: llama.cpp reports usage for the first prompt only, so the backend counts
+every prompt with the server's own tokenizer (``POST /tokenize`` with pieces, on the server root) when the
+server has one, and otherwise scales the reported count by characters. The first prompt's cache use is
+the server's report; the others' is derived from the order (a one-slot llama.cpp keeps the previous
+prompt, so prompt i re-reads prompt i-1 from its cache). Servers that report usage for all prompts (vLLM)
+are taken at their word.
 """
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import json
 import logging
-from typing import Any
+import math
+from dataclasses import replace
+from typing import Any, Literal
 
 from autointerp.llm.base import (
     ChatRequest,
@@ -75,14 +92,70 @@ def parse_top_logprobs(logprobs: Any) -> dict[str, float] | None:
     return None
 
 
-def _usage(u: Any) -> Usage:
+LogprobStrategy = Literal["auto", "prompt-logprobs", "echo", "prefix-list"]
+
+
+def _usage(u: Any, timings: Any = None) -> Usage:
+    """Usage of one answer: prompt and completion tokens, and the prompt tokens the server read from its cache
+    (OpenAI ``prompt_tokens_details.cached_tokens``, else llama.cpp ``timings.cache_n``), where reported."""
     u = _as_dict(u)
     if not isinstance(u, dict):
         return Usage(requests=1)
+    prompt = int(u.get("prompt_tokens") or 0)
+    cached: int | None = None
+    details = _as_dict(u.get("prompt_tokens_details"))
+    if isinstance(details, dict) and isinstance(details.get("cached_tokens"), int):
+        cached = int(details["cached_tokens"])
+    elif isinstance(timings, dict) and isinstance(timings.get("cache_n"), int):
+        cached = int(timings["cache_n"])
     return Usage(
-        prompt_tokens=int(u.get("prompt_tokens") or 0),
+        prompt_tokens=prompt,
         completion_tokens=int(u.get("completion_tokens") or 0),
         requests=1,
+        cached_prompt_tokens=min(cached, prompt) if cached is not None else 0,
+        cache_reported=int(cached is not None),
+    )
+
+
+def _response_usage(r: dict[str, Any]) -> Usage:
+    return _usage(r.get("usage"), r.get("timings"))
+
+
+def prefix_list_usage(reported: Usage, counts: list[int] | None, lengths: list[int]) -> tuple[Usage, str]:
+    """Usage of one prefix-list request of ``len(lengths)`` prompts (character lengths ``lengths``), and how the
+    prompt tokens were counted.
+
+    ``counts``: tokens of each prompt by the server's tokenizer (None when it has none). When the server's
+    reported prompt tokens cover all prompts (it summed them, as vLLM does), they are kept. Otherwise the
+    report is the first prompt's (llama.cpp): prompt tokens are the counts (plus the special tokens the
+    report shows beyond the first count), or, without counts, the report scaled by each prompt's characters;
+    the cache use of prompts after the first is derived from the order (prompt i re-reads prompt i-1)."""
+    n = len(lengths)
+    completion = max(reported.completion_tokens, n)
+    if counts is not None:
+        extra = reported.prompt_tokens - counts[0]
+        specials = extra if 0 <= extra <= 8 else 0
+        per_prompt = [c + specials for c in counts]
+        how = "server tokenizer"
+    else:
+        total_chars = sum(lengths)
+        if n == 1 or reported.prompt_tokens * 8 >= total_chars:
+            return replace(reported, completion_tokens=completion), "server usage (all prompts)"
+        scale = reported.prompt_tokens / max(1, lengths[0])
+        per_prompt = [reported.prompt_tokens] + [math.ceil(scale * m) for m in lengths[1:]]
+        how = "estimated from the first prompt's reported usage (no tokenizer endpoint)"
+    if counts is not None and reported.prompt_tokens >= sum(per_prompt) and n > 1:
+        return replace(reported, completion_tokens=completion), "server usage (all prompts)"
+    cached = reported.cached_prompt_tokens + sum(min(a, b - 1) for a, b in itertools.pairwise(per_prompt))
+    return (
+        Usage(
+            prompt_tokens=sum(per_prompt),
+            completion_tokens=completion,
+            requests=1,
+            cached_prompt_tokens=cached if reported.cache_reported else 0,
+            cache_reported=reported.cache_reported if counts is not None else 0,
+        ),
+        how,
     )
 
 
@@ -142,7 +215,8 @@ class OpenAIBackend:
         timeout_s: float,
         use_max_completion_tokens: bool = False,
         supports_completion: bool = True,
-        use_prompt_logprobs: bool = False,
+        logprob_strategy: LogprobStrategy = "auto",
+        tokenizer_endpoint: bool | None = None,
         direct_http: bool = False,
     ) -> None:
         from openai import AsyncOpenAI
@@ -152,7 +226,12 @@ class OpenAIBackend:
         self.supports_completion = supports_completion
         self.supports_logprobs = supports_completion
         self.use_max_completion_tokens = use_max_completion_tokens
-        self.use_prompt_logprobs = use_prompt_logprobs
+        self.logprob_strategy: LogprobStrategy = logprob_strategy
+        """How ``top_logprobs`` asks (module doc); ``auto`` until the first request settles it."""
+        self.tokenizer_endpoint = tokenizer_endpoint
+        """Whether the server has llama.cpp's ``/tokenize`` with pieces (None: not asked yet)."""
+        self.token_counting = ""
+        """How the prompt tokens of the last prefix-list request were counted (for the manifest)."""
         self._client = AsyncOpenAI(
             api_key=api_key, base_url=base_url, timeout=timeout_s, max_retries=0, http_client=_http_client(timeout_s)
         )
@@ -161,6 +240,7 @@ class OpenAIBackend:
         # SDK's ~1.5 ms), same bodies, same error mapping. The SDK stays for `openai:` and `local:`.
         self._direct = direct_http and _aiohttp_available()
         self._base_url = str(self._client.base_url).rstrip("/")
+        self._root_url = self._base_url[: -len("/v1")] if self._base_url.endswith("/v1") else self._base_url
         self._headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
         self._timeout_s = timeout_s
         self._session: Any = None
@@ -171,7 +251,7 @@ class OpenAIBackend:
             self._session = None
         await self._client.close()
 
-    async def _post_direct(self, path: str, body: dict[str, Any]) -> Any:
+    async def _post_direct(self, url: str, body: dict[str, Any]) -> Any:
         import aiohttp
 
         if self._session is None:
@@ -180,7 +260,7 @@ class OpenAIBackend:
                 timeout=aiohttp.ClientTimeout(total=self._timeout_s),
                 headers=self._headers,
             )
-        async with self._session.post(self._base_url + path, json=body) as r:
+        async with self._session.post(url, json=body) as r:
             content = await r.read()
             if r.status >= 400:
                 raise LLMError(
@@ -194,12 +274,14 @@ class OpenAIBackend:
     def _limit(self, n: int) -> dict[str, Any]:
         return {"max_completion_tokens": n} if self.use_max_completion_tokens else {"max_tokens": n}
 
-    async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def _post(self, path: str, body: dict[str, Any], *, root: bool = False) -> dict[str, Any]:
+        """POST ``body`` to ``path`` under the base URL (``root``: under the server root, without ``/v1``)."""
+        url = (self._root_url if root else self._base_url) + path
         try:
             if self._direct:
-                data = await self._post_direct(path, body)
+                data = await self._post_direct(url, body)
             else:
-                r: Any = await self._client.post(path, cast_to=self._response_cls, body=body)
+                r: Any = await self._client.post(url, cast_to=self._response_cls, body=body)
                 data = json.loads(r.content)
         except Exception as e:
             raise map_exception(e, self.spec) from e
@@ -230,7 +312,7 @@ class OpenAIBackend:
             raise garbage(self.spec, "no choices[0].message in chat response") from e
         if not isinstance(text, str):
             raise garbage(self.spec, "message content is not a string")
-        return LLMResponse(text=text, usage=_usage(r.get("usage")), model=str(r.get("model") or self.model))
+        return LLMResponse(text=text, usage=_response_usage(r), model=str(r.get("model") or self.model))
 
     def _check_completion(self) -> None:
         if not self.supports_completion:
@@ -258,17 +340,28 @@ class OpenAIBackend:
             raise garbage(self.spec, "no choices[0].text in completion response") from e
         if not isinstance(text, str):
             raise garbage(self.spec, "choices[0].text is not a string")
-        return LLMResponse(text=text, usage=_usage(r.get("usage")), model=str(r.get("model") or self.model))
+        return LLMResponse(text=text, usage=_response_usage(r), model=str(r.get("model") or self.model))
 
     async def top_logprobs(self, request: TopLogprobsRequest) -> LLMResponse:
         self._check_completion()
         check_positions(request)
         if not request.positions:
             return LLMResponse(model=self.model)
-        if self.use_prompt_logprobs:
-            got = await self._prompt_logprobs(request)
+        spent = Usage()  # a probe that did not answer was still sent: its tokens count
+        if self.logprob_strategy == "prompt-logprobs":
+            got, spent = await self._prompt_logprobs(request)
             if got is not None:
                 return got
+        if self.logprob_strategy in ("auto", "echo"):
+            got, used = await self._echo_logprobs(request)
+            if got is not None:
+                return got
+            spent = spent + used
+        out = await self._prefix_list(request)
+        out.usage = out.usage + spent
+        return out
+
+    async def _prefix_list(self, request: TopLogprobsRequest) -> LLMResponse:
         prompts = [request.prompt[:p] for p in request.positions]
         body = {"model": self.model, "prompt": prompts, "max_tokens": 1, "temperature": 0.0, "logprobs": request.top_k}
         r = await self._post("/completions", body)
@@ -287,10 +380,102 @@ class OpenAIBackend:
             if top is None:
                 raise garbage(self.spec, f"no top logprobs for position {request.positions[i]}")
             out.append(TokenLogprobs(top=top))
-        return LLMResponse(logprobs=out, usage=_usage(r.get("usage")), model=str(r.get("model") or self.model))
+        counts = await self.prefix_token_counts(request.prompt, request.positions)
+        usage, self.token_counting = prefix_list_usage(_response_usage(r), counts, [len(p) for p in prompts])
+        return LLMResponse(logprobs=out, usage=usage, model=str(r.get("model") or self.model))
 
-    async def _prompt_logprobs(self, request: TopLogprobsRequest) -> LLMResponse | None:
-        """vLLM's extension: logprobs of every prompt token from one request. None if unavailable/unaligned."""
+    async def settle_logprob_strategy(self) -> LogprobStrategy:
+        """Settle ``auto`` before a run with one tiny request (echo, else the prefix list), so that estimates and
+        the manifest name the way that will be used."""
+        if self.logprob_strategy == "auto" and self.supports_completion:
+            probe = "a\tb\tc"
+            await self.top_logprobs(TopLogprobsRequest(prompt=probe, positions=(2, 4), top_k=1))
+            if self.logprob_strategy == "auto":
+                self.logprob_strategy = "echo"
+        return self.logprob_strategy
+
+    async def tokenize_pieces(self, text: str) -> list[bytes] | None:
+        """The server tokenizer's pieces of ``text`` (llama.cpp ``POST /tokenize`` with ``with_pieces``); None when
+        the server has no such endpoint (asked once; the answer is remembered)."""
+        if self.tokenizer_endpoint is False:
+            return None
+        try:
+            r = await self._post("/tokenize", {"content": text, "with_pieces": True}, root=True)
+        except LLMError as err:
+            if err.retryable and self.tokenizer_endpoint:
+                raise
+            logger.info("%s: no /tokenize endpoint (%s); prefix-list tokens are estimated", self.spec, err.reason)
+            self.tokenizer_endpoint = False
+            return None
+        tokens = r.get("tokens")
+        pieces: list[bytes] = []
+        if isinstance(tokens, list):
+            for t in tokens:
+                piece = t.get("piece") if isinstance(t, dict) else None
+                if isinstance(piece, str):
+                    pieces.append(piece.encode())
+                elif isinstance(piece, list) and all(isinstance(b, int) for b in piece):
+                    pieces.append(bytes(piece))
+                else:
+                    pieces = []
+                    break
+        if not pieces and text:
+            logger.info("%s: /tokenize gives no pieces; prefix-list tokens are estimated", self.spec)
+            self.tokenizer_endpoint = False
+            return None
+        self.tokenizer_endpoint = True
+        return pieces
+
+    async def prefix_token_counts(self, prompt: str, positions: tuple[int, ...]) -> list[int] | None:
+        """Tokens of ``prompt[:p]`` for each p, by the server's tokenizer (positions at token boundaries: the
+        prefix's tokens are the full prompt's tokens that end by p); None without a tokenizer endpoint."""
+        pieces = await self.tokenize_pieces(prompt)
+        if pieces is None:
+            return None
+        ends: list[int] = []
+        total = 0
+        for piece in pieces:
+            total += len(piece)
+            ends.append(total)
+        byte_at = _byte_offsets(prompt)
+        return [bisect.bisect_right(ends, byte_at[p]) for p in positions]
+
+    async def _echo_logprobs(self, request: TopLogprobsRequest) -> tuple[LLMResponse | None, Usage]:
+        """OpenAI-style ``echo`` + ``logprobs``: the top-k alternatives of every prompt token, with its character
+        offset, from one request. None (and the strategy becomes ``prefix-list``) when the server refuses or
+        its answer does not align with every position; with the usage of what was sent."""
+        body = {
+            "model": self.model,
+            "prompt": request.prompt,
+            "max_tokens": 1,
+            "temperature": 0.0,
+            "logprobs": request.top_k,
+            "echo": True,
+        }
+        try:
+            r = await self._post("/completions", body)
+        except LLMError as err:
+            if err.retryable or self.logprob_strategy == "echo":
+                raise
+            logger.info("%s: echo refused (%s); using the prefix list", self.spec, err.reason)
+            self.logprob_strategy = "prefix-list"
+            return None, Usage()
+        choices = r.get("choices")
+        c0 = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
+        result = align_echo_logprobs(request, c0.get("logprobs"))
+        if result is None:
+            if self.logprob_strategy == "echo":
+                raise garbage(self.spec, "echo logprobs do not align with the prompt")
+            logger.info("%s: no prompt logprobs with echo; using the prefix list", self.spec)
+            self.logprob_strategy = "prefix-list"
+            return None, _response_usage(r)
+        self.logprob_strategy = "echo"
+        usage = _response_usage(r)
+        return LLMResponse(logprobs=result, usage=usage, model=str(r.get("model") or self.model)), usage
+
+    async def _prompt_logprobs(self, request: TopLogprobsRequest) -> tuple[LLMResponse | None, Usage]:
+        """vLLM's extension: logprobs of every prompt token from one request. None if unavailable/unaligned;
+        with the usage of what was sent."""
         body = {
             "model": self.model,
             "prompt": request.prompt,
@@ -305,16 +490,52 @@ class OpenAIBackend:
             if err.retryable:
                 raise
             logger.info("%s: prompt_logprobs refused (%s); using one completion per position", self.spec, err)
-            self.use_prompt_logprobs = False
-            return None
+            self.logprob_strategy = "prefix-list"
+            return None, Usage()
         choices = r.get("choices")
         c0 = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
         result = align_prompt_logprobs(request, c0.get("prompt_logprobs"), c0.get("prompt_token_ids"))
         if result is None:
             logger.info("%s: prompt_logprobs missing or not aligned; using one completion per position", self.spec)
-            self.use_prompt_logprobs = False
+            self.logprob_strategy = "prefix-list"
+            return None, _response_usage(r)
+        usage = _response_usage(r)
+        return LLMResponse(logprobs=result, usage=usage, model=str(r.get("model") or self.model)), usage
+
+
+def _byte_offsets(text: str) -> list[int]:
+    """UTF-8 byte offset of every character offset 0..len(text) of ``text``."""
+    out = [0] * (len(text) + 1)
+    total = 0
+    for i, ch in enumerate(text):
+        total += len(ch.encode("utf-8", "surrogatepass")) if ord(ch) >= 0x80 else 1
+        out[i + 1] = total
+    return out
+
+
+def align_echo_logprobs(request: TopLogprobsRequest, logprobs: Any) -> list[TokenLogprobs] | None:
+    """Map OpenAI legacy echo logprobs (``tokens``, ``text_offset``, ``top_logprobs`` per token, prompt first)
+    to character positions: position p is answered by the token that starts at character p. None when the
+    format is not this one or some position starts no token."""
+    lp = _as_dict(logprobs)
+    if not isinstance(lp, dict):
+        return None
+    offsets, tops = lp.get("text_offset"), lp.get("top_logprobs")
+    if not isinstance(offsets, list) or not isinstance(tops, list) or len(offsets) != len(tops):
+        return None
+    start: dict[int, int] = {}
+    for j, off in enumerate(offsets):
+        if isinstance(off, int):
+            start.setdefault(off, j)
+    out: list[TokenLogprobs] = []
+    for p in request.positions:
+        at = start.get(p)
+        top = tops[at] if at is not None else None
+        if not isinstance(top, dict) or not top or not all(isinstance(v, (int, float)) for v in top.values()):
             return None
-        return LLMResponse(logprobs=result, usage=_usage(r.get("usage")), model=str(r.get("model") or self.model))
+        ranked = sorted(top.items(), key=lambda kv: -float(kv[1]))[: request.top_k]
+        out.append(TokenLogprobs(top={str(k): float(v) for k, v in ranked}))
+    return out
 
 
 def check_positions(request: TopLogprobsRequest) -> None:

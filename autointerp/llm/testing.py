@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
@@ -133,21 +134,73 @@ class LoopbackHTTPServer:
                 writer.close()
 
 
+def fake_tokens(text: str) -> list[str]:
+    """The fake server's tokenizer: each run of non-space characters is a token, each space character another
+    (so ``text[:p]`` right after a tab or newline tokenizes as a prefix of ``text``'s tokens)."""
+    return re.findall(r"\S+|\s", text)
+
+
 class FakeOpenAIServer(LoopbackHTTPServer):
     """An OpenAI-compatible server that answers after ``latency_s``, deterministically, and counts requests.
 
     Chat reply: ``"t=<temperature> <last user message>"``. Completion reply: ``"t=<temperature> ok"``; with
     ``logprobs=k`` it returns k alternatives ``"a0".."a{k-1}"`` (log-probabilities -1, -2, ...) in the
     OpenAI legacy ``top_logprobs`` format, or llama.cpp's ``content`` format when ``logprobs_format`` says so.
+
+    Token accounting is exact (tokens by :func:`fake_tokens`) and kept on the server: ``prompt_tokens_received``
+    counts every prompt token of every request, ``prompt_tokens_evaluated`` those not read from its one-slot
+    prefix cache (the previous prompt, as llama.cpp keeps it; the last token is always evaluated). Usage in
+    replies covers all prompts (``usage_mode="sum"``, like vLLM) or the first prompt only (``"first"``, like
+    llama.cpp, with ``timings``), with ``prompt_tokens_details.cached_tokens``. ``tokenize=True`` serves
+    llama.cpp's ``POST /tokenize`` (with pieces); ``echo=True`` answers ``echo`` + ``logprobs`` with the
+    alternatives of every prompt token and its ``text_offset`` (OpenAI legacy); otherwise echo is ignored,
+    as llama.cpp does.
     """
 
-    def __init__(self, latency_s: float = 0.0, logprobs_format: Literal["openai", "llamacpp"] = "openai") -> None:
+    def __init__(
+        self,
+        latency_s: float = 0.0,
+        logprobs_format: Literal["openai", "llamacpp"] = "openai",
+        usage_mode: Literal["sum", "first"] = "sum",
+        tokenize: bool = False,
+        echo: bool = False,
+        prefix_logprobs: bool = False,
+    ) -> None:
         super().__init__()
+        self.prefix_logprobs = prefix_logprobs
+        """Add an alternative ``n<tokens before>`` (log-probability -0.5) that depends on the text before."""
         self.latency_s = latency_s
         self.logprobs_format = logprobs_format
+        self.usage_mode = usage_mode
+        self.tokenize = tokenize
+        self.echo = echo
         self.requests = 0
         self.bodies: list[dict[str, Any]] = []
         self.auth_headers: list[str] = []
+        self.prompt_tokens_received = 0
+        self.prompt_tokens_evaluated = 0
+        self._slot: list[str] = []
+
+    def _alts(self, k: int, prefix: str) -> dict[str, float]:
+        """k deterministic alternatives: "a0".."a{k-1}" (log-probabilities -1, -2, ...), led by
+        ``n<tokens in prefix>`` (-0.5) when ``prefix_logprobs`` is set."""
+        alts = {f"a{j}": -(j + 1.0) for j in range(k)}
+        if self.prefix_logprobs:
+            alts = {f"n{len(fake_tokens(prefix))}": -0.5, **dict(list(alts.items())[: k - 1])}
+        return alts
+
+    def _read_prompt(self, tokens: list[str]) -> int:
+        """Account one prompt; returns the tokens served from the one-slot cache."""
+        common = 0
+        for a, b in zip(self._slot, tokens, strict=False):
+            if a != b:
+                break
+            common += 1
+        cached = min(common, len(tokens) - 1) if tokens else 0
+        self._slot = tokens
+        self.prompt_tokens_received += len(tokens)
+        self.prompt_tokens_evaluated += len(tokens) - cached
+        return cached
 
     async def handle(self, method: str, path: str, headers: dict[str, str], body: bytes) -> HTTPReply:
         self.requests += 1
@@ -179,10 +232,21 @@ class FakeOpenAIServer(LoopbackHTTPServer):
             prompts = req["prompt"] if isinstance(req["prompt"], list) else [req["prompt"]]
             k = req.get("logprobs")
             choices = []
+            counts: list[tuple[int, int]] = []
             for i, p in enumerate(prompts):
+                toks = fake_tokens(p)
+                counts.append((len(toks), self._read_prompt(toks)))
                 choice: dict[str, Any] = {"index": i, "text": f"t={temp} ok", "finish_reason": "length"}
-                if k:
-                    alts = {f"a{j}": -(j + 1.0) for j in range(int(k))}
+                if k and self.echo and req.get("echo"):
+                    offsets = [sum(len(t) for t in toks[:j]) for j in range(len(toks))]
+                    choice["logprobs"] = {
+                        "tokens": [*toks, "a0"],
+                        "token_logprobs": [None] + [-1.0] * len(toks),
+                        "top_logprobs": [None, *(self._alts(int(k), p[:o]) for o in [*offsets[1:], len(p)])],
+                        "text_offset": [*offsets, len(p)],
+                    }
+                elif k:
+                    alts = self._alts(int(k), p)
                     if self.logprobs_format == "openai":
                         choice["logprobs"] = {
                             "tokens": ["a0"],
@@ -201,16 +265,27 @@ class FakeOpenAIServer(LoopbackHTTPServer):
                             ]
                         }
                 choices.append(choice)
-            return json_reply(
-                {
-                    "id": "fake",
-                    "object": "text_completion",
-                    "created": 0,
-                    "model": req.get("model", ""),
-                    "choices": choices,
-                    "usage": {"prompt_tokens": sum(len(p.split()) for p in prompts), "completion_tokens": 1},
-                }
-            )
+            shown = counts if self.usage_mode == "sum" else counts[:1]
+            reply: dict[str, Any] = {
+                "id": "fake",
+                "object": "text_completion",
+                "created": 0,
+                "model": req.get("model", ""),
+                "choices": choices,
+                "usage": {
+                    "prompt_tokens": sum(n for n, _ in shown),
+                    "completion_tokens": len(shown),
+                    "prompt_tokens_details": {"cached_tokens": sum(c for _, c in shown)},
+                },
+            }
+            if self.usage_mode == "first":
+                reply["timings"] = {"prompt_n": counts[0][0] - counts[0][1], "cache_n": counts[0][1]}
+            return json_reply(reply)
+        if path == "/tokenize" and self.tokenize:
+            pieces = fake_tokens(str(req.get("content", "")))
+            if req.get("with_pieces"):
+                return json_reply({"tokens": [{"id": j, "piece": t} for j, t in enumerate(pieces)]})
+            return json_reply({"tokens": list(range(len(pieces)))})
         if path.endswith("/models"):
             return json_reply({"object": "list", "data": [{"id": "fake", "object": "model"}]})
         return json_reply({"error": {"message": f"no route {path}"}}, 404)

@@ -56,6 +56,7 @@ def token_indices(offsets: np.ndarray, positions: np.ndarray) -> np.ndarray:
 class TransformersBackend:
     supports_completion = True
     supports_logprobs = True
+    logprob_strategy = "forward-pass"
 
     def __init__(self, spec: str, model: Any, tokenizer: Any, *, device: str = "cpu", max_batch: int = 8) -> None:
         self.spec = spec

@@ -45,11 +45,46 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Price:
+    """USD per million tokens. Prompt tokens read from the provider's prompt cache cost
+    ``cached_input_per_mtok`` and tokens written to it ``cache_write_per_mtok`` (both default to the input
+    price: a table without them bills every prompt token alike)."""
+
     input_per_mtok: float
     output_per_mtok: float
+    cached_input_per_mtok: float | None = None
+    cache_write_per_mtok: float | None = None
 
     def cost(self, usage: Usage) -> float:
-        return (usage.prompt_tokens * self.input_per_mtok + usage.completion_tokens * self.output_per_mtok) / 1e6
+        cached = usage.cached_prompt_tokens
+        written = usage.cache_write_tokens
+        full = usage.prompt_tokens - cached - written
+        read_price = self.input_per_mtok if self.cached_input_per_mtok is None else self.cached_input_per_mtok
+        write_price = self.input_per_mtok if self.cache_write_per_mtok is None else self.cache_write_per_mtok
+        return (
+            full * self.input_per_mtok
+            + cached * read_price
+            + written * write_price
+            + usage.completion_tokens * self.output_per_mtok
+        ) / 1e6
+
+
+_PRICE_KEYS = ("input_per_mtok", "output_per_mtok", "cached_input_per_mtok", "cache_write_per_mtok")
+
+
+def _price(v: dict[str, Any]) -> Price:
+    unknown = sorted(set(v) - set(_PRICE_KEYS))
+    if unknown:
+        raise ValueError(f"unknown price keys {', '.join(unknown)} (known: {', '.join(_PRICE_KEYS)})")
+
+    def optional(key: str) -> float | None:
+        return None if v.get(key) is None else float(v[key])
+
+    return Price(
+        float(v["input_per_mtok"]),
+        float(v["output_per_mtok"]),
+        optional("cached_input_per_mtok"),
+        optional("cache_write_per_mtok"),
+    )
 
 
 class PriceTable:
@@ -70,16 +105,13 @@ class PriceTable:
                 source = str(path)
             raw = json.loads(text)
             models = raw.get("models", raw)
-            prices = {
-                str(k): Price(float(v["input_per_mtok"]), float(v["output_per_mtok"]))
-                for k, v in models.items()
-                if not str(k).startswith("_")
-            }
+            prices = {str(k): _price(v) for k, v in models.items() if not str(k).startswith("_")}
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             where = path or "the packaged price table"
             raise UserError(
                 f"cannot read prices from {where} ({e}); give a JSON file "
-                '{"models": {"openai:gpt-4o-mini": {"input_per_mtok": 0.15, "output_per_mtok": 0.6}}}'
+                '{"models": {"openai:gpt-4o-mini": {"input_per_mtok": 0.15, "output_per_mtok": 0.6, '
+                '"cached_input_per_mtok": 0.075}}}'
             ) from e
         return cls(prices, source)
 

@@ -28,6 +28,7 @@ from autointerp.records import Usage
 class VLLMBackend:
     supports_completion = True
     supports_logprobs = True
+    logprob_strategy = "prompt-logprobs"
 
     def __init__(self, spec: str, model: str, config: ClientConfig) -> None:
         try:
