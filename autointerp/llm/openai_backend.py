@@ -349,11 +349,11 @@ class OpenAIBackend:
             return LLMResponse(model=self.model)
         spent = Usage()  # a probe that did not answer was still sent: its tokens count
         if self.logprob_strategy == "prompt-logprobs":
-            got, spent = await self._prompt_logprobs(request)
+            got, spent = await self._whole_prompt_logprobs(request, "prompt-logprobs")
             if got is not None:
                 return got
         if self.logprob_strategy in ("auto", "echo"):
-            got, used = await self._echo_logprobs(request)
+            got, used = await self._whole_prompt_logprobs(request, "echo")
             if got is not None:
                 return got
             spent = spent + used
@@ -440,66 +440,43 @@ class OpenAIBackend:
         byte_at = _byte_offsets(prompt)
         return [bisect.bisect_right(ends, byte_at[p]) for p in positions]
 
-    async def _echo_logprobs(self, request: TopLogprobsRequest) -> tuple[LLMResponse | None, Usage]:
-        """OpenAI-style ``echo`` + ``logprobs``: the top-k alternatives of every prompt token, with its character
-        offset, from one request. None (and the strategy becomes ``prefix-list``) when the server refuses or
-        its answer does not align with every position; with the usage of what was sent."""
-        body = {
-            "model": self.model,
-            "prompt": request.prompt,
-            "max_tokens": 1,
-            "temperature": 0.0,
-            "logprobs": request.top_k,
-            "echo": True,
-        }
+    async def _whole_prompt_logprobs(
+        self, request: TopLogprobsRequest, way: Literal["echo", "prompt-logprobs"]
+    ) -> tuple[LLMResponse | None, Usage]:
+        """Every position from one request carrying the prompt once: OpenAI-style ``echo`` + ``logprobs``
+        (top-k alternatives and character offset of every prompt token) or vLLM's ``prompt_logprobs``.
+        None, and the strategy becomes ``prefix-list``, when the server refuses or its answer does not align
+        with every position (unless the strategy was settled on ``way``: then that is an error); always with
+        the usage of what was sent."""
+        settled = self.logprob_strategy == way
+        extra: dict[str, Any] = (
+            {"logprobs": request.top_k, "echo": True}
+            if way == "echo"
+            else {"prompt_logprobs": request.top_k, "return_token_ids": True}
+        )
+        body = {"model": self.model, "prompt": request.prompt, "max_tokens": 1, "temperature": 0.0, **extra}
         try:
             r = await self._post("/completions", body)
         except LLMError as err:
-            if err.retryable or self.logprob_strategy == "echo":
+            if err.retryable or (settled and way == "echo"):
                 raise
-            logger.info("%s: echo refused (%s); using the prefix list", self.spec, err.reason)
+            logger.info("%s: %s refused (%s); using the prefix list", self.spec, way, err.reason)
             self.logprob_strategy = "prefix-list"
             return None, Usage()
+        usage = _response_usage(r)
         choices = r.get("choices")
         c0 = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
-        result = align_echo_logprobs(request, c0.get("logprobs"))
+        if way == "echo":
+            result = align_echo_logprobs(request, c0.get("logprobs"))
+        else:
+            result = align_prompt_logprobs(request, c0.get("prompt_logprobs"), c0.get("prompt_token_ids"))
         if result is None:
-            if self.logprob_strategy == "echo":
+            if settled and way == "echo":
                 raise garbage(self.spec, "echo logprobs do not align with the prompt")
-            logger.info("%s: no prompt logprobs with echo; using the prefix list", self.spec)
+            logger.info("%s: no aligned prompt logprobs with %s; using the prefix list", self.spec, way)
             self.logprob_strategy = "prefix-list"
-            return None, _response_usage(r)
-        self.logprob_strategy = "echo"
-        usage = _response_usage(r)
-        return LLMResponse(logprobs=result, usage=usage, model=str(r.get("model") or self.model)), usage
-
-    async def _prompt_logprobs(self, request: TopLogprobsRequest) -> tuple[LLMResponse | None, Usage]:
-        """vLLM's extension: logprobs of every prompt token from one request. None if unavailable/unaligned;
-        with the usage of what was sent."""
-        body = {
-            "model": self.model,
-            "prompt": request.prompt,
-            "max_tokens": 1,
-            "temperature": 0.0,
-            "prompt_logprobs": request.top_k,
-            "return_token_ids": True,
-        }
-        try:
-            r = await self._post("/completions", body)
-        except LLMError as err:
-            if err.retryable:
-                raise
-            logger.info("%s: prompt_logprobs refused (%s); using one completion per position", self.spec, err)
-            self.logprob_strategy = "prefix-list"
-            return None, Usage()
-        choices = r.get("choices")
-        c0 = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
-        result = align_prompt_logprobs(request, c0.get("prompt_logprobs"), c0.get("prompt_token_ids"))
-        if result is None:
-            logger.info("%s: prompt_logprobs missing or not aligned; using one completion per position", self.spec)
-            self.logprob_strategy = "prefix-list"
-            return None, _response_usage(r)
-        usage = _response_usage(r)
+            return None, usage
+        self.logprob_strategy = way
         return LLMResponse(logprobs=result, usage=usage, model=str(r.get("model") or self.model)), usage
 
 
