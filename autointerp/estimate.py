@@ -99,7 +99,7 @@ def estimate_run(
 ) -> dict[str, RoleEstimate]:
     """Prompt tokens per role for explaining and scoring ``records`` with ``config`` (an ExplainConfig).
 
-    ``specs``: LLM spec per role (explainer, simulator, scorer); ``strategy``: the simulator's logprob strategy
+    ``specs``: LLM spec per role (explainer, simulator, judge); ``strategy``: the simulator's logprob strategy
     (prefix-list, echo, prompt-logprobs, forward-pass, none); ``chars_per_token``: per role, the ratio and
     where it comes from."""
     from autointerp.explain import Explainer, ExplainerSettings, select_train_examples
@@ -108,8 +108,8 @@ def estimate_run(
 
     assert isinstance(config, ExplainConfig)
     cfg = config
-    chars = {"explainer": 0, "simulator": 0, "scorer": 0}
-    requests = {"explainer": 0, "simulator": 0, "scorer": 0}
+    chars = {"explainer": 0, "simulator": 0, "judge": 0}
+    requests = {"explainer": 0, "simulator": 0, "judge": 0}
     client: LLMClient = _NoClient()
     explainer = Explainer(
         client,
@@ -149,8 +149,8 @@ def estimate_run(
             ex_texts, _ = clf.examples(record, np.random.default_rng([cfg.seed, record.id.index]))
             per = max(1, cfg.examples_per_prompt)
             for start in range(0, len(ex_texts), per):
-                chars["scorer"] += scored * _chat_chars(clf.request(_LABEL, ex_texts[start : start + per]))
-                requests["scorer"] += scored
+                chars["judge"] += scored * _chat_chars(clf.request(_LABEL, ex_texts[start : start + per]))
+                requests["judge"] += scored
     out: dict[str, RoleEstimate] = {}
     for role, n_chars in chars.items():
         ratio, source = chars_per_token.get(role, (DEFAULT_CHARS_PER_TOKEN, "assumed"))

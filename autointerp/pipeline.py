@@ -598,7 +598,7 @@ async def plan_llm_use(
     windows = [w for r in records[:1] for w in (*r.test_top, *r.valid, *r.train)][:1]
     template = load_template("simulate_all_at_once.j2")
     sample = build_all_at_once_prompt(template, "x", windows[0].tokens).text if windows else ""
-    roles = {"explainer": clients.explainer, "simulator": clients.simulator, "scorer": clients.judge}
+    roles = {"explainer": clients.explainer, "simulator": clients.simulator, "judge": clients.judge}
     ratios = {role: await measured_chars_per_token(client, sample) for role, client in roles.items()}
     estimates = estimate_run(config, records, specs, strategy, prices, ratios)
     price = prices.price(specs["simulator"])
