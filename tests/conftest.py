@@ -110,6 +110,16 @@ def tiny_gemma3() -> Any:
     return make_tiny_subject("gemma3")
 
 
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A saved tiny random Llama (hidden 32, MLP 48, 2 layers) with the tiny tokenizer: a --model folder."""
+    tok = make_tiny_tokenizer()
+    path = tmp_path_factory.mktemp("tiny") / "model"
+    make_tiny_model("llama", len(tok)).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
 @pytest.fixture
 def tiny_corpus_file(tmp_path: Path) -> Path:
     """A small .txt corpus: blank-line-separated documents made of the tiny tokenizer's words."""

@@ -18,17 +18,6 @@ import pytest
 from autointerp.cli import main
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from conftest import make_tiny_model, make_tiny_tokenizer
-
-    tok = make_tiny_tokenizer()
-    path = tmp_path_factory.mktemp("tiny") / "model"
-    make_tiny_model("llama", len(tok)).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
-
-
 def write_sae(folder: Path, model: Path, *, d: int = 32, n: int = 40, nan: bool = False) -> Path:
     """A JumpReLU SAE in Gemma Scope's layout (``params.npz``, numpy is its writer) reading L1/resid_post."""
     folder.mkdir(parents=True, exist_ok=True)

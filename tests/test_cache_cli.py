@@ -12,17 +12,6 @@ from autointerp.cli import main
 from autointerp.sampling import load_feature_records
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from conftest import make_tiny_model, make_tiny_tokenizer
-
-    tok = make_tiny_tokenizer()
-    path = tmp_path_factory.mktemp("tiny") / "model"
-    make_tiny_model("llama", len(tok)).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
-
-
 def _cache(args: list[str]) -> int:
     try:
         main(["cache", *args])

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from test_bad_input import run_cli, tiny_model_dir, write_sae  # noqa: F401  (tiny_model_dir is a fixture)
+from test_bad_input import run_cli, write_sae
 from test_failed_not_final import Switchable
 
 from autointerp.pipeline import Clients
@@ -16,7 +16,7 @@ from autointerp.rundir import load_run
 TINY = ["--window", "16", "--tokens", "600", "--features", "0-3", "--threads", "1"]
 
 
-def test_cache_reads_a_local_sae_path_with_model(tiny_model_dir: Path, tiny_corpus_file: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_cache_reads_a_local_sae_path_with_model(tiny_model_dir: Path, tiny_corpus_file: Path, tmp_path: Path) -> None:
     sae = write_sae(tmp_path / "sae", tiny_model_dir)
     run = tmp_path / "run"
     args = ["cache", "--sae", str(sae), "--model", str(tiny_model_dir), "--corpus", str(tiny_corpus_file),
@@ -29,7 +29,7 @@ def test_cache_reads_a_local_sae_path_with_model(tiny_model_dir: Path, tiny_corp
 
 
 def test_explain_uses_model_with_a_local_sae(
-    tiny_model_dir: Path,  # noqa: F811
+    tiny_model_dir: Path,
     tiny_corpus_file: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,

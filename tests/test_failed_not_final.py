@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from fake_llm import FakeLLM
+from test_bad_input import run_cli
 from test_pipeline import _records, smart_chat
 
 from autointerp.llm.base import ChatRequest, LLMError, LLMResponse, TopLogprobsRequest
@@ -106,32 +107,19 @@ async def test_unusable_answers_stay_unless_retry_failed(tmp_path: Path) -> None
     assert s3.n_explained == 2 and s3.failed_features == [] and _stage(run)["status"] == "done"
 
 
-def _main(args: list[str]) -> int:
-    from autointerp.cli import main
-
-    try:
-        main(args)
-    except SystemExit as e:
-        return int(e.code or 0)
-    return 0
-
-
 @pytest.fixture(scope="module")
-def cache_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny cache run (random 2-layer Llama, 8 neurons)."""
-    from conftest import WORDS, make_tiny_model, make_tiny_tokenizer
+def cache_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    """A tiny cache run (random 2-layer Llama, 4 neurons)."""
+    from conftest import WORDS
 
     root = tmp_path_factory.mktemp("cache")
-    tok = make_tiny_tokenizer()
-    model = root / "model"
-    make_tiny_model("llama", len(tok)).save_pretrained(model)
-    tok.save_pretrained(model)
+    model = tiny_model_dir
     corpus = root / "corpus.txt"
     corpus.write_text("\n\n".join(" ".join(WORDS[(i * 7 + j) % len(WORDS)] for j in range(40)) for i in range(30)))
     args = ["cache", "--model", str(model), "--hook", "L1/mlp_neurons", "--corpus", str(corpus), "--tokens", "600",
             "--window", "16", "--batch-size", "8", "--n-top", "12", "--n-train", "5", "--n-valid", "2",
             "--n-test-top", "3", "--features", "0-3", "--run-dir", str(root / "run"), "--threads", "1"]
-    assert _main(args) == 0
+    assert run_cli(args) == 0
     return root / "run"
 
 
@@ -143,13 +131,13 @@ def test_cli_exit_status_1_while_features_failed_then_0_after_a_rerun(
     llm = Switchable(down=True)
     monkeypatch.setattr(autointerp.pipeline, "open_clients", lambda config: (Clients(llm, llm, llm), []))
     args = ["explain", "--cache-run", str(cache_run), "--run-dir", str(tmp_path / "x"), "--max-records-per-split", "2"]
-    assert _main(args) == 1
+    assert run_cli(args) == 1
     out = capsys.readouterr().out
     assert "4 errors (failed features)" in " ".join(out.split()) and "rerun" in out
     manifest = json.loads((tmp_path / "x" / "manifest.json").read_text())
     assert manifest["stages"]["explain"]["status"] == "partial"
     llm.down = False
-    assert _main(args) == 0
+    assert run_cli(args) == 0
     assert json.loads((tmp_path / "x" / "manifest.json").read_text())["stages"]["explain"]["status"] == "done"
 
 
