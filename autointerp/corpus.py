@@ -32,6 +32,7 @@ How windows are made (``TokenWindows``):
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import json
@@ -77,6 +78,62 @@ class WindowBatch:
 
 
 DocumentFactory = Callable[[], Iterator[str]]
+
+
+@dataclass(frozen=True)
+class Shard:
+    """The ``index``-th of ``count`` disjoint slices of a corpus's windows: blocks of ``batch_size``
+    consecutive windows, dealt round-robin (block ``b`` belongs to shard ``b % count``)."""
+
+    index: int
+    count: int
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        """``"i/n"`` (0-based ``i``) -> Shard; UserError unless 0 <= i < n."""
+        a, sep, b = text.partition("/")
+        try:
+            i, n = int(a), int(b)
+        except ValueError:
+            raise UserError(f"bad --shard {text!r}; write i/n with 0 <= i < n, e.g. 0/4") from None
+        if not sep or n < 1 or not 0 <= i < n:
+            raise UserError(f"bad --shard {text!r}: need 0 <= i < n (shards are numbered from 0), e.g. 0/{max(n, 2)}")
+        return cls(i, n)
+
+    def owns(self, window: int, batch_size: int) -> bool:
+        return (window // batch_size) % self.count == self.index
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+class ContentDigest:
+    """An order-free fingerprint of the windows a pass read: the XOR of sha256(index, token ids) over windows.
+
+    Order-free, so the digests of disjoint shards combine (``combine``) into the digest of the whole pass,
+    and a checkpoint's digest can be checked against the windows a resumed pass skips."""
+
+    def __init__(self, value: int = 0) -> None:
+        self.value = value
+
+    def update(self, index: int, row: np.ndarray, length: int) -> None:
+        h = hashlib.sha256(int(index).to_bytes(8, "little") + np.ascontiguousarray(row[:length], np.int64).tobytes())
+        self.value ^= int.from_bytes(h.digest(), "little")
+
+    def update_batch(self, batch: WindowBatch) -> None:
+        ids = batch.input_ids.cpu().numpy()
+        for j, (i, n) in enumerate(zip(batch.index.tolist(), batch.lengths.tolist(), strict=True)):
+            self.update(i, ids[j], n)
+
+    def combine(self, other: ContentDigest) -> None:
+        self.value ^= other.value
+
+    def hexdigest(self) -> str:
+        return f"{self.value:064x}"
+
+    @classmethod
+    def from_hex(cls, text: str) -> ContentDigest:
+        return cls(int(text, 16))
 
 
 class TokenWindows:
@@ -176,13 +233,27 @@ class TokenWindows:
                 total += len(piece)
                 index += 1
 
-    def batches(self, batch_size: int, start: int = 0) -> Iterator[WindowBatch]:
-        """Batches of ``batch_size`` windows (the last may be smaller), skipping windows before ``start``."""
+    def batches(
+        self,
+        batch_size: int,
+        start: int = 0,
+        *,
+        shard: Shard | None = None,
+        skipped: ContentDigest | None = None,
+    ) -> Iterator[WindowBatch]:
+        """Batches of ``batch_size`` windows (the last may be smaller), skipping windows before ``start``.
+
+        ``shard`` keeps only that shard's blocks of ``batch_size`` windows (so every batch holds the same
+        windows as in an unsharded pass); ``skipped`` is updated with the shard's windows before ``start``."""
         rows: list[np.ndarray] = []
         lengths: list[int] = []
         idx: list[int] = []
         for i, row, length in self:
+            if shard is not None and not shard.owns(i, batch_size):
+                continue
             if i < start:
+                if skipped is not None:
+                    skipped.update(i, row, length)
                 continue
             rows.append(row)
             lengths.append(length)

@@ -4,33 +4,40 @@ For each batch of windows: run the subject model up to the source's hook (stoppi
 source, and update a fixed-size per-feature state with torch ops over all features and tokens at once:
 
 - top windows: the ``n_top`` windows with the largest per-window max activation (window index, max and the
-  activation vector of the window), merged with ``topk`` over [kept + batch] and written slot by slot;
-- quantile reservoir: a uniform sample of the feature's firing windows (bottom-k priority sampling with
-  seeded random keys: merge-able exactly like the top-k), binned by quantile of the window max at the end;
+  activation vector of the window);
+- quantile reservoir: a uniform sample of the feature's firing windows (priority sampling: keep the largest
+  random keys), binned by quantile of the window max when the records are written;
 - random windows: one shared uniform sample of windows (same priority trick) with every feature's
   activations on them;
 - stats: running sums (tokens, firing count, sum, sum over firing tokens, max).
+
+Every choice is order-free, so shards of the corpus merge exactly (``merge_states``): a slot's key is an
+int64 that orders (value, window) lexicographically, ties broken by the lower window index; the random keys
+are a hash of (seed, window index[, feature]), not of the batch. ``--shard i/n`` samples blocks of
+``batch_size`` windows round-robin (autointerp.corpus.Shard), so every batch holds the same windows as in an
+unsharded pass, and the merged records are identical, array for array, to the unsharded run's. (The float64
+running sums are added in another order, so stats agree to float64 rounding.)
 
 Memory is features x examples x window, independent of the corpus size. TopK sources (values/indices) are
 never densified to [tokens, features]: per-window maxima are scattered into [batch windows, features], and
 activation vectors are built only for the (feature, window) pairs that enter the state.
 
 Firing means activation > 0. The BOS position and right padding are ignored (see autointerp/corpus.py).
+Non-finite activations (e.g. float16 overflow) stop the pass with a UserError naming the hook.
 
-Splits, per feature, by window (disjoint by construction): the top windows are shuffled with a per-feature
-seeded generator and cut into train / valid / test_top; quantile examples come from the reservoir minus
-those windows; random examples from the shared pool minus all of the above.
+The source is moved to the subject's device and dtype before the pass. A checkpoint
+(``records/.checkpoint.pt``) is written atomically every ``checkpoint_every`` batches; rerunning resumes from
+it and gives the same result as an uninterrupted run. The checkpoint holds the corpus's content fingerprint
+(autointerp.corpus.ContentDigest) of the windows read so far: resuming over a changed corpus is a UserError.
+A shard run writes ``records/partial.pt`` (its mergeable state) instead of records; ``merge_partials``
+combines the partial states of all shards into records (autointerp/record_store.py writes and reads them).
 
-On disk (``<run>/records/``): ``meta.json``, ``stats.json``, ``windows.npz`` (index, token ids [M, T] int32
-and lengths of every referenced window, stored once), ``vocab.json`` (decoded string of every token id used,
-so loading needs no model) and ``shard_NNNNN.npz`` (per split: window index [F, n] with -1 padding and
-activations [F, n, T] float32). A checkpoint (``.checkpoint.pt``) is written atomically every
-``checkpoint_every`` batches; rerunning resumes from it and gives the same result as an uninterrupted run.
+``prepare_sampling(setup, config)`` is the one library call that loads subject, source and corpus (checking
+them before anything is written); the ``sample`` CLI command, ``explain`` and sweeps call it.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -45,20 +52,22 @@ import numpy as np
 import torch
 
 from autointerp.config import config_to_dict
-from autointerp.corpus import TokenWindows, WindowBatch
+from autointerp.corpus import ContentDigest, Shard, TokenWindows, WindowBatch
 from autointerp.errors import RunDirError, UserError
-from autointerp.records import ActivationRecord, FeatureId, FeatureRecord, FeatureStats
-from autointerp.rundir import atomic_write_json
+from autointerp.record_store import FinishedState, SplitSizes, load_records_meta, write_records
 from autointerp.sources.base import DenseActs, FeatureSource, TopKActs
 from autointerp.subject import Subject
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-SPLITS = ("train", "valid", "test_top", "test_quantiles", "test_random")
-_EMPTY = -1e30  # key/value of an empty slot; non-firing candidates are -inf, so they never fill one
-_SHARD = 1024
+STATE_VERSION = 2
 _FETCH_CHUNK = 4096
+_EMPTY_VAL = -1e30  # value of an empty top slot
+_EMPTY = -(2**62)  # key of an empty slot: below every real key (>= 0)
+_NEVER = -(2**63)  # key of a candidate that may not enter (non-firing): below the empty slots
+_W_BITS = 31  # keys are (high part << 31) | (2**31 - 1 - window): ties go to the lower window index
+_W_MAX = 2**_W_BITS - 1
+_M32 = 0xFFFFFFFF
 
 ProgressCallback = Callable[[int, int], None]
 """Called after each batch with (tokens done, tokens planned)."""
@@ -66,7 +75,7 @@ ProgressCallback = Callable[[int, int], None]
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    """Settings of the sampling pass (``autointerp cache``)."""
+    """Settings of the sampling pass (``autointerp sample``)."""
 
     tokens: int = 200_000
     """Number of corpus tokens to run through the model (BOS and padding not counted)."""
@@ -115,6 +124,10 @@ class SamplingConfig:
         """Size of the shared random-window pool (enough to exclude every non-random example)."""
         return self.n_random + self.n_top + self.n_quantile_bins * self.per_quantile_bin
 
+    def split_sizes(self) -> SplitSizes:
+        return SplitSizes(self.n_train, self.n_valid, self.n_test_top, self.n_quantile_bins, self.per_quantile_bin,
+                          self.n_random, self.seed)
+
 
 @dataclass
 class SamplingResult:
@@ -124,12 +137,15 @@ class SamplingResult:
     n_tokens: int
     n_windows: int
     n_features: int
-    n_dead: int
+    n_dead: int | None
+    """Features that never fired; None for a shard (known only once the shards are merged)."""
     seconds: float
     """Wall time of this invocation's pass (excluding time before a resume)."""
     tokens_per_s: float | None
     """Tokens per second of this invocation; None when no batch ran (already complete)."""
     resumed: bool = False
+    content_fingerprint: str | None = None
+    """ContentDigest of the windows read (None when the records were already complete)."""
 
 
 # -- feature ranges -----------------------------------------------------------------------------------
@@ -154,35 +170,65 @@ def parse_feature_ranges(text: str) -> list[int]:
     return sorted(out)
 
 
+# -- keys ----------------------------------------------------------------------------------------------
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A bijective 32-bit integer hash on int64 tensors holding values in [0, 2**32) (no overflow)."""
+    x = (((x >> 16) ^ x) * 0x45D9F3B) & _M32
+    x = (((x >> 16) ^ x) * 0x45D9F3B) & _M32
+    return (x >> 16) ^ x
+
+
+def _random_high(seed: int, salt: int, windows: torch.Tensor, feats: torch.Tensor | None) -> torch.Tensor:
+    """Uniform 32-bit priorities, a pure function of (seed, salt, window index[, feature]): [B] or [F, B]."""
+    s = _mix32(torch.tensor([(seed * 0x9E3779B1 + salt * 0x85EBCA6B) & _M32], dtype=torch.int64))
+    h = _mix32((windows ^ s.to(windows.device)) & _M32)
+    if feats is None:
+        return h
+    return _mix32((h[None, :] + feats[:, None] * 0x2545F49 + 1) & _M32)
+
+
+def _compose(high: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
+    """int64 key ordering by ``high`` (>= 0), then by the lower window index."""
+    return (high << _W_BITS) | (_W_MAX - windows)
+
+
+def _value_high(v: torch.Tensor) -> torch.Tensor:
+    """An order-preserving int64 of positive float32 values (their bit pattern)."""
+    return v.float().contiguous().view(torch.int32).long()
+
+
 # -- state -------------------------------------------------------------------------------------------
 class _State:
     """Fixed-size per-feature state; every tensor has a leading feature axis (or is tiny)."""
 
-    def __init__(self, n_feat: int, cfg: SamplingConfig, device: torch.device) -> None:
+    def __init__(self, feats: Sequence[int], cfg: SamplingConfig, device: torch.device) -> None:
+        n_feat = len(feats)
         t, k, r, p = cfg.window, cfg.n_top, cfg.reservoir, cfg.pool
-        f32 = torch.float32
+        f32, i64 = torch.float32, torch.int64
+        self.feat_ids = torch.tensor(list(feats), dtype=i64, device=device)
         self.n_tokens = 0
         self.n_windows = 0
         self.next_window = 0
         self.batches = 0
-        self.count_active = torch.zeros(n_feat, dtype=torch.int64, device=device)
+        self.count_active = torch.zeros(n_feat, dtype=i64, device=device)
         self.sum = torch.zeros(n_feat, dtype=torch.float64, device=device)
         self.sum_active = torch.zeros(n_feat, dtype=torch.float64, device=device)
         self.max = torch.full((n_feat,), -math.inf, dtype=f32, device=device)
-        self.top_val = torch.full((n_feat, k), _EMPTY, dtype=f32, device=device)
-        self.top_win = torch.full((n_feat, k), -1, dtype=torch.int64, device=device)
+        self.top_key = torch.full((n_feat, k), _EMPTY, dtype=i64, device=device)
+        self.top_val = torch.full((n_feat, k), _EMPTY_VAL, dtype=f32, device=device)
+        self.top_win = torch.full((n_feat, k), -1, dtype=i64, device=device)
         self.top_acts = torch.zeros((n_feat, k, t), dtype=f32, device=device)
-        self.q_key = torch.full((n_feat, r), _EMPTY, dtype=f32, device=device)
-        self.q_win = torch.full((n_feat, r), -1, dtype=torch.int64, device=device)
+        self.q_key = torch.full((n_feat, r), _EMPTY, dtype=i64, device=device)
+        self.q_win = torch.full((n_feat, r), -1, dtype=i64, device=device)
         self.q_max = torch.zeros((n_feat, r), dtype=f32, device=device)
         self.q_acts = torch.zeros((n_feat, r, t), dtype=f32, device=device)
-        self.r_key = torch.full((1, p), _EMPTY, dtype=f32, device=device)
-        self.r_win = torch.full((p,), -1, dtype=torch.int64, device=device)
+        self.r_key = torch.full((1, p), _EMPTY, dtype=i64, device=device)
+        self.r_win = torch.full((p,), -1, dtype=i64, device=device)
         self.r_acts = torch.zeros((p, t, n_feat), dtype=f32, device=device)
         self.tokens: dict[int, tuple[np.ndarray, int]] = {}
 
-    _TENSORS = ("count_active", "sum", "sum_active", "max", "top_val", "top_win", "top_acts", "q_key", "q_win",
-                "q_max", "q_acts", "r_key", "r_win", "r_acts")
+    _TENSORS = ("count_active", "sum", "sum_active", "max", "top_key", "top_val", "top_win", "top_acts", "q_key",
+                "q_win", "q_max", "q_acts", "r_key", "r_win", "r_acts")
 
     def nbytes(self) -> int:
         """Bytes held by the state tensors (for the memory-independence test)."""
@@ -214,12 +260,26 @@ class _State:
         pairs = zip(d["tok_index"].tolist(), d["tok_len"].tolist(), strict=True)
         self.tokens = {int(i): (rows[j], int(n)) for j, (i, n) in enumerate(pairs)}
 
+    def finished(self) -> FinishedState:
+        """The state as numpy arrays for the records store (after pruning the token rows)."""
+        self.prune_tokens()
+        st = {n: getattr(self, n).cpu().numpy() for n in ("top_val", "top_win", "top_acts", "q_win", "q_max", "q_acts",
+                                                           "r_win", "r_acts", "count_active", "sum", "sum_active",
+                                                           "max")}
+        st["top_valid"] = (self.top_key >= 0).cpu().numpy()
+        st["q_valid"] = (self.q_key >= 0).cpu().numpy()
+        rk = self.r_key[0].cpu().numpy()
+        valid_slots = np.nonzero(rk >= 0)[0]
+        st["r_order"] = valid_slots[np.argsort(-rk[valid_slots], kind="stable")]
+        return FinishedState(st, dict(self.tokens), self.n_tokens, self.n_windows)
+
 
 def _merge(state_key: torch.Tensor, cand: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Keep the K largest of [state (F, K) | candidates (F, B)]. Returns (feature, slot, candidate) triples:
     candidate ``b`` of feature ``f`` replaces slot ``k`` (an evicted or empty one). Untouched slots stay put.
 
-    Only rows where some candidate beats the row's smallest kept key are merged (few, once warmed up)."""
+    Keys are distinct within a row (they encode the window index), so the kept set is unique whatever the
+    order of arrival. Only rows where some candidate beats the row's smallest kept key are merged."""
     k = state_key.shape[1]
     rows = (cand > state_key.amin(dim=1, keepdim=True)).any(dim=1).nonzero(as_tuple=True)[0]
     if len(rows) == 0:
@@ -232,6 +292,32 @@ def _merge(state_key: torch.Tensor, cand: torch.Tensor) -> tuple[torch.Tensor, t
     fa, ba = chosen[:, k:].nonzero(as_tuple=True)
     # Row-major order and equal counts per row make the two lists line up feature by feature.
     return rows[fa], ke, ba
+
+
+def merge_states(into: _State, other: _State) -> None:
+    """Merge ``other`` (a disjoint set of windows) into ``into``: the same state as one pass over both."""
+    into.n_tokens += other.n_tokens
+    into.n_windows += other.n_windows
+    into.batches += other.batches
+    into.count_active += other.count_active
+    into.sum += other.sum
+    into.sum_active += other.sum_active
+    into.max = torch.maximum(into.max, other.max)
+    fa, ka, ba = _merge(into.top_key, other.top_key)
+    if len(fa):
+        for n in ("top_key", "top_val", "top_win", "top_acts"):
+            getattr(into, n)[fa, ka] = getattr(other, n)[fa, ba]
+    fa, ka, ba = _merge(into.q_key, other.q_key)
+    if len(fa):
+        for n in ("q_key", "q_win", "q_max", "q_acts"):
+            getattr(into, n)[fa, ka] = getattr(other, n)[fa, ba]
+    _, ka, ba = _merge(into.r_key, other.r_key)
+    if len(ka):
+        into.r_key[0, ka] = other.r_key[0, ba]
+        into.r_win[ka] = other.r_win[ba]
+        into.r_acts[ka] = other.r_acts[ba]
+    into.tokens.update(other.tokens)
+    into.prune_tokens()
 
 
 class _BatchActs:
@@ -321,37 +407,34 @@ class _BatchActs:
         return out.scatter_add_(2, idx, v)
 
 
-def _keys(seed: int, first_window: int, salt: int, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """Uniform priority keys, a pure function of (seed, first window of the batch, salt)."""
-    g = torch.Generator(device="cpu")
-    g.manual_seed((seed * 1_000_003 + first_window * 4 + salt) % (2**62))
-    return torch.rand(shape, generator=g).to(device)
-
-
 def _update(state: _State, batch: WindowBatch, acts: _BatchActs, cfg: SamplingConfig) -> None:
     dev = state.top_val.device
-    b = len(batch.index)
-    count, s, sa, mx, cand = acts.stats()  # cand [B, F]
+    count, s, sa, mx, cand = acts.stats()  # cand [B, F]: window max where firing, else -inf
     state.n_tokens += batch.n_tokens
-    state.n_windows += b
+    state.n_windows += len(batch.index)
     state.count_active += count
     state.sum += s
     state.sum_active += sa
     state.max = torch.maximum(state.max, mx)
     win_index = batch.index.to(dev)
+    if int(win_index.max()) > _W_MAX:
+        raise UserError(f"window index {int(win_index.max())} exceeds {_W_MAX}; sample fewer tokens per run")
 
-    # top windows by max activation
+    # top windows by max activation (ties: lower window index)
     cand_t = cand.T.contiguous()  # [F, B]
-    fa, ka, ba = _merge(state.top_val, cand_t)
+    firing = cand_t > 0
+    never = torch.full_like(state.top_key[:, :1], _NEVER).expand_as(cand_t)
+    tk = torch.where(firing, _compose(_value_high(cand_t.clamp(min=0.0)), win_index[None, :]), never)
+    fa, ka, ba = _merge(state.top_key, tk)
     if len(fa):
+        state.top_key[fa, ka] = tk[fa, ba]
         state.top_val[fa, ka] = cand_t[fa, ba]
         state.top_win[fa, ka] = win_index[ba]
         state.top_acts[fa, ka] = acts.fetch(fa, ba)
 
-    # quantile reservoir: uniform sample of firing windows via random priority keys
-    first = int(batch.index[0])
-    qk = _keys(cfg.seed, first, 1, (acts.n_feat, b), dev)
-    qk = torch.where(cand_t > -math.inf, qk, torch.full_like(qk, -math.inf))
+    # quantile reservoir: uniform sample of firing windows via random priority keys of (seed, window, feature)
+    qk = torch.where(firing, _compose(_random_high(cfg.seed, 1, win_index, state.feat_ids), win_index[None, :]),
+                     never)
     fa, ka, ba = _merge(state.q_key, qk)
     if len(fa):
         state.q_key[fa, ka] = qk[fa, ba]
@@ -359,8 +442,8 @@ def _update(state: _State, batch: WindowBatch, acts: _BatchActs, cfg: SamplingCo
         state.q_max[fa, ka] = cand_t[fa, ba]
         state.q_acts[fa, ka] = acts.fetch(fa, ba)
 
-    # shared random pool
-    rk = _keys(cfg.seed, first, 2, (1, b), dev)
+    # shared random pool: keys of (seed, window)
+    rk = _compose(_random_high(cfg.seed, 2, win_index, None), win_index)[None, :]
     _, ka, ba = _merge(state.r_key, rk)
     if len(ka):
         state.r_key[0, ka] = rk[0, ba]
@@ -389,14 +472,26 @@ def selected_features(config: SamplingConfig, source: FeatureSource) -> list[int
     return feats
 
 
+def _check_finite(t: torch.Tensor, source: FeatureSource, what: str, dtype: torch.dtype) -> None:
+    if not bool(torch.isfinite(t).all()):
+        name = str(dtype).removeprefix("torch.")
+        raise UserError(
+            f"non-finite {what} at hook {source.hook} ({source.address}) in {name} (e.g. float16 overflow); "
+            "run with --dtype bfloat16 or --dtype float32"
+        )
+
+
 class Sampler:
     """The per-batch part of the pass: ``step(batch)`` runs the model to the hook, encodes, updates the state.
 
-    ``run_sampling`` drives it over a corpus with checkpoints; benchmarks call ``step`` directly."""
+    The source is moved to the subject's device and dtype. ``run_sampling`` drives it over a corpus with
+    checkpoints; benchmarks call ``step`` directly."""
 
     def __init__(self, subject: Subject, source: FeatureSource, config: SamplingConfig) -> None:
         config.validate()
         feats = selected_features(config, source)
+        subject.check_hook(source.hook)
+        source = source.to(subject.device, subject.dtype)
         self.subject, self.source, self.config = subject, source, config
         self.features = feats
         dev = subject.device
@@ -408,8 +503,7 @@ class Sampler:
             self._select = torch.tensor(feats, dtype=torch.int64, device=dev)
             self._positions = torch.full((source.n_features,), -1, dtype=torch.int64, device=dev)
             self._positions[self._select] = torch.arange(len(feats), device=dev)
-        subject.check_hook(source.hook)
-        self.state = _State(len(feats), config, dev)
+        self.state = _State(feats, config, dev)
 
     @torch.inference_mode()
     def step(self, batch: WindowBatch) -> None:
@@ -417,7 +511,10 @@ class Sampler:
         hook = self.source.hook
         h = self.subject.run(batch.input_ids, [hook])[hook]
         bsz, t, d = h.shape
+        dtype = self.subject.dtype
+        _check_finite(h, self.source, "model activations", dtype)
         enc = self.source.encode(h.reshape(bsz * t, d), self._feats_arg)
+        _check_finite(enc.values, self.source, "feature activations", dtype)
         valid = batch.valid_mask().to(self.subject.device)
         # The state update is many small memory-bound ops; on CPU, one thread avoids OpenMP fork/join costs
         # that dominate them (8x slower with 2 threads on a busy 2-core machine). The model keeps its threads.
@@ -437,6 +534,31 @@ class Sampler:
             self.state.prune_tokens()  # keeps the stored windows bounded by the examples held
 
 
+PARTIAL = "partial.pt"
+
+
+def _fingerprint(config: SamplingConfig, source: FeatureSource, subject: Subject, windows: TokenWindows,
+                 shard: Shard | None) -> dict[str, Any]:
+    """What a checkpoint or partial state must match to be resumed or merged (shard aside)."""
+    return {"state_version": STATE_VERSION, "config": config_to_dict(config), "source": source.address,
+            "model": subject.name, "corpus": windows.describe(),
+            "shard": None if shard is None else [shard.index, shard.count]}
+
+
+def _records_meta(source: FeatureSource, subject: Subject, windows: TokenWindows, config: SamplingConfig,
+                  content: str) -> dict[str, Any]:
+    return {
+        "source": source.address,
+        "hook": str(source.hook),
+        "model": subject.name,
+        "n_source_features": source.n_features,
+        "corpus": windows.describe(),
+        "content_fingerprint": content,
+        "tokenizer": getattr(subject.tokenizer, "name_or_path", None),
+        "config": config_to_dict(config),
+    }
+
+
 def run_sampling(
     subject: Subject,
     source: FeatureSource,
@@ -444,61 +566,116 @@ def run_sampling(
     config: SamplingConfig,
     run_dir: Path,
     progress: ProgressCallback | None = None,
+    shard: Shard | None = None,
 ) -> SamplingResult:
-    """Run the sampling pass and write ``run_dir/records``; resumes from a checkpoint there if one exists."""
+    """Run the sampling pass and write ``run_dir/records`` (with ``shard``: its mergeable partial state);
+    resumes from a checkpoint there if one exists, and returns at once when the output is already complete."""
     config.validate()
     if windows.window != config.window:
         raise UserError(f"corpus windows have {windows.window} tokens but the config says {config.window}")
     rec_dir = Path(run_dir) / "records"
     rec_dir.mkdir(parents=True, exist_ok=True)
-    meta_path = rec_dir / "meta.json"
-    if meta_path.exists():
-        meta = json.loads(meta_path.read_text())
-        if meta.get("config") != config_to_dict(config) or meta.get("source") != source.address:
-            raise RunDirError(f"{rec_dir} holds records of another configuration; use a new --run-dir")
-        log.info("records already complete in %s", rec_dir)
-        return SamplingResult(rec_dir, int(meta["n_tokens"]), int(meta["n_windows"]), len(meta["features"]),
-                              int(meta["n_dead"]), 0.0, None, resumed=True)
+    fingerprint = _fingerprint(config, source, subject, windows, shard)
+    done = _already_done(rec_dir, fingerprint, shard)
+    if done is not None:
+        return done
 
     sampler = Sampler(subject, source, config)
     state = sampler.state
-    feats = sampler.features
     ckpt = rec_dir / ".checkpoint.pt"
-    fingerprint = {"config": config_to_dict(config), "source": source.address, "corpus": windows.describe()}
+    digest = ContentDigest()
     resumed = False
+    expect: str | None = None
     if ckpt.exists():
         d = torch.load(ckpt, map_location="cpu", weights_only=False)
         if d.get("fingerprint") != fingerprint:
             raise RunDirError(f"{ckpt} is a checkpoint of another configuration; use a new --run-dir")
         state.load_dict(d["state"], subject.device)
+        expect = str(d["content"])
         resumed = True
         log.info("resuming sampling at window %d (%d tokens done)", state.next_window, state.n_tokens)
 
+    def check_content() -> None:
+        if expect is not None and digest.hexdigest() != expect:
+            raise RunDirError(
+                f"corpus {windows.name} changed since the checkpoint in {rec_dir} (its content fingerprint "
+                "differs); restore the corpus or sample into a new --run-dir"
+            )
+
     t0 = time.perf_counter()
     tokens_run = 0
-    for batch in windows.batches(config.batch_size, start=state.next_window):
+    checked = False
+    for batch in windows.batches(config.batch_size, start=state.next_window, shard=shard,
+                                 skipped=digest if resumed else None):
+        if not checked:
+            check_content()
+            checked = True
         if state.n_tokens >= config.tokens:
             break
         sampler.step(batch)
+        digest.update_batch(batch)
         tokens_run += batch.n_tokens
         if state.batches % config.checkpoint_every == 0:
             state.prune_tokens()
-            _save_checkpoint(ckpt, {"fingerprint": fingerprint, "state": state.to_dict()})
+            _save_torch(ckpt, {"fingerprint": fingerprint, "state": state.to_dict(), "content": digest.hexdigest()})
         if progress is not None:
             progress(state.n_tokens, config.tokens)
+    if not checked:
+        check_content()
     seconds = time.perf_counter() - t0
-    if state.n_windows == 0:
+    rate = tokens_run / seconds if tokens_run and seconds > 0 else None
+    if state.n_windows == 0 and shard is None:
         raise UserError(f"corpus {windows.name} produced no windows; pass a corpus with text in it")
-    state.prune_tokens()
-    n_dead = _write_records(rec_dir, state, feats, source, subject, windows, config)
+    meta = _records_meta(source, subject, windows, config, digest.hexdigest())
+    if shard is not None:
+        state.prune_tokens()
+        used = sorted({int(x) for row, _ in state.tokens.values() for x in np.unique(row)})
+        vocab = dict(zip(used, _decoder(subject.tokenizer)(used), strict=True))
+        _save_torch(rec_dir / PARTIAL, {"fingerprint": fingerprint, "state": state.to_dict(), "meta": meta,
+                                        "features": sampler.features, "content": digest.hexdigest(),
+                                        "content_start": windows.content_start, "vocab": vocab})
+        ckpt.unlink(missing_ok=True)
+        return SamplingResult(rec_dir, state.n_tokens, state.n_windows, len(sampler.features), None, seconds,
+                              rate, resumed, digest.hexdigest())
+    n_dead = write_records(rec_dir, state.finished(), sampler.features, config.split_sizes(), config.window,
+                           windows.content_start, _decoder(subject.tokenizer), meta)
     ckpt.unlink(missing_ok=True)
-    return SamplingResult(
-        rec_dir, state.n_tokens, state.n_windows, len(feats), n_dead, seconds,
-        tokens_run / seconds if tokens_run and seconds > 0 else None, resumed,
-    )
+    return SamplingResult(rec_dir, state.n_tokens, state.n_windows, len(sampler.features), n_dead, seconds, rate,
+                          resumed, digest.hexdigest())
 
 
-def _save_checkpoint(path: Path, obj: dict[str, Any]) -> None:
+def _decoder(tokenizer: Any) -> Callable[[list[int]], list[str]]:
+    def decode(ids: list[int]) -> list[str]:
+        return [str(x) for x in tokenizer.batch_decode([[i] for i in ids])]
+
+    return decode
+
+
+def _already_done(rec_dir: Path, fingerprint: dict[str, Any], shard: Shard | None) -> SamplingResult | None:
+    """The result of a finished earlier run with the same settings; RunDirError when it had other settings."""
+    if shard is not None:
+        path = rec_dir / PARTIAL
+        if not path.exists():
+            return None
+        d = torch.load(path, map_location="cpu", weights_only=False)
+        if d.get("fingerprint") != fingerprint:
+            raise RunDirError(f"{path} is a shard of another configuration; use a new --run-dir")
+        log.info("shard %s already complete in %s", shard, rec_dir)
+        st = d["state"]
+        return SamplingResult(rec_dir, int(st["n_tokens"]), int(st["n_windows"]), len(d["features"]), None, 0.0,
+                              None, True, str(d["content"]))
+    meta_path = rec_dir / "meta.json"
+    if not meta_path.exists():
+        return None
+    meta = load_records_meta(rec_dir.parent)
+    if meta.get("config") != fingerprint["config"] or meta.get("source") != fingerprint["source"]:
+        raise RunDirError(f"{rec_dir} holds records of another configuration; use a new --run-dir")
+    log.info("records already complete in %s", rec_dir)
+    return SamplingResult(rec_dir, int(meta["n_tokens"]), int(meta["n_windows"]), len(meta["features"]),
+                          int(meta["n_dead"]), 0.0, None, True, meta.get("content_fingerprint"))
+
+
+def _save_torch(path: Path, obj: dict[str, Any]) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".ckpt.", suffix=".tmp")
     os.close(fd)
     try:
@@ -509,206 +686,176 @@ def _save_checkpoint(path: Path, obj: dict[str, Any]) -> None:
         raise
 
 
-# -- splits and output ---------------------------------------------------------------------------------
-def _split_counts(n: int, cfg: SamplingConfig) -> tuple[int, int, int]:
-    want = (cfg.n_train, cfg.n_valid, cfg.n_test_top)
-    total = sum(want)
-    if n >= total:
-        return want
-    # Too few firing windows: share them out in proportion (train first), never reusing a window.
-    tr = min(cfg.n_train, math.ceil(n * cfg.n_train / total)) if total else 0
-    va = min(cfg.n_valid, (n - tr) * cfg.n_valid // max(1, cfg.n_valid + cfg.n_test_top))
-    return tr, va, n - tr - va
+def config_from_dict(raw: dict[str, Any]) -> SamplingConfig:
+    """The inverse of ``config_to_dict`` for a SamplingConfig."""
+    feats = raw.get("features")
+    return SamplingConfig(**{**raw, "features": None if feats is None else tuple(int(f) for f in feats)})
 
 
-def _feature_splits(
-    f: int, fi: int, st: dict[str, np.ndarray], cfg: SamplingConfig
-) -> tuple[dict[str, list[tuple[int, np.ndarray]]], list[float]]:
-    """Split one feature's examples; returns {split: [(window, acts)]} and the quantile edges."""
-    rng = np.random.default_rng([cfg.seed, f])
-    out: dict[str, list[tuple[int, np.ndarray]]] = {s: [] for s in SPLITS}
-    ok = st["top_val"][fi] > _EMPTY / 2
-    top_w, top_v, top_a = st["top_win"][fi][ok], st["top_val"][fi][ok], st["top_acts"][fi][ok]
-    order = np.lexsort((top_w, -top_v))
-    top_w, top_v, top_a = top_w[order], top_v[order], top_a[order]
-    perm = rng.permutation(len(top_w))
-    n_tr, n_va, n_te = _split_counts(len(top_w), cfg)
-    cuts = {"train": perm[:n_tr], "valid": perm[n_tr : n_tr + n_va], "test_top": perm[n_tr + n_va : n_tr + n_va + n_te]}
-    used: set[int] = set()
-    for name, sel in cuts.items():
-        sel = np.sort(sel)  # keep descending-activation order within the split
-        out[name] = [(int(top_w[i]), top_a[i]) for i in sel]
-        used.update(int(top_w[i]) for i in sel)
-
-    okq = st["q_key"][fi] > _EMPTY / 2
-    q_w, q_m, q_a = st["q_win"][fi][okq], st["q_max"][fi][okq], st["q_acts"][fi][okq]
-    edges: list[float] = []
-    if len(q_w):
-        edges = [float(x) for x in np.quantile(q_m, np.linspace(0, 1, cfg.n_quantile_bins + 1))]
-        bins = np.searchsorted(np.asarray(edges[1:-1]), q_m, side="right")
-        free = np.array([int(w) not in used for w in q_w], dtype=bool)
-        for bi in range(cfg.n_quantile_bins):
-            cand = np.nonzero((bins == bi) & free)[0]
-            cand = cand[np.argsort(q_w[cand], kind="stable")]
-            take = rng.choice(cand, size=min(cfg.per_quantile_bin, len(cand)), replace=False) if len(cand) else cand
-            for i in sorted(take.tolist(), key=lambda i: -q_m[i]):
-                out["test_quantiles"].append((int(q_w[i]), q_a[i]))
-                used.add(int(q_w[i]))
-
-    for slot in st["r_order"]:
-        if len(out["test_random"]) >= cfg.n_random:
-            break
-        w = int(st["r_win"][slot])
-        if w not in used:
-            out["test_random"].append((w, st["r_acts"][slot, :, fi]))
-    return out, edges
-
-
-def _write_records(
-    rec_dir: Path, state: _State, feats: list[int], source: FeatureSource, subject: Subject,
-    windows: TokenWindows, cfg: SamplingConfig,
-) -> int:
-    st = {n: getattr(state, n).cpu().numpy() for n in ("top_val", "top_win", "top_acts", "q_key", "q_win", "q_max",
-                                                        "q_acts", "r_win", "r_acts")}
-    rk = state.r_key[0].cpu().numpy()
-    valid_slots = np.nonzero(rk > _EMPTY / 2)[0]
-    st["r_order"] = valid_slots[np.argsort(-rk[valid_slots], kind="stable")]
-    n_tok = max(1, state.n_tokens)
-    count = state.count_active.cpu().numpy()
-    ssum = state.sum.cpu().numpy()
-    ssa = state.sum_active.cpu().numpy()
-    smax = state.max.cpu().numpy()
-    sizes = {"train": cfg.n_train, "valid": cfg.n_valid, "test_top": cfg.n_test_top,
-             "test_quantiles": cfg.n_quantile_bins * cfg.per_quantile_bin, "test_random": cfg.n_random}
-    t = cfg.window
-    stats: list[dict[str, Any]] = []
-    n_dead = 0
-    for s0 in range(0, len(feats), _SHARD):
-        chunk = feats[s0 : s0 + _SHARD]
-        arrays: dict[str, np.ndarray] = {}
-        for name, n in sizes.items():
-            arrays[f"{name}_win"] = np.full((len(chunk), n), -1, dtype=np.int64)
-            arrays[f"{name}_acts"] = np.zeros((len(chunk), n, t), dtype=np.float32)
-        for j, f in enumerate(chunk):
-            fi = s0 + j
-            splits, edges = _feature_splits(f, fi, st, cfg)
-            for name, items in splits.items():
-                for e, (w, a) in enumerate(items):
-                    arrays[f"{name}_win"][j, e] = w
-                    arrays[f"{name}_acts"][j, e] = a
-            c = int(count[fi])
-            fired = c > 0
-            n_dead += not fired
-            stats.append({
-                "feature": f,
-                "n_tokens": state.n_tokens,
-                "frequency": c / n_tok,
-                "max": float(smax[fi]),
-                "mean": float(ssum[fi] / n_tok),
-                "mean_active": float(ssa[fi] / c) if fired else None,
-                "quantile_edges": edges,
-            })
-        _savez_atomic(rec_dir / f"shard_{s0 // _SHARD:05d}.npz", arrays)
-
-    idx = sorted(state.tokens)
-    rows = np.stack([state.tokens[i][0] for i in idx]).astype(np.int32) if idx else np.zeros((0, t), np.int32)
-    lens = np.array([state.tokens[i][1] for i in idx], dtype=np.int32)
-    _savez_atomic(rec_dir / "windows.npz", {"index": np.array(idx, dtype=np.int64), "tokens": rows, "lengths": lens})
-    used_ids = np.unique(rows) if rows.size else np.zeros(0, dtype=np.int32)
-    tok = subject.tokenizer
-    strings = tok.batch_decode([[int(i)] for i in used_ids]) if len(used_ids) else []
-    atomic_write_json(rec_dir / "vocab.json", {str(int(i)): s for i, s in zip(used_ids, strings, strict=True)})
-    atomic_write_json(rec_dir / "stats.json", stats)
-    atomic_write_json(rec_dir / "meta.json", {
-        "format_version": FORMAT_VERSION,
-        "source": source.address,
-        "hook": str(source.hook),
-        "model": subject.name,
-        "n_source_features": source.n_features,
-        "features": feats,
-        "shard_size": _SHARD,
-        "split_sizes": sizes,
-        "window": t,
-        "content_start": windows.content_start,
-        "corpus": windows.describe(),
-        "tokenizer": getattr(tok, "name_or_path", None),
-        "n_tokens": state.n_tokens,
-        "n_windows": state.n_windows,
-        "n_dead": n_dead,
-        "config": config_to_dict(cfg),
-    })
-    return n_dead
-
-
-def _savez_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".npz")
-    os.close(fd)
-    try:
-        np.savez(tmp, **arrays)  # type: ignore[arg-type]
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-# -- loading -------------------------------------------------------------------------------------------
-def load_records_meta(run_dir: Path) -> dict[str, Any]:
-    """The ``records/meta.json`` of a finished sampling run."""
-    path = Path(run_dir) / "records" / "meta.json"
+# -- merging shards ------------------------------------------------------------------------------------
+def read_partial(run_dir: Path) -> dict[str, Any]:
+    """The partial state of a finished shard run (``records/partial.pt``)."""
+    path = Path(run_dir) / "records" / PARTIAL
     if not path.exists():
-        raise RunDirError(f"{run_dir} has no finished records (no records/meta.json); run `autointerp cache` first")
-    return dict(json.loads(path.read_text()))
+        raise UserError(f"{run_dir} holds no finished shard ({path} is missing); run or finish that shard first")
+    return dict(torch.load(path, map_location="cpu", weights_only=False))
 
 
-def load_feature_records(run_dir: Path, features: Sequence[int] | None = None) -> list[FeatureRecord]:
-    """FeatureRecords of ``features`` (feature indices of the source; default: all sampled), without the model."""
-    rec_dir = Path(run_dir) / "records"
-    meta = load_records_meta(run_dir)
-    feats: list[int] = list(meta["features"])
-    pos = {f: i for i, f in enumerate(feats)}
-    wanted = feats if features is None else list(features)
-    missing = [f for f in wanted if f not in pos]
+def check_partials(parts: Sequence[Path]) -> list[dict[str, Any]]:
+    """Load the partial states of ``parts`` and check they are the n shards of one pass, each once."""
+    if not parts:
+        raise UserError("give the shard run directories to merge")
+    loaded = [read_partial(p) for p in parts]
+    first = {k: v for k, v in loaded[0]["fingerprint"].items() if k != "shard"}
+    for p, d in zip(parts, loaded, strict=True):
+        other = {k: v for k, v in d["fingerprint"].items() if k != "shard"}
+        if other != first:
+            diff = sorted(k for k in first if first[k] != other.get(k))
+            raise UserError(
+                f"{p} is a shard of another pass than {parts[0]} (different {', '.join(diff)}); merge shards of one "
+                "`sample --shard` run"
+            )
+    count = int(loaded[0]["fingerprint"]["shard"][1])
+    seen: dict[int, Path] = {}
+    for p, d in zip(parts, loaded, strict=True):
+        i, n = (int(x) for x in d["fingerprint"]["shard"])
+        if n != count:
+            raise UserError(f"{p} is shard {i}/{n} but {parts[0]} is one of {count}; merge shards of one run")
+        if i in seen:
+            raise UserError(f"shard {i}/{n} is given twice ({seen[i]} and {p}); give each shard once")
+        seen[i] = p
+    missing = [i for i in range(count) if i not in seen]
     if missing:
-        raise UserError(f"features {missing[:5]} were not sampled in {run_dir}; pass sampled features or re-run cache")
-    stats = json.loads((rec_dir / "stats.json").read_text())
-    vocab = {int(k): v for k, v in json.loads((rec_dir / "vocab.json").read_text()).items()}
-    with np.load(rec_dir / "windows.npz") as wz:
-        w_index, w_tokens, w_len = wz["index"], wz["tokens"], wz["lengths"]
-    row_of = {int(w): i for i, w in enumerate(w_index)}
-    cs = int(meta["content_start"])
-    shard_size = int(meta["shard_size"])
-    shards: dict[int, dict[str, np.ndarray]] = {}
-    decoded: dict[int, tuple[list[int], list[str]]] = {}
-    out: list[FeatureRecord] = []
-    for f in wanted:
-        fi = pos[f]
-        sh = fi // shard_size
-        if sh not in shards:
-            with np.load(rec_dir / f"shard_{sh:05d}.npz") as z:
-                shards[sh] = {k: z[k] for k in z.files}
-        arr = shards[sh]
-        j = fi % shard_size
-        split_recs: dict[str, list[ActivationRecord]] = {}
-        for name in SPLITS:
-            recs = []
-            for w, a in zip(arr[f"{name}_win"][j], arr[f"{name}_acts"][j], strict=True):
-                if w < 0:
-                    continue
-                r = row_of[int(w)]
-                n = int(w_len[r])
-                if r not in decoded:
-                    ids = [int(x) for x in w_tokens[r, cs:n]]
-                    decoded[r] = (ids, [vocab[i] for i in ids])
-                ids, toks = decoded[r]
-                recs.append(ActivationRecord(tokens=list(toks), token_ids=list(ids),
-                                             activations=a[cs:n].astype(np.float32), window=int(w)))
-            split_recs[name] = recs
-        s = stats[fi]
-        out.append(FeatureRecord(
-            id=FeatureId(meta["source"], f),
-            stats=FeatureStats(n_tokens=s["n_tokens"], frequency=s["frequency"], max=s["max"], mean=s["mean"],
-                               mean_active=s["mean_active"], quantile_edges=s["quantile_edges"]),
-            train=split_recs["train"], test_top=split_recs["test_top"], test_quantiles=split_recs["test_quantiles"],
-            test_random=split_recs["test_random"], valid=split_recs["valid"],
-        ))
-    return out
+        raise UserError(
+            f"shard(s) {', '.join(f'{i}/{count}' for i in missing)} missing; give all {count} shards to merge"
+        )
+    return [loaded[int(p)] for p in sorted(range(len(loaded)), key=lambda j: int(loaded[j]["fingerprint"]["shard"][0]))]
+
+
+def merge_partials(parts: Sequence[Path], out: Path, loaded: list[dict[str, Any]] | None = None) -> SamplingResult:
+    """Merge the partial states of all shards of one pass into ``out/records``, identical to the records of an
+    unsharded run. Checks everything before writing anything (``loaded``: ``check_partials(parts)``, if done)."""
+    loaded = check_partials(parts) if loaded is None else loaded
+    rec_dir = Path(out) / "records"
+    if (rec_dir / "meta.json").exists():
+        raise RunDirError(f"{rec_dir} already holds records; merge into a new --out directory")
+    t0 = time.perf_counter()
+    d0 = loaded[0]
+    cfg = config_from_dict(d0["fingerprint"]["config"])
+    feats = list(d0["features"])
+    cpu = torch.device("cpu")
+    merged = _State(feats, cfg, cpu)
+    merged.load_dict(d0["state"], cpu)
+    content = ContentDigest.from_hex(str(d0["content"]))
+    vocab: dict[int, str] = dict(d0["vocab"])
+    for d in loaded[1:]:
+        other = _State(feats, cfg, cpu)
+        other.load_dict(d["state"], cpu)
+        merge_states(merged, other)
+        content.combine(ContentDigest.from_hex(str(d["content"])))
+        vocab.update(d["vocab"])
+    if merged.n_windows == 0:
+        raise UserError(f"the shards of {d0['meta']['corpus']['corpus']} produced no windows; sample more tokens")
+    rec_dir.mkdir(parents=True, exist_ok=True)
+    meta = {**d0["meta"], "content_fingerprint": content.hexdigest(),
+            "merged_from": [str(Path(p).resolve()) for p in parts]}
+
+    def decode(ids: list[int]) -> list[str]:
+        return [vocab[i] for i in ids]
+
+    n_dead = write_records(rec_dir, merged.finished(), feats, cfg.split_sizes(), cfg.window,
+                           int(d0["content_start"]), decode, meta)
+    return SamplingResult(rec_dir, merged.n_tokens, merged.n_windows, len(feats), n_dead,
+                          time.perf_counter() - t0, None, False, content.hexdigest())
+
+
+# -- the one library call ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SamplingSetup:
+    """What to sample: the subject model, the source (neurons at a hook, or an SAE) and the corpus."""
+
+    model: str | None = None
+    """Subject model: embedded gemma3-270m (default) or smollm2-135m, a local folder, or a Hugging Face id.
+    With --sae, defaults to the SAE's model."""
+    hook: str | None = None
+    """Hook point for neurons, e.g. L6/mlp_neurons or L6/resid_post."""
+    sae: str | None = None
+    """SAE registry address or path (see `autointerp sources`)."""
+    sae_dir: Path | None = None
+    """Local folder laid out like the SAE's hub repo."""
+    corpus: str = "wiki"
+    """wiki (embedded), lee, a .txt/.jsonl/.parquet file, or hf:<dataset>[:split]."""
+    text_field: str = "text"
+    """Text field/column of .jsonl/.parquet/hf corpora."""
+    device: str = "cpu"
+    """torch device: cpu, cuda, cuda:1, ..."""
+    dtype: str = "float32"
+    """Model dtype: float32, bfloat16 or float16 (the source computes in the same dtype)."""
+    threads: int = 2
+    """CPU threads for torch."""
+
+    def address(self) -> tuple[str, str]:
+        """(subject model name, source address) without loading anything; UserError on bad options."""
+        from autointerp.hooks import HookPoint
+
+        if self.sae:
+            from autointerp.sources.registry import resolve_address
+
+            spec = resolve_address(self.sae)
+            if self.hook and HookPoint.parse(self.hook) != spec.hook:
+                raise UserError(f"--hook {self.hook} does not match {self.sae}, which reads {spec.hook}; drop --hook")
+            return self.model or spec.model, spec.address
+        if not self.hook:
+            raise UserError("give --hook (e.g. --hook L6/mlp_neurons) for neurons, or --sae ADDRESS for an SAE")
+        name = self.model or "gemma3-270m"
+        return name, f"{name}/{HookPoint.parse(self.hook)}"
+
+
+@dataclass
+class SamplingJob:
+    """A loaded, checked sampling job: ``run(run_dir)`` samples (see ``prepare_sampling``)."""
+
+    setup: SamplingSetup
+    config: SamplingConfig
+    subject: Subject
+    source: FeatureSource
+    windows: TokenWindows
+
+    def describe(self) -> dict[str, Any]:
+        """Manifest entries of the job."""
+        return {"model": self.subject.name, "source": self.source.address, "hook": str(self.source.hook),
+                "corpus": self.windows.describe(), "seeds": {"sampling": self.config.seed},
+                "device": self.setup.device, "dtype": self.setup.dtype, "threads": self.setup.threads}
+
+    def run(self, run_dir: Path, progress: ProgressCallback | None = None, shard: Shard | None = None
+            ) -> SamplingResult:
+        return run_sampling(self.subject, self.source, self.windows, self.config, run_dir, progress, shard)
+
+
+def prepare_sampling(setup: SamplingSetup, config: SamplingConfig) -> SamplingJob:
+    """Load the subject, the source (moved to the subject's device and dtype) and the corpus, and check the
+    features; every bad input fails here, before anything is written."""
+    from autointerp.corpus import load_corpus
+    from autointerp.hooks import HookPoint
+    from autointerp.subject import load_subject
+
+    config.validate()
+    subject_name, _ = setup.address()
+    subject = load_subject(subject_name, device=setup.device, dtype=setup.dtype, threads=setup.threads)
+    source: FeatureSource
+    if setup.sae:
+        from autointerp.sources.registry import resolve_source
+
+        source = resolve_source(setup.sae, local_dir=setup.sae_dir, subject=subject)
+    else:
+        from autointerp.sources.neurons import neuron_source
+
+        assert setup.hook is not None
+        hp = HookPoint.parse(setup.hook)
+        source = neuron_source(subject_name, hp, subject.hook_dim(hp))
+    subject.check_hook(source.hook)
+    source = source.to(subject.device, subject.dtype)
+    windows = load_corpus(setup.corpus, subject.tokenizer, config.window, max_tokens=config.tokens,
+                          seed=config.seed, text_field=setup.text_field)
+    selected_features(config, source)
+    return SamplingJob(setup, config, subject, source, windows)

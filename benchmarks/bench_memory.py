@@ -72,7 +72,7 @@ def child(model: str, hook: str, tokens: int, threads: int) -> None:
         "rss_before": before,
         "peak_hwm": hwm if reset else None,
         "peak_poll": peak_poll[0],
-        "state_bytes": _State(res.n_features, cfg, torch.device("cpu")).nbytes(),
+        "state_bytes": _State(range(res.n_features), cfg, torch.device("cpu")).nbytes(),
         "records_bytes": records_bytes,
         "seconds": secs,
     }))

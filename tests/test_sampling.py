@@ -13,11 +13,10 @@ import torch
 from autointerp.corpus import TokenWindows, load_corpus
 from autointerp.errors import UserError
 from autointerp.hooks import HookPoint
+from autointerp.record_store import SPLITS, load_feature_records
 from autointerp.sampling import (
-    SPLITS,
     SamplingConfig,
     _State,
-    load_feature_records,
     parse_feature_ranges,
     run_sampling,
 )
@@ -187,8 +186,8 @@ def test_resume_equals_uninterrupted(tiny_llama: Any, tiny_corpus_file: Path, tm
 
 def test_memory_bounded(tiny_llama: Any, tiny_corpus_file: Path, tmp_path: Path) -> None:
     """The state has a fixed size, and the stored windows are bounded by the examples, not the corpus."""
-    small = _State(48, CFG, torch.device("cpu")).nbytes()
-    assert small == _State(48, SamplingConfig(**{**CFG.__dict__, "tokens": 10**9}), torch.device("cpu")).nbytes()
+    small = _State(range(48), CFG, torch.device("cpu")).nbytes()
+    assert small == _State(range(48), SamplingConfig(**{**CFG.__dict__, "tokens": 10**9}), torch.device("cpu")).nbytes()
     big_corpus = tmp_path / "big.txt"
     big_corpus.write_text("\n\n".join([tiny_corpus_file.read_text()] * 6))
     for tokens in (1500, 6000):

@@ -317,3 +317,41 @@ def densify(acts: FeatureActs) -> torch.Tensor:
     out = acts.values.new_zeros((acts.values.shape[0], acts.n_features))
     out.scatter_(1, acts.indices, acts.values)
     return out
+
+
+def random_sae(
+    hook: HookPoint,
+    d_in: int,
+    n_features: int,
+    *,
+    activation: Activation = "relu",
+    k: int | None = None,
+    seed: int = 0,
+    model_name: str | None = None,
+) -> LinearSae:
+    """A random-weight SAE for tests and benchmarks (never for results): ``W_enc ~ N(0, 1/d_in)`` [d_in, F],
+    ``b_enc = 0``, decoder the encoder's transpose. ``activation`` relu (dense) or topk (with ``k``)."""
+    g = torch.Generator().manual_seed(seed)
+    w_enc = torch.randn(d_in, n_features, generator=g) / d_in**0.5
+    tensors = {"W_enc": w_enc, "b_enc": torch.zeros(n_features), "W_dec": w_enc.T.contiguous(),
+               "b_dec": torch.zeros(d_in)}
+    origin = f"random-{activation}-{n_features}"
+    return LinearSae(
+        address=f"{origin}@{hook}",
+        hook=hook,
+        d_in=d_in,
+        n_features=n_features,
+        model_name=model_name,
+        weights=SaeWeights({n: _constant(t) for n, t in tensors.items()},
+                           {n: tuple(t.shape) for n, t in tensors.items()}, origin),
+        activation=activation,
+        format="random",
+        k=k,
+    )
+
+
+def _constant(t: torch.Tensor) -> Callable[[], torch.Tensor]:
+    def load() -> torch.Tensor:
+        return t
+
+    return load
