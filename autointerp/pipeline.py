@@ -753,7 +753,7 @@ async def run_explain(
     if not data.records:
         for c in to_close:
             await c.aclose()
-        raise UserError(f"{run_dir} holds no feature records; pass records or a --cache-run with sampled features")
+        raise UserError(f"{run_dir} holds no feature records; pass records or a --sample-run with sampled features")
     features = [str(r.id) for r in records] if records is not None else list(data.records)
     if plan is None:  # resuming: the records come from the run directory
         try:

@@ -494,7 +494,7 @@ def load_run(path: Path, *, records: bool = True) -> RunData:
             if records:
                 data.records[fid] = FeatureRecord.from_json(row)
         except (KeyError, TypeError, ValueError) as e:
-            raise RunDirError(f"{rec_path}: a malformed record ({e}); regenerate it with `autointerp cache`") from e
+            raise RunDirError(f"{rec_path}: a malformed record ({e}); regenerate it with `autointerp sample`") from e
     for row in read_jsonl(run.file(EXPLANATIONS)):
         expl = ExplanationRow.from_json(row)
         data.explanations[expl.explanation_id] = expl

@@ -780,9 +780,9 @@ class SamplingSetup:
     hook: str | None = None
     """Hook point for neurons, e.g. L6/mlp_neurons or L6/resid_post."""
     sae: str | None = None
-    """SAE registry address or path (see `autointerp sources`)."""
+    """SAE registry address (see `autointerp sources`) or the path of a local SAE file or folder."""
     sae_dir: Path | None = None
-    """Local folder laid out like the SAE's hub repo."""
+    """Local folder laid out like the SAE's hub repo (files of a registry --sae address)."""
     corpus: str = "wiki"
     """wiki (embedded), lee, a .txt/.jsonl/.parquet file, or hf:<dataset>[:split]."""
     text_field: str = "text"
@@ -795,20 +795,67 @@ class SamplingSetup:
     """CPU threads for torch."""
 
     def address(self) -> tuple[str, str]:
-        """(subject model name, source address) without loading anything; UserError on bad options."""
+        """(subject model name, source address) without loading the model; UserError on bad options."""
+        name, address, _ = self.resolve()
+        return name, address
+
+    def resolve(self) -> tuple[str, str, Callable[[Subject], FeatureSource]]:
+        """(subject model name, source address, source loader given the subject); nothing heavy is loaded.
+
+        ``sae`` is a registry address, or the path of a local SAE file or folder (any format ``load_sae``
+        reads; its header is read now). ``model`` with ``sae`` is the subject model the SAE is applied to
+        (default: the SAE's own)."""
         from autointerp.hooks import HookPoint
 
         if self.sae:
-            from autointerp.sources.registry import resolve_address
+            local = Path(self.sae).expanduser()
+            if local.exists() or self.sae.startswith(("/", "~", "./", "../")):
+                return _local_sae(local, self.model, self.hook)
+            sae_dir = self.sae_dir
+            if sae_dir is not None and not sae_dir.expanduser().is_dir():
+                raise UserError(
+                    f"--sae-dir {sae_dir} is not a folder; pass the folder laid out like the SAE's hub repo"
+                )
+            from autointerp.sources.registry import resolve_address, resolve_source
 
             spec = resolve_address(self.sae)
             if self.hook and HookPoint.parse(self.hook) != spec.hook:
                 raise UserError(f"--hook {self.hook} does not match {self.sae}, which reads {spec.hook}; drop --hook")
-            return self.model or spec.model, spec.address
+            sae = self.sae
+
+            def registry(subject: Subject) -> FeatureSource:
+                return resolve_source(sae, local_dir=sae_dir, subject=subject)
+
+            return self.model or spec.model, spec.address, registry
+        if self.sae_dir is not None:
+            raise UserError("--sae-dir only applies with --sae ADDRESS; drop it, or add --sae")
         if not self.hook:
             raise UserError("give --hook (e.g. --hook L6/mlp_neurons) for neurons, or --sae ADDRESS for an SAE")
+        hp = HookPoint.parse(self.hook)
         name = self.model or "gemma3-270m"
-        return name, f"{name}/{HookPoint.parse(self.hook)}"
+
+        def neurons(subject: Subject) -> FeatureSource:
+            from autointerp.sources.neurons import neuron_source
+
+            return neuron_source(name, hp, subject.hook_dim(hp))
+
+        return name, f"{name}/{hp}", neurons
+
+
+def _local_sae(path: Path, model: str | None, hook: str | None) -> tuple[str, str, Callable[[Subject], FeatureSource]]:
+    """A local SAE file or folder: its header is read now (format, width, hook); weights when sampling."""
+    from autointerp.sources.formats import check_compatible, load_sae
+
+    sae = load_sae(path, hook=hook)
+    name = model or sae.model_name
+    if not name:
+        raise UserError(f"--sae {path} does not name the model it was trained on; pass --model NAME")
+
+    def loader(subject: Subject) -> FeatureSource:
+        check_compatible(sae, int(subject.hook_dim(sae.hook)), name)
+        return sae
+
+    return name, sae.address, loader
 
 
 @dataclass
@@ -834,28 +881,18 @@ class SamplingJob:
 
 def prepare_sampling(setup: SamplingSetup, config: SamplingConfig) -> SamplingJob:
     """Load the subject, the source (moved to the subject's device and dtype) and the corpus, and check the
-    features; every bad input fails here, before anything is written."""
+    features and the source's weights; every bad input fails here, before anything is written."""
+    from autointerp.checks import check_source
     from autointerp.corpus import load_corpus
-    from autointerp.hooks import HookPoint
     from autointerp.subject import load_subject
 
     config.validate()
-    subject_name, _ = setup.address()
+    subject_name, _, load_source = setup.resolve()
     subject = load_subject(subject_name, device=setup.device, dtype=setup.dtype, threads=setup.threads)
-    source: FeatureSource
-    if setup.sae:
-        from autointerp.sources.registry import resolve_source
-
-        source = resolve_source(setup.sae, local_dir=setup.sae_dir, subject=subject)
-    else:
-        from autointerp.sources.neurons import neuron_source
-
-        assert setup.hook is not None
-        hp = HookPoint.parse(setup.hook)
-        source = neuron_source(subject_name, hp, subject.hook_dim(hp))
+    source = load_source(subject)
     subject.check_hook(source.hook)
     source = source.to(subject.device, subject.dtype)
     windows = load_corpus(setup.corpus, subject.tokenizer, config.window, max_tokens=config.tokens,
                           seed=config.seed, text_field=setup.text_field)
-    selected_features(config, source)
+    check_source(source, selected_features(config, source))
     return SamplingJob(setup, config, subject, source, windows)

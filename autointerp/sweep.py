@@ -64,12 +64,13 @@ class SweepSpec:
 
     name: str = "sweep"
     """Name of the sweep (used in titles and the default sweep directory)."""
-    cache_run: str | None = None
-    """Run directory of a finished `autointerp cache` run whose records every cell explains."""
-    cache: dict[str, Any] = field(default_factory=dict)
-    """Instead of cache_run: cache settings (model, hook, sae, tokens, ...) sampled once into SWEEP_DIR/cache."""
+    sample_run: str | None = None
+    """Run directory of a finished `autointerp sample` run whose records every cell explains (old key: cache_run)."""
+    sample: dict[str, Any] = field(default_factory=dict)
+    """Instead of sample_run: sampling settings (model, hook, sae, tokens, ...) sampled once into SWEEP_DIR/sample
+    (old key: cache)."""
     features: list[int] | None = None
-    """Indices of the features to explain (the same set in every cell); None = every feature in the cache run."""
+    """Indices of the features to explain (the same set in every cell); None = every feature in the sample run."""
     base: dict[str, Any] = field(default_factory=dict)
     """Explain settings shared by every cell."""
     grid: dict[str, list[Any]] = field(default_factory=dict)
@@ -80,6 +81,10 @@ class SweepSpec:
     """Seed of the bootstrap."""
     ci: float = 0.95
     """Confidence level of the intervals."""
+
+
+_OLD_KEYS = {"cache_run": "sample_run", "cache": "sample"}
+"""Old sweep-file keys, still read: the sampling stage used to be called ``cache``."""
 
 
 def load_spec(path: Path) -> SweepSpec:
@@ -97,7 +102,13 @@ def load_spec(path: Path) -> SweepSpec:
 
 def spec_from_dict(raw: dict[str, Any], where: str = "sweep") -> SweepSpec:
     if not isinstance(raw, dict):
-        raise UserError(f"{where}: the sweep file must be a mapping of keys (name, cache_run, base, grid, ...)")
+        raise UserError(f"{where}: the sweep file must be a mapping of keys (name, sample_run, base, grid, ...)")
+    raw = dict(raw)
+    for old, new in _OLD_KEYS.items():
+        if old in raw:
+            if new in raw:
+                raise UserError(f"{where}: `{old}` is the old name of `{new}`; give only `{new}`")
+            raw[new] = raw.pop(old)
     known = {f.name for f in dataclasses.fields(SweepSpec)}
     unknown = sorted(set(raw) - known)
     if unknown:
@@ -113,15 +124,17 @@ def spec_from_dict(raw: dict[str, Any], where: str = "sweep") -> SweepSpec:
     overlap = sorted(set(base) & set(grid))
     if overlap:
         raise UserError(f"{where}: {', '.join(overlap)} set in both `base` and `grid`; keep each in one place")
-    if raw.get("cache_run") and raw.get("cache"):
-        raise UserError(f"{where}: give either `cache_run` (an existing cache run) or `cache` (settings), not both")
+    if raw.get("sample_run") and raw.get("sample"):
+        raise UserError(
+            f"{where}: give either `sample_run` (an existing sample run) or `sample` (settings), not both"
+        )
     feats = raw.get("features")
     if feats is not None and (not isinstance(feats, list) or not all(isinstance(i, int) for i in feats)):
         raise UserError(f"{where}: `features` must be a list of feature indices, e.g. [0, 5, 17]")
     return SweepSpec(
         name=str(raw.get("name", "sweep")),
-        cache_run=None if raw.get("cache_run") is None else str(raw["cache_run"]),
-        cache=dict(raw.get("cache") or {}),
+        sample_run=None if raw.get("sample_run") is None else str(raw["sample_run"]),
+        sample=dict(raw.get("sample") or {}),
         features=None if feats is None else [int(i) for i in feats],
         base=dict(base),
         grid={str(k): list(v) for k, v in grid.items()},
@@ -186,7 +199,7 @@ def expand_grid(spec: SweepSpec, allowed: Sequence[str] | None = None) -> list[C
         params = dict(zip(keys, combo, strict=True))
         config = {**spec.base, **params}
         # The hash also covers the feature set and the sample, so changing either never reuses old cells.
-        identity = {"config": config, "features": spec.features, "cache": spec.cache or spec.cache_run}
+        identity = {"config": config, "features": spec.features, "cache": spec.sample or spec.sample_run}
         digest = short_hash(json.dumps(identity, sort_keys=True, default=str))[:8]
         readable = "-".join(_readable_param(k, v) for k, v in params.items())[:60] or "base"
         cells.append(Cell(f"{readable}-{digest}", params, config))
@@ -235,26 +248,26 @@ CellRunner = Callable[[Cell, Path, list[FeatureRecord]], Awaitable[None]]
 """Runs one cell: explain ``records`` with ``cell.config`` into the run directory given."""
 
 
-def load_records(cache_run: Path, features: Sequence[int] | None) -> list[FeatureRecord]:
-    """The sampled records of ``cache_run`` restricted to ``features`` (indices): a cache run
+def load_records(sample_run: Path, features: Sequence[int] | None) -> list[FeatureRecord]:
+    """The sampled records of ``sample_run`` restricted to ``features`` (indices): a sample run
     (``records/`` written by the sampler) or an explain run directory (``records.jsonl``)."""
-    cache_run = Path(cache_run).expanduser()
-    if (cache_run / "records" / "meta.json").exists():
-        from autointerp.sampling import load_feature_records
+    sample_run = Path(sample_run).expanduser()
+    if (sample_run / "records" / "meta.json").exists():
+        from autointerp.record_store import load_feature_records
 
-        return load_feature_records(cache_run, features)
-    if not (cache_run / RECORDS).exists():
+        return load_feature_records(sample_run, features)
+    if not (sample_run / RECORDS).exists():
         raise UserError(
-            f"{cache_run} holds no sampled records (records/ or records.jsonl); "
-            "pass the run directory of a finished `autointerp cache`"
+            f"{sample_run} holds no sampled records (records/ or records.jsonl); "
+            "pass the run directory of a finished `autointerp sample`"
         )
-    out = read_feature_records(cache_run, features)
+    out = read_feature_records(sample_run, features)
     if features is not None:
         missing = sorted(set(features) - {r.id.index for r in out})
         if missing:
             raise UserError(
-                f"feature(s) {', '.join(map(str, missing[:10]))} are not in {cache_run}; "
-                "pick features the cache run sampled"
+                f"feature(s) {', '.join(map(str, missing[:10]))} are not in {sample_run}; "
+                "pick features the sample run sampled"
             )
     return out
 
@@ -263,57 +276,49 @@ _CACHE_KEYS = ("model", "hook", "sae", "corpus", "device", "dtype", "threads")
 
 
 def check_cache_settings(cache: dict[str, Any]) -> str:
-    """Check a sweep's ``cache`` settings (no model is loaded); returns the source address."""
+    """Check a sweep's ``sample`` settings (no model is loaded); returns the source address."""
     from autointerp.sampling import SamplingConfig
 
     sampling_keys = [f.name for f in dataclasses.fields(SamplingConfig) if f.name != "features"]
     unknown = sorted(set(cache) - set(_CACHE_KEYS) - set(sampling_keys))
     if unknown:
         raise UserError(
-            f"unknown cache setting(s) {', '.join(unknown)}; use {', '.join([*_CACHE_KEYS, *sampling_keys])}"
+            f"unknown sample setting(s) {', '.join(unknown)}; use {', '.join([*_CACHE_KEYS, *sampling_keys])}"
         )
     if cache.get("sae"):
         return str(cache["sae"])
     if cache.get("model") and cache.get("hook"):
         return f"{cache['model']}/{cache['hook']}"
-    raise UserError("the sweep's `cache` needs `sae: ADDRESS`, or `model:` with `hook:` (e.g. L6/mlp_neurons)")
+    raise UserError("the sweep's `sample` needs `sae: ADDRESS`, or `model:` with `hook:` (e.g. L6/mlp_neurons)")
 
 
 def sample_once(cache: dict[str, Any], features: Sequence[int] | None, out: Path) -> Path:
     """Sample the sweep's features once into ``out`` (resumable; every cell reads this one sample).
 
-    ``cache`` holds ``model`` + ``hook`` (neurons) or ``sae`` (an SAE address), optionally ``corpus``
-    (default wiki), ``device``, ``dtype``, and any sampling setting (tokens, window, n_top, ...)."""
-    from autointerp.corpus import load_corpus
-    from autointerp.sampling import SamplingConfig, run_sampling
-    from autointerp.sources.registry import resolve_address, resolve_source
-    from autointerp.subject import load_subject
+    ``cache`` (the sweep's ``sample`` settings) holds ``model`` + ``hook`` (neurons) or ``sae`` (an SAE
+    address), optionally ``corpus`` (default wiki), ``device``, ``dtype``, ``threads``, and any sampling setting
+    (tokens, window, n_top, ...)."""
+    from autointerp.sampling import SamplingConfig, SamplingSetup, prepare_sampling
 
-    address = check_cache_settings(cache)
+    check_cache_settings(cache)
     sampling_keys = [f.name for f in dataclasses.fields(SamplingConfig) if f.name != "features"]
     cfg = SamplingConfig(
         **{k: cache[k] for k in sampling_keys if k in cache},
         features=None if features is None else tuple(features),
     )
+    setup = SamplingSetup(**{k: cache[k] for k in _CACHE_KEYS if k in cache})
     meta = out / "records" / "meta.json"
     if meta.exists():
         try:
             done = json.loads(meta.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
             done = {}
-        if done.get("config") == config_to_dict(cfg) and done.get("source") == address:
+        if done.get("config") == config_to_dict(cfg) and done.get("source") == setup.address()[1]:
             log.info("the sweep's sample in %s is complete; reusing it", out)
             return out
-    spec = resolve_address(address)
-    subject = load_subject(
-        spec.model, device=str(cache.get("device", "cpu")), dtype=str(cache.get("dtype", "float32")),
-        threads=int(cache.get("threads", 2)),
-    )
-    source = resolve_source(address, subject=subject)
-    windows = load_corpus(str(cache.get("corpus", "wiki")), subject.tokenizer, window=cfg.window,
-                          max_tokens=cfg.tokens, seed=cfg.seed)
-    log.info("sampling %d tokens through %s into %s (once for every cell)", cfg.tokens, address, out)
-    run_sampling(subject, source, windows, cfg, out)
+    job = prepare_sampling(setup, cfg)
+    log.info("sampling %d tokens through %s into %s (once for every cell)", cfg.tokens, job.source.address, out)
+    job.run(out)
     return out
 
 
@@ -343,21 +348,21 @@ async def run_sweep(
     handed to ``runner`` again, which resumes it), then write the tables. Returns the cells."""
     sweep_dir = Path(sweep_dir)
     cells = expand_grid(spec, allowed)
-    if spec.cache:
-        check_cache_settings(spec.cache)
+    if spec.sample:
+        check_cache_settings(spec.sample)
     if records is None:
-        if spec.cache:
-            cache_run = sample_once(spec.cache, spec.features, sweep_dir / "cache")
-            records = load_records(cache_run, spec.features)
-        elif spec.cache_run:
-            records = load_records(Path(spec.cache_run), spec.features)
+        if spec.sample:
+            sample_run = sample_once(spec.sample, spec.features, sweep_dir / "sample")
+            records = load_records(sample_run, spec.features)
+        elif spec.sample_run:
+            records = load_records(Path(spec.sample_run), spec.features)
         else:
             raise UserError(
-                "the sweep names no `cache_run` (or `cache` settings); run `autointerp cache` first and set "
-                "cache_run to its folder"
+                "the sweep names no `sample_run` (or `sample` settings); run `autointerp sample` first and set "
+                "sample_run to its folder"
             )
     if not records:
-        raise UserError("the sweep has no features to explain; check `features` and the cache run")
+        raise UserError("the sweep has no features to explain; check `features` and the sample run")
     sweep_dir.mkdir(parents=True, exist_ok=True)
     write_index(sweep_dir, spec, cells)
     emit = progress or (lambda e: None)

@@ -9,7 +9,7 @@ For each model, the same batches are timed in three arms, interleaved batch by b
 
 Reports tokens/s per arm and the ratio sampling/bare (goal >= 0.9), from wall time and from process CPU
 time (the latter is steadier on a shared machine). Optionally also times the real
-``autointerp cache`` command end to end (``--cli-tokens``).
+``autointerp sample`` command end to end (``--cli-tokens``).
 
     .venv/bin/python benchmarks/bench_sampling.py [--models gemma3-270m smollm2-135m] [--batches 6]
 """
@@ -108,7 +108,7 @@ def bench_model(name: str, batches: int, batch_size: int, window: int, n_latents
 def bench_cli(tokens: int, threads: int) -> float | None:
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "COLUMNS": "200"}
-        cmd = [sys.executable, "-m", "autointerp", "cache", "--model", "gemma3-270m", "--hook", "L6/mlp_neurons",
+        cmd = [sys.executable, "-m", "autointerp", "sample", "--model", "gemma3-270m", "--hook", "L6/mlp_neurons",
                "--tokens", str(tokens), "--threads", str(threads), "--run-dir", f"{tmp}/run"]
         t0 = time.perf_counter()
         subprocess.run(cmd, check=True, env=env, capture_output=True)
@@ -116,8 +116,8 @@ def bench_cli(tokens: int, threads: int) -> float | None:
         import json
 
         manifest = json.loads(Path(f"{tmp}/run/manifest.json").read_text())
-        rate = manifest["stages"]["cache"].get("tokens_per_s")
-        print(f"autointerp cache gemma3-270m L6/mlp_neurons, {tokens} tokens: {rate:.0f} tok/s in the pass, "
+        rate = manifest["stages"]["sample"].get("tokens_per_s")
+        print(f"autointerp sample gemma3-270m L6/mlp_neurons, {tokens} tokens: {rate:.0f} tok/s in the pass, "
               f"{wall:.1f} s wall incl. start-up and writing records")
         return float(rate) if rate else None
 
@@ -130,7 +130,7 @@ def main() -> None:
     ap.add_argument("--window", type=int, default=64)
     ap.add_argument("--latents", type=int, default=4096)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--cli-tokens", type=int, default=0, help="also time `autointerp cache` on this many tokens")
+    ap.add_argument("--cli-tokens", type=int, default=0, help="also time `autointerp sample` on this many tokens")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads, {os.cpu_count()} cores, batches of "

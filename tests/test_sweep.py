@@ -249,7 +249,7 @@ async def test_run_sweep_with_pipeline_and_resume(tmp_path: Path) -> None:
 
 
 async def test_run_sweep_errors(tmp_path: Path) -> None:
-    with pytest.raises(UserError, match="no `cache_run`"):
+    with pytest.raises(UserError, match="no `sample_run`"):
         await run_sweep(spec_from_dict({"grid": {"cot": [True]}}), tmp_path / "s", _FakeRunner())
     cache = tmp_path / "cache"
     cache.mkdir()
@@ -262,7 +262,7 @@ def test_example_sweep_file_is_valid() -> None:
     spec = load_spec(EXAMPLE)
     cells = expand_grid(spec, explain_settings())
     assert len(cells) >= 2
-    assert check_cache_settings(spec.cache) == "gemma3-270m/L6/mlp_neurons"
+    assert check_cache_settings(spec.sample) == "gemma3-270m/L6/mlp_neurons"
 
 
 def test_cli_plot_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -288,7 +288,7 @@ def test_cli_plot_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str])
 
 
 def test_cache_settings_are_checked(tmp_path: Path) -> None:
-    with pytest.raises(UserError, match="unknown cache setting"):
+    with pytest.raises(UserError, match="unknown sample setting"):
         sample_once({"model": "gemma3-270m", "hook": "L6/mlp_neurons", "tokenz": 5}, None, tmp_path / "c")
     with pytest.raises(UserError, match="needs `sae"):
         sample_once({"tokens": 1000}, None, tmp_path / "c")

@@ -9,10 +9,10 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from autointerp.cli import (  # noqa: F401  (each module registers its commands)
-    commands_cache,
     commands_llm,
     commands_pipeline,
     commands_report,
+    commands_sample,
     commands_sources,
 )
 from autointerp.cli.app import app

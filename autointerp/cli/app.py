@@ -8,8 +8,8 @@ app = typer.Typer(
     name="autointerp",
     help=(
         "Explain what the features of a language model mean, and score the explanations.\n\n"
-        "Stages: cache (sample activations) -> explain (label + simulate + score) -> score / export / "
-        "sweep / report. Every run writes its own run directory with a manifest."
+        "Stages: sample (sample activations; old name: cache) -> explain (label + simulate + score) -> score / "
+        "export / sweep / report. Every run writes its own run directory with a manifest."
     ),
     no_args_is_help=True,
     add_completion=False,

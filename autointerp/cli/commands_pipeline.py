@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from autointerp.cli.app import app
-from autointerp.cli.commands_cache import SAE_DIR_HELP, SAE_HELP
+from autointerp.cli.commands_sample import SAE_DIR_HELP, SAE_HELP
 from autointerp.config import field_help
 from autointerp.errors import UserError
 from autointerp.pipeline import ExplainConfig
@@ -42,47 +42,37 @@ def _prepare_sampling(
     threads: int,
 ) -> Any:
     """Load the subject and source and check what needs them (feature range, weights); nothing is written.
-    Returns a function that samples into ``<run_dir>/cache`` and returns the FeatureRecords."""
-    from autointerp.checks import check_source
-    from autointerp.cli.commands_cache import _source_for
-    from autointerp.corpus import load_corpus
-    from autointerp.sampling import (
-        SamplingConfig,
-        load_feature_records,
-        parse_feature_ranges,
-        run_sampling,
-        selected_features,
-    )
-    from autointerp.subject import load_subject
+    Returns a function that samples into ``<run_dir>/sample`` (the one sampling call) and returns the
+    FeatureRecords."""
+    from autointerp.record_store import load_feature_records
+    from autointerp.sampling import SamplingConfig, SamplingSetup, parse_feature_ranges, prepare_sampling
 
     if not (sae or hook):
         raise UserError(
-            "give --cache-run DIR, or --sae ADDRESS, or --model NAME with --hook HOOK (e.g. L6/mlp_neurons)"
+            "give --sample-run DIR, or --sae ADDRESS, or --model NAME with --hook HOOK (e.g. L6/mlp_neurons)"
         )
     cfg = SamplingConfig(
         tokens=tokens, window=window, features=tuple(parse_feature_ranges(features)) if features else None
     )
-    cfg.validate()
-    subject_name, address, make_source = _source_for(model, hook, sae, sae_dir)
-    subject = load_subject(subject_name, device=device, threads=threads)
-    source = make_source(subject).to(subject.device)
-    windows = load_corpus(corpus, subject.tokenizer, window=cfg.window, max_tokens=tokens, seed=cfg.seed)
-    check_source(source, selected_features(cfg, source))
+    setup = SamplingSetup(model=model, hook=hook, sae=sae, sae_dir=sae_dir, corpus=corpus, device=device,
+                          threads=threads)
+    job = prepare_sampling(setup, cfg)
 
     def sample(run_dir: Path) -> Any:
-        cache_run = run_dir / "cache"
-        console.print(f"sampling {tokens} tokens of {corpus} through {escape(address)} ...")
-        run_sampling(subject, source, windows, cfg, cache_run)
-        return load_feature_records(cache_run)
+        sample_run = run_dir / "sample"
+        console.print(f"sampling {tokens} tokens of {corpus} through {escape(job.source.address)} ...")
+        job.run(sample_run)
+        return load_feature_records(sample_run)
 
     return sample
 
 
-def _load_cache_run(cache_run: Path, features: str | None) -> Any:
-    from autointerp.sampling import load_feature_records, parse_feature_ranges
+def _load_sample_run(sample_run: Path, features: str | None) -> Any:
+    from autointerp.record_store import load_feature_records
+    from autointerp.sampling import parse_feature_ranges
 
     feats = parse_feature_ranges(features) if features else None
-    return load_feature_records(cache_run, feats)
+    return load_feature_records(sample_run, feats)
 
 
 def _print_usage(usage: dict[str, Any]) -> None:
@@ -163,7 +153,10 @@ def _print_results(run_dir: Path, summary: Any) -> None:
 
 @app.command()
 def explain(
-    cache_run: Path | None = typer.Option(None, "--cache-run", help="A run directory written by `autointerp cache`."),
+    sample_run: Path | None = typer.Option(
+        None, "--sample-run", "--cache-run",
+        help="A run directory written by `autointerp sample` (--cache-run: its old name).",
+    ),
     sae: str | None = typer.Option(None, "--sae", help=SAE_HELP),
     sae_dir: Path | None = typer.Option(None, "--sae-dir", help=SAE_DIR_HELP),
     model: str | None = typer.Option(
@@ -171,8 +164,8 @@ def explain(
     ),
     hook: str | None = typer.Option(None, "--hook", help="Hook point of the neurons, e.g. L6/mlp_neurons."),
     features: str | None = typer.Option(None, "--features", help="Feature ranges, e.g. 0-99,200; default all."),
-    tokens: int = typer.Option(50_000, "--tokens", help="Corpus tokens to sample when no --cache-run is given."),
-    window: int = typer.Option(64, "--window", help="Tokens per sampled window when no --cache-run is given."),
+    tokens: int = typer.Option(50_000, "--tokens", help="Corpus tokens to sample when no --sample-run is given."),
+    window: int = typer.Option(64, "--window", help="Tokens per sampled window when no --sample-run is given."),
     corpus: str = typer.Option("wiki", "--corpus", help="Corpus to sample from (wiki, lee, a file, hf:<name>)."),
     device: str = typer.Option("cpu", "--device", help="Torch device of the subject model when sampling."),
     run_dir: Path | None = typer.Option(
@@ -218,12 +211,15 @@ def explain(
         _D.requests_per_minute, "--requests-per-minute", help=_H["requests_per_minute"]
     ),
     tokens_per_minute: float = typer.Option(_D.tokens_per_minute, "--tokens-per-minute", help=_H["tokens_per_minute"]),
-    llm_cache: bool = typer.Option(_D.llm_cache, "--cache/--no-cache", help=_H["llm_cache"]),
+    llm_cache: bool = typer.Option(
+        _D.llm_cache, "--llm-cache/--no-llm-cache", "--cache/--no-cache",
+        help=_H["llm_cache"] + " (--cache/--no-cache: the old names)",
+    ),
     prices: str = typer.Option(_D.prices, "--prices", help=_H["prices"]),
     retry_failed: bool = typer.Option(False, "--retry-failed", help=RETRY_FAILED_HELP),
     max_cost: float = typer.Option(_D.max_cost, "--max-cost", help=_H["max_cost"]),
 ) -> None:
-    """Explain features: sample (or reuse --cache-run), explain, simulate, score; print a table.
+    """Explain features: sample (or reuse --sample-run), explain, simulate, score; print a table.
 
     Rerunning the same command with the same --run-dir resumes: finished work is skipped, and LLM requests
     that failed (server down, timeouts, rate limits) are sent again. Exit status: 0 all done, 1 finished
@@ -267,13 +263,13 @@ def explain(
     out = run_dir or default_run_dir("explain")
     check_run_dir(out)
     probe_llms(config.role_specs().values())
-    resuming = cache_run is None and not (sae or model or hook) and (out / "records.jsonl").exists()
+    resuming = sample_run is None and not (sae or model or hook) and (out / "records.jsonl").exists()
     sample = None
-    if cache_run is None and not resuming:
+    if sample_run is None and not resuming:
         sample = _prepare_sampling(model, hook, sae, sae_dir, features, tokens, window, corpus, device, threads)
-    records = _load_cache_run(cache_run, features) if cache_run is not None else None
+    records = _load_sample_run(sample_run, features) if sample_run is not None else None
     if records is not None and not records:
-        raise UserError("no feature records to explain; check --features and the cache run")
+        raise UserError("no feature records to explain; check --features and the sample run")
     if sample is not None:
         records = sample(out)
     summary = asyncio.run(run_explain(config, out, records, retry_failed=retry_failed))

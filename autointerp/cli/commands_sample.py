@@ -1,0 +1,171 @@
+"""``autointerp sample`` (old name, kept as an alias: ``autointerp cache``): one streaming pass over a corpus
+that samples examples for every feature of a source; ``--shard i/n`` samples one of n slices, and
+``autointerp merge`` combines the shards into records identical to an unsharded run's."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from autointerp.cli.app import app
+from autointerp.config import config_to_dict, field_help
+from autointerp.sampling import SamplingConfig, SamplingResult, SamplingSetup
+
+console = Console()
+log = logging.getLogger(__name__)
+
+_H = field_help(SamplingConfig)
+_D = SamplingConfig()
+_HS = field_help(SamplingSetup)
+_DS = SamplingSetup()
+SAE_HELP = _HS["sae"]
+SAE_DIR_HELP = _HS["sae_dir"]
+
+STAGE = "sample"
+
+
+def sample(
+    model: str = typer.Option(None, "--model", help=_HS["model"]),
+    hook: str = typer.Option(None, "--hook", help=_HS["hook"]),
+    sae: str = typer.Option(None, "--sae", help=_HS["sae"]),
+    sae_dir: Path = typer.Option(None, "--sae-dir", help=_HS["sae_dir"]),
+    corpus: str = typer.Option(_DS.corpus, "--corpus", help=_HS["corpus"]),
+    text_field: str = typer.Option(_DS.text_field, "--text-field", help=_HS["text_field"]),
+    run_dir: Path = typer.Option(None, "--run-dir", help="Run directory (default: a new sample-<time> folder)."),
+    device: str = typer.Option(_DS.device, "--device", help=_HS["device"]),
+    dtype: str = typer.Option(_DS.dtype, "--dtype", help=_HS["dtype"]),
+    threads: int = typer.Option(_DS.threads, "--threads", help=_HS["threads"]),
+    features: str = typer.Option(None, "--features", help="Feature subset, e.g. 0-99,200,300-310 (default: all)."),
+    shard: str = typer.Option(
+        None, "--shard", help="Sample only slice i of n (i/n, from 0/n) and write a mergeable partial state; "
+        "combine all n with `autointerp merge`."
+    ),
+    tokens: int = typer.Option(_D.tokens, "--tokens", help=_H["tokens"]),
+    window: int = typer.Option(_D.window, "--window", help=_H["window"]),
+    batch_size: int = typer.Option(_D.batch_size, "--batch-size", help=_H["batch_size"]),
+    n_top: int = typer.Option(_D.n_top, "--n-top", help=_H["n_top"]),
+    n_train: int = typer.Option(_D.n_train, "--n-train", help=_H["n_train"]),
+    n_valid: int = typer.Option(_D.n_valid, "--n-valid", help=_H["n_valid"]),
+    n_test_top: int = typer.Option(_D.n_test_top, "--n-test-top", help=_H["n_test_top"]),
+    n_quantile_bins: int = typer.Option(_D.n_quantile_bins, "--n-quantile-bins", help=_H["n_quantile_bins"]),
+    per_quantile_bin: int = typer.Option(_D.per_quantile_bin, "--per-quantile-bin", help=_H["per_quantile_bin"]),
+    n_random: int = typer.Option(_D.n_random, "--n-random", help=_H["n_random"]),
+    seed: int = typer.Option(_D.seed, "--seed", help=_H["seed"]),
+    checkpoint_every: int = typer.Option(_D.checkpoint_every, "--checkpoint-every", help=_H["checkpoint_every"]),
+) -> None:
+    """Sample top, quantile and random examples and statistics for every feature, in one pass over a corpus."""
+    from autointerp.checks import check_run_dir
+    from autointerp.corpus import Shard
+    from autointerp.paths import default_run_dir
+    from autointerp.rundir import RunDir
+    from autointerp.sampling import parse_feature_ranges, prepare_sampling
+
+    cfg = SamplingConfig(
+        tokens=tokens, window=window, batch_size=batch_size, n_top=n_top, n_train=n_train, n_valid=n_valid,
+        n_test_top=n_test_top, n_quantile_bins=n_quantile_bins, per_quantile_bin=per_quantile_bin,
+        n_random=n_random, seed=seed, features=tuple(parse_feature_ranges(features)) if features else None,
+        checkpoint_every=checkpoint_every,
+    )
+    cfg.validate()
+    part = Shard.parse(shard) if shard else None
+    setup = SamplingSetup(model=model, hook=hook, sae=sae, sae_dir=sae_dir, corpus=corpus, text_field=text_field,
+                          device=device, dtype=dtype, threads=threads)
+    subject_name, address = setup.address()
+    run_path = run_dir or default_run_dir(STAGE if part is None else f"{STAGE}-shard{part.index}of{part.count}")
+    manifest_cfg = {
+        "model": subject_name,
+        "source": address,
+        "corpus": corpus,
+        "text_field": text_field,
+        "dtype": dtype,
+        "sampling": config_to_dict(cfg),
+        "shard": None if part is None else str(part),
+    }
+    check_run_dir(run_path)
+    # Bad input (model, hook, SAE, corpus, features, weights) fails here, before anything is written.
+    job = prepare_sampling(setup, cfg)
+    run = RunDir.create(run_path, STAGE, manifest_cfg)
+    console.print(f"run dir [bold]{escape(str(run.path))}[/]")
+    run.update_manifest(job.describe())
+    run.set_stage(STAGE, "running")
+    start = time.perf_counter()
+    try:
+        with Progress(
+            TextColumn("[bold]sampling" + ("" if part is None else f" shard {part}")), BarColumn(),
+            TextColumn("{task.completed:,.0f}/{task.total:,.0f} tokens"), TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False,
+        ) as bar:
+            total = cfg.tokens if part is None else -(-cfg.tokens // part.count)
+            task = bar.add_task("sampling", total=total, rate="")
+            first: dict[str, float] = {}
+
+            def progress(done: int, _total: int) -> None:
+                now = time.perf_counter()
+                if not first:
+                    first.update(t=now, done=float(done))
+                elapsed = now - first["t"]
+                rate = f"{(done - first['done']) / elapsed:,.0f} tok/s" if elapsed > 0 else ""
+                bar.update(task, completed=min(done, total), rate=rate)
+
+            result = job.run(run.path, progress=progress, shard=part)
+    except BaseException as e:  # never leave the stage "running": say how it ended
+        run.set_stage(STAGE, "interrupted" if isinstance(e, KeyboardInterrupt) else "failed",
+                      error=f"{type(e).__name__}: {e}")
+        raise
+    seconds = time.perf_counter() - start
+    run.update_manifest({"content_fingerprint": result.content_fingerprint})
+    run.set_stage(STAGE, "done", tokens=result.n_tokens, windows=result.n_windows, features=result.n_features,
+                  dead=result.n_dead, tokens_per_s=result.tokens_per_s, seconds=round(seconds, 2))
+    _print_result(f"sample: {address}" + ("" if part is None else f" (shard {part})"), result, cfg.window)
+    if part is not None:
+        console.print(f"shard {part} done; when all {part.count} are, run: autointerp merge SHARD_DIRS... --out RUN")
+
+
+def _print_result(title: str, result: SamplingResult, window: int) -> None:
+    table = Table(title=escape(title), show_header=False)
+    table.add_row("features", f"{result.n_features:,}")
+    if result.n_dead is not None:
+        table.add_row("dead features", f"{result.n_dead:,} ({result.n_dead / max(1, result.n_features):.1%})")
+    table.add_row("tokens", f"{result.n_tokens:,} in {result.n_windows:,} windows of {window}")
+    rate = "-" if result.tokens_per_s is None else f"{result.tokens_per_s:,.0f}"
+    table.add_row("tokens/s", rate + (" (resumed)" if result.resumed else ""))
+    table.add_row("records", escape(str(result.records_dir)))
+    console.print(table)
+
+
+app.command("sample")(sample)
+app.command(
+    "cache", help="Alias of `autointerp sample` (its old name): sample examples and statistics for every feature."
+)(sample)
+
+
+@app.command()
+def merge(
+    parts: list[Path] = typer.Argument(..., help="The run directories of all n shards (`sample --shard i/n`)."),
+    out: Path = typer.Option(..., "--out", help="New run directory for the merged records."),
+) -> None:
+    """Merge the shards of one sampling pass into records identical to an unsharded run's."""
+    from autointerp.rundir import RunDir
+    from autointerp.sampling import check_partials, config_from_dict, merge_partials
+
+    loaded = check_partials(parts)  # every check before anything is written
+    fp = loaded[0]["fingerprint"]
+    cfg = config_from_dict(fp["config"])
+    manifest_cfg = {"model": fp["model"], "source": fp["source"], "corpus": fp["corpus"]["corpus"],
+                    "sampling": config_to_dict(cfg), "shards": len(loaded)}
+    run = RunDir.create(out, STAGE, manifest_cfg)
+    run.set_stage(STAGE, "running")
+    result = merge_partials(parts, run.path, loaded)
+    run.update_manifest({"model": fp["model"], "source": fp["source"], "corpus": fp["corpus"],
+                         "content_fingerprint": result.content_fingerprint,
+                         "merged_from": [str(p) for p in parts]})
+    run.set_stage(STAGE, "done", tokens=result.n_tokens, windows=result.n_windows, features=result.n_features,
+                  dead=result.n_dead, merged_shards=len(loaded))
+    _print_result(f"merged {len(loaded)} shards: {fp['source']}", result, cfg.window)
