@@ -86,13 +86,3 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     monkeypatch.setenv("AUTOINTERP_RUNS", str(tmp_path_factory.mktemp("runs")))
     yield
     torch.set_num_threads(1)  # a test that loaded a real model with --threads 2 does not slow the next ones
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A saved tiny random Llama model folder (with its tokenizer), loadable by ``load_subject``."""
-    tok = make_tiny_tokenizer()
-    path = tmp_path_factory.mktemp("tiny") / "model"
-    make_tiny_model("llama", len(tok)).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
