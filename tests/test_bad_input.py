@@ -277,7 +277,7 @@ def test_a_failed_sampling_pass_never_leaves_the_stage_running(
     argv = ["cache", *(a.format(model=tiny_model_dir, corpus=tiny_corpus_file) for a in NEURONS)]
     with pytest.raises(RuntimeError):
         main([*argv, "--run-dir", str(tmp_path / "r")])
-    stage = json.loads((tmp_path / "r" / "manifest.json").read_text())["stages"]["cache"]
+    stage = json.loads((tmp_path / "r" / "manifest.json").read_text())["stages"]["sample"]
     assert stage["status"] == "failed" and "disk on fire" in stage["error"]
 
 
