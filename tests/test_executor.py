@@ -95,3 +95,15 @@ def test_ray_worker_killed_mid_shard_is_retried_and_merges_exactly(tiny_model_di
     assert rerun_pid != killed["pid"]  # Ray started the shard again in another worker
     assert res.n_windows > 0
     _assert_same(tmp_path / "one", run)
+
+
+def test_ray_executor_without_ray_is_one_line_naming_the_extra(
+    tiny_model_dir: Path, tiny_corpus_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError, as where it is not installed
+    with pytest.raises(UserError, match=r"autointerp\[ray\]") as e:
+        run_sharded(_setup(tiny_model_dir, tiny_corpus_file), CFG, tmp_path / "r", ExecutorConfig(executor="ray"))
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "r" / "shards").exists()
