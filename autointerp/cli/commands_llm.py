@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import replace
 from pathlib import Path
 
 import typer
@@ -12,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from autointerp.cli.app import app
+from autointerp.cli.options import config_options
 from autointerp.config import field_help
 from autointerp.llm.base import ChatMessage, ChatRequest, ClientConfig
 
@@ -20,10 +20,14 @@ llm_app = typer.Typer(name="llm", help="Try an LLM spec and manage the LLM respo
 app.add_typer(llm_app, name="llm")
 
 _H = field_help(ClientConfig)
-_D = ClientConfig()
 
 
 @llm_app.command("ask")
+@config_options(
+    ClientConfig,
+    include=("timeout_s", "max_attempts", "threads", "cache", "cache_path", "prices_path"),
+    flags={"timeout_s": "--timeout", "prices_path": "--prices"},
+)
 def ask(
     spec: str = typer.Argument(
         ...,
@@ -35,25 +39,13 @@ def ask(
     max_tokens: int = typer.Option(256, help="Most tokens to generate."),
     temperature: float = typer.Option(0.0, help="Sampling temperature (0: greedy)."),
     seed: int | None = typer.Option(None, help="Sampling seed (part of the cache key)."),
-    no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the response cache."),
-    timeout: float | None = typer.Option(_D.timeout_s, help=_H["timeout_s"]),
-    max_attempts: int = typer.Option(_D.max_attempts, help=_H["max_attempts"]),
-    threads: int | None = typer.Option(None, help=_H["threads"]),
-    cache_path: Path | None = typer.Option(None, help=_H["cache_path"]),
-    prices: Path | None = typer.Option(None, help=_H["prices_path"]),
+    *,
+    config: ClientConfig,
 ) -> None:
     """Send one chat request and print the reply and its usage (tokens, requests, cache hits, cost)."""
     from autointerp.llm.factory import make_client
 
-    cfg = replace(
-        _D,
-        timeout_s=timeout,
-        max_attempts=max_attempts,
-        threads=threads,
-        cache=not no_cache,
-        cache_path=cache_path,
-        prices_path=prices,
-    )
+    cfg = config
     messages = ((ChatMessage("system", system),) if system else ()) + (ChatMessage("user", prompt),)
     request = ChatRequest(messages=messages, max_tokens=max_tokens, temperature=temperature, seed=seed)
 

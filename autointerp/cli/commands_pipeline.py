@@ -14,6 +14,7 @@ from rich.markup import escape
 
 from autointerp.cli.app import app
 from autointerp.cli.commands_sample import SAE_DIR_HELP, SAE_HELP
+from autointerp.cli.options import config_options
 from autointerp.config import field_help
 from autointerp.errors import UserError
 from autointerp.pipeline import ExplainConfig
@@ -26,7 +27,6 @@ RETRY_FAILED_HELP = (
     "Also compute again what failed as a property of an answer (unusable labels, unparseable simulations or "
     "judge answers); failed requests are always retried."
 )
-_D = ExplainConfig()
 
 
 def _prepare_sampling(
@@ -152,6 +152,7 @@ def _print_results(run_dir: Path, summary: Any) -> None:
 
 
 @app.command()
+@config_options(ExplainConfig, flags={"llm_cache": "--llm-cache/--no-llm-cache --cache/--no-cache"})
 def explain(
     sample_run: Path | None = typer.Option(
         None, "--sample-run", "--cache-run",
@@ -171,53 +172,9 @@ def explain(
     run_dir: Path | None = typer.Option(
         None, "--run-dir", help="Run directory; default ~/autointerp-runs/explain-<time>."
     ),
-    explainer: str = typer.Option(_D.explainer, "--explainer", help=_H["explainer"]),
-    simulator: str = typer.Option(_D.simulator, "--simulator", help=_H["simulator"]),
-    judge: str = typer.Option(_D.judge, "--judge", help=_H["judge"]),
-    explainer_kind: str = typer.Option(_D.explainer_kind, "--explainer-kind", help=_H["explainer_kind"]),
-    n_top_examples: int = typer.Option(_D.n_top_examples, "--n-top-examples", help=_H["n_top_examples"]),
-    n_quantile_examples: int = typer.Option(
-        _D.n_quantile_examples, "--n-quantile-examples", help=_H["n_quantile_examples"]
-    ),
-    cot: bool = typer.Option(_D.cot, "--cot/--no-cot", help=_H["cot"]),
-    highlight_threshold: float = typer.Option(
-        _D.highlight_threshold, "--highlight-threshold", help=_H["highlight_threshold"]
-    ),
-    n_candidates: int = typer.Option(_D.n_candidates, "--n-candidates", help=_H["n_candidates"]),
-    candidate_temperature: float = typer.Option(
-        _D.candidate_temperature, "--candidate-temperature", help=_H["candidate_temperature"]
-    ),
-    simulator_kind: str = typer.Option(_D.simulator_kind, "--simulator-kind", help=_H["simulator_kind"]),
-    scorers: str = typer.Option(_D.scorers, "--scorers", help=_H["scorers"]),
-    max_records_per_split: int = typer.Option(
-        _D.max_records_per_split, "--max-records-per-split", help=_H["max_records_per_split"]
-    ),
-    score_quantiles: bool = typer.Option(
-        _D.score_quantiles, "--score-quantiles/--no-score-quantiles", help=_H["score_quantiles"]
-    ),
-    classifier_examples: int = typer.Option(
-        _D.classifier_examples, "--classifier-examples", help=_H["classifier_examples"]
-    ),
-    examples_per_prompt: int = typer.Option(
-        _D.examples_per_prompt, "--examples-per-prompt", help=_H["examples_per_prompt"]
-    ),
-    baseline: bool = typer.Option(_D.baseline, "--baseline/--no-baseline", help=_H["baseline"]),
-    seed: int = typer.Option(_D.seed, "--seed", help=_H["seed"]),
-    concurrency: int = typer.Option(_D.concurrency, "--concurrency", help=_H["concurrency"]),
-    threads: int = typer.Option(_D.threads, "--threads", help=_H["threads"]),
-    timeout_s: float = typer.Option(_D.timeout_s, "--timeout-s", help=_H["timeout_s"]),
-    llm_concurrency: int = typer.Option(_D.llm_concurrency, "--llm-concurrency", help=_H["llm_concurrency"]),
-    requests_per_minute: float = typer.Option(
-        _D.requests_per_minute, "--requests-per-minute", help=_H["requests_per_minute"]
-    ),
-    tokens_per_minute: float = typer.Option(_D.tokens_per_minute, "--tokens-per-minute", help=_H["tokens_per_minute"]),
-    llm_cache: bool = typer.Option(
-        _D.llm_cache, "--llm-cache/--no-llm-cache", "--cache/--no-cache",
-        help=_H["llm_cache"] + " (--cache/--no-cache: the old names)",
-    ),
-    prices: str = typer.Option(_D.prices, "--prices", help=_H["prices"]),
     retry_failed: bool = typer.Option(False, "--retry-failed", help=RETRY_FAILED_HELP),
-    max_cost: float = typer.Option(_D.max_cost, "--max-cost", help=_H["max_cost"]),
+    *,
+    config: ExplainConfig,
 ) -> None:
     """Explain features: sample (or reuse --sample-run), explain, simulate, score; print a table.
 
@@ -228,35 +185,6 @@ def explain(
     from autointerp.paths import default_run_dir
     from autointerp.pipeline import run_explain
 
-    config = ExplainConfig(
-        explainer=explainer,
-        simulator=simulator,
-        judge=judge,
-        explainer_kind=explainer_kind,
-        n_top_examples=n_top_examples,
-        n_quantile_examples=n_quantile_examples,
-        cot=cot,
-        highlight_threshold=highlight_threshold,
-        n_candidates=n_candidates,
-        candidate_temperature=candidate_temperature,
-        simulator_kind=simulator_kind,
-        scorers=scorers,
-        max_records_per_split=max_records_per_split,
-        score_quantiles=score_quantiles,
-        classifier_examples=classifier_examples,
-        examples_per_prompt=examples_per_prompt,
-        baseline=baseline,
-        seed=seed,
-        concurrency=concurrency,
-        threads=threads,
-        timeout_s=timeout_s,
-        llm_concurrency=llm_concurrency,
-        requests_per_minute=requests_per_minute,
-        tokens_per_minute=tokens_per_minute,
-        llm_cache=llm_cache,
-        prices=prices,
-        max_cost=max_cost,
-    )
     # Validate everything, then act: options, specs, keys, prices, the run directory, the endpoints; then
     # the model-dependent checks; only then is the run directory created.
     check_llm_settings(config.role_specs().values(), config.client_config())
@@ -266,7 +194,7 @@ def explain(
     resuming = sample_run is None and not (sae or model or hook) and (out / "records.jsonl").exists()
     sample = None
     if sample_run is None and not resuming:
-        sample = _prepare_sampling(model, hook, sae, sae_dir, features, tokens, window, corpus, device, threads)
+        sample = _prepare_sampling(model, hook, sae, sae_dir, features, tokens, window, corpus, device, config.threads)
     records = _load_sample_run(sample_run, features) if sample_run is not None else None
     if records is not None and not records:
         raise UserError("no feature records to explain; check --features and the sample run")

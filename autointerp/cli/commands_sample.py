@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import typer
@@ -15,6 +16,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from rich.table import Table
 
 from autointerp.cli.app import app
+from autointerp.cli.options import config_options
 from autointerp.config import config_to_dict, field_help
 from autointerp.errors import UserError
 from autointerp.executor import ExecutorConfig
@@ -23,10 +25,7 @@ from autointerp.sampling import SamplingConfig, SamplingResult, SamplingSetup
 console = Console()
 log = logging.getLogger(__name__)
 
-_H = field_help(SamplingConfig)
-_D = SamplingConfig()
 _HS = field_help(SamplingSetup)
-_DS = SamplingSetup()
 SAE_HELP = _HS["sae"]
 SAE_DIR_HELP = _HS["sae_dir"]
 
@@ -36,17 +35,10 @@ _DE = ExecutorConfig()
 STAGE = "sample"
 
 
+@config_options(SamplingSetup, param="setup")
+@config_options(SamplingConfig, exclude=("features",))
 def sample(
-    model: str = typer.Option(None, "--model", help=_HS["model"]),
-    hook: str = typer.Option(None, "--hook", help=_HS["hook"]),
-    sae: str = typer.Option(None, "--sae", help=_HS["sae"]),
-    sae_dir: Path = typer.Option(None, "--sae-dir", help=_HS["sae_dir"]),
-    corpus: str = typer.Option(_DS.corpus, "--corpus", help=_HS["corpus"]),
-    text_field: str = typer.Option(_DS.text_field, "--text-field", help=_HS["text_field"]),
     run_dir: Path = typer.Option(None, "--run-dir", help="Run directory (default: a new sample-<time> folder)."),
-    device: str = typer.Option(_DS.device, "--device", help=_HS["device"]),
-    dtype: str = typer.Option(_DS.dtype, "--dtype", help=_HS["dtype"]),
-    threads: int = typer.Option(_DS.threads, "--threads", help=_HS["threads"]),
     features: str = typer.Option(None, "--features", help="Feature subset, e.g. 0-99,200,300-310 (default: all)."),
     shard: str = typer.Option(
         None, "--shard", help="Sample only slice i of n (i/n, from 0/n) and write a mergeable partial state; "
@@ -58,18 +50,9 @@ def sample(
     workers: int = typer.Option(_DE.workers, "--workers", help=_HE["workers"]),
     ray_address: str = typer.Option(None, "--ray-address", help=_HE["ray_address"]),
     max_retries: int = typer.Option(_DE.max_retries, "--max-retries", help=_HE["max_retries"]),
-    tokens: int = typer.Option(_D.tokens, "--tokens", help=_H["tokens"]),
-    window: int = typer.Option(_D.window, "--window", help=_H["window"]),
-    batch_size: int = typer.Option(_D.batch_size, "--batch-size", help=_H["batch_size"]),
-    n_top: int = typer.Option(_D.n_top, "--n-top", help=_H["n_top"]),
-    n_train: int = typer.Option(_D.n_train, "--n-train", help=_H["n_train"]),
-    n_valid: int = typer.Option(_D.n_valid, "--n-valid", help=_H["n_valid"]),
-    n_test_top: int = typer.Option(_D.n_test_top, "--n-test-top", help=_H["n_test_top"]),
-    n_quantile_bins: int = typer.Option(_D.n_quantile_bins, "--n-quantile-bins", help=_H["n_quantile_bins"]),
-    per_quantile_bin: int = typer.Option(_D.per_quantile_bin, "--per-quantile-bin", help=_H["per_quantile_bin"]),
-    n_random: int = typer.Option(_D.n_random, "--n-random", help=_H["n_random"]),
-    seed: int = typer.Option(_D.seed, "--seed", help=_H["seed"]),
-    checkpoint_every: int = typer.Option(_D.checkpoint_every, "--checkpoint-every", help=_H["checkpoint_every"]),
+    *,
+    config: SamplingConfig,
+    setup: SamplingSetup,
 ) -> None:
     """Sample top, quantile and random examples and statistics for every feature, in one pass over a corpus."""
     from autointerp.checks import check_run_dir
@@ -78,12 +61,7 @@ def sample(
     from autointerp.rundir import RunDir
     from autointerp.sampling import parse_feature_ranges, prepare_sampling
 
-    cfg = SamplingConfig(
-        tokens=tokens, window=window, batch_size=batch_size, n_top=n_top, n_train=n_train, n_valid=n_valid,
-        n_test_top=n_test_top, n_quantile_bins=n_quantile_bins, per_quantile_bin=per_quantile_bin,
-        n_random=n_random, seed=seed, features=tuple(parse_feature_ranges(features)) if features else None,
-        checkpoint_every=checkpoint_every,
-    )
+    cfg = replace(config, features=tuple(parse_feature_ranges(features)) if features else None)
     cfg.validate()
     part = Shard.parse(shard) if shard else None
     execution = None
@@ -93,16 +71,14 @@ def sample(
         execution.validate()
         if part is not None:
             raise UserError("--shard runs one shard by hand; --executor runs all of them: give only one")
-    setup = SamplingSetup(model=model, hook=hook, sae=sae, sae_dir=sae_dir, corpus=corpus, text_field=text_field,
-                          device=device, dtype=dtype, threads=threads)
     subject_name, address = setup.address()
     run_path = run_dir or default_run_dir(STAGE if part is None else f"{STAGE}-shard{part.index}of{part.count}")
     manifest_cfg = {
         "model": subject_name,
         "source": address,
-        "corpus": corpus,
-        "text_field": text_field,
-        "dtype": dtype,
+        "corpus": setup.corpus,
+        "text_field": setup.text_field,
+        "dtype": setup.dtype,
         "sampling": config_to_dict(cfg),
         "shard": None if part is None else str(part),
         "shards": None if execution is None else execution.workers,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import typer
@@ -10,7 +11,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from autointerp.cli.app import app
+from autointerp.cli.options import config_options
 from autointerp.config import field_help
+from autointerp.train_sae import TrainSaeConfig
 
 console = Console()
 
@@ -124,51 +127,17 @@ def sources(
     console.print(table)
 
 
-def _train_help() -> dict[str, str]:
-    from autointerp.train_sae import TrainSaeConfig
-
-    return field_help(TrainSaeConfig)
-
-
-_H = _train_help()
-
-
 @app.command("train-sae")
+@config_options(TrainSaeConfig, exclude=("out",))
 def train_sae_cmd(
-    model: str = typer.Option("gemma3-270m", help=_H["model"]),
-    hook: str = typer.Option("L6/resid_post", help=_H["hook"]),
-    n_features: int = typer.Option(2048, help=_H["n_features"]),
-    k: int = typer.Option(32, help=_H["k"]),
-    tokens: int = typer.Option(120_000, help=_H["tokens"]),
-    window: int = typer.Option(64, help=_H["window"]),
-    corpus: str = typer.Option("wiki", help=_H["corpus"]),
-    epochs: int = typer.Option(4, help=_H["epochs"]),
-    batch_size: int = typer.Option(1024, help=_H["batch_size"]),
-    lr: float = typer.Option(2e-3, help=_H["lr"]),
-    seed: int = typer.Option(0, help=_H["seed"]),
-    threads: int = typer.Option(2, help=_H["threads"]),
-    device: str = typer.Option("cpu", help=_H["device"]),
-    out: Path = typer.Option(..., "--out", help=_H["out"]),
+    out: Path = typer.Option(..., "--out", help=field_help(TrainSaeConfig)["out"]),
+    *,
+    config: TrainSaeConfig,
 ) -> None:
     """Train a small TopK SAE on a subject model and save it as a Gemma Scope params.npz (JumpReLU form)."""
-    from autointerp.train_sae import TrainSaeConfig, train_and_save
+    from autointerp.train_sae import train_and_save
 
-    cfg = TrainSaeConfig(
-        model=model,
-        hook=hook,
-        n_features=n_features,
-        k=k,
-        tokens=tokens,
-        window=window,
-        corpus=corpus,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        seed=seed,
-        threads=threads,
-        device=device,
-        out=str(out),
-    )
+    cfg = replace(config, out=str(out))
     report = train_and_save(cfg)
     table = Table(show_header=False, title=f"SAE written to {out}")
     for key, value in report.items():
