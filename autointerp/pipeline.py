@@ -49,7 +49,7 @@ from autointerp.llm.base import (
 )
 from autointerp.llm.usage import ROLES, MeteredClient, PriceTable, UsageLog, UsageMeter, usage_from_log
 from autointerp.prompts import load_template
-from autointerp.records import ActivationRecord, Explanation, FeatureRecord, Score, Simulation, Usage
+from autointerp.records import Explanation, FeatureRecord, Score, Simulation, Usage
 from autointerp.rundir import (
     USAGE,
     USAGE_LOG,
@@ -63,19 +63,14 @@ from autointerp.rundir import (
 from autointerp.score import (
     LABEL_DEPENDENCE,
     LABEL_PRIOR_FLAG,
-    SCORERS,
-    SIMULATION_SCORES,
-    ClassifierSettings,
-    DetectionScorer,
-    FuzzingScorer,
-    SAEBenchDetectionScorer,
-    SAEBenchSettings,
+    NEGATIVE_SETS,
     bootstrap_ci,
     correlation_score,
     derangement,
     label_prior_correlation,
-    simulation_scores,
 )
+from autointerp.scorers.base import Models, ScoreContext, Timer, limit_records, with_cost
+from autointerp.scorers.registry import SCORERS, check_scorers, scorer_entries
 from autointerp.simulate import SIMULATOR_KINDS, make_simulator
 
 log = logging.getLogger(__name__)
@@ -112,8 +107,9 @@ class ExplainConfig:
     simulator_kind: str = "auto"
     """Simulator: logprob (all-at-once), json (chat APIs), or auto (logprob when the backend can)."""
     scorers: str = "simulation"
-    """Comma-separated scorers: simulation (correlation, r_squared, ...), detection, fuzzing,
-    saebench_detection."""
+    """Comma-separated scorers (see autointerp/scorers/registry.py): simulation (correlation, r_squared,
+    ...), detection, fuzzing, saebench_detection, embedding, surprisal (input side); intervention,
+    intervention_kl (output side: steer the subject model)."""
     max_records_per_split: int = 5
     """Records simulated per split (test_top, test_random, test_quantiles, valid); 0 for all."""
     score_quantiles: bool = False
@@ -122,6 +118,34 @@ class ExplainConfig:
     """Activating and non-activating examples each, per detection/fuzzing scorer (delphi: 50 + 50)."""
     examples_per_prompt: int = 5
     """Examples per detection/fuzzing judge request (delphi: 5)."""
+    negatives: str = "random"
+    """Non-activating windows for detection, fuzzing, embedding and surprisal: random, or hard (the
+    non-firing random windows that share the most top-activating tokens with the feature's examples)."""
+    judge_probabilities: bool = True
+    """Read the judge's P(yes) for AUCs (one extra top-logprobs request per judge prompt) when its backend
+    gives logprobs."""
+    embedding_model: str = "all-minilm-l6-v2"
+    """embedding scorer: the embedded all-minilm-l6-v2, or any sentence-transformers folder or hub name."""
+    surprisal_model: str = "gemma3-270m"
+    """surprisal scorer: base LM (embedded name, transformers folder or hub id)."""
+    alpha: str = "auto"
+    """intervention scorers: steering strength, a number or auto (steer_multiplier x the feature's largest
+    activation)."""
+    steer_multiplier: float = 4.0
+    """intervention scorers, alpha auto: this many times the feature's largest sampled activation."""
+    steer_mode: str = "add"
+    """intervention scorers: add (alpha x the decoder direction at the hook) or clamp (neurons: set the
+    activation to alpha)."""
+    steer_prompts: int = 8
+    """intervention scorers: neutral corpus prompts per feature."""
+    steer_new_tokens: int = 12
+    """intervention scorer: greedy continuation length in tokens."""
+    steer_prompt_tokens: int = 12
+    """intervention scorers: tokens per neutral prompt (BOS included)."""
+    steer_corpus: str = "wiki"
+    """intervention scorers: corpus the neutral prompts come from (wiki, lee, a file)."""
+    scorer_device: str = "cpu"
+    """Torch device of the models loaded at scoring time (subject, surprisal LM, embedding model)."""
     baseline: bool = True
     """Also score a shuffled baseline: each feature gets another feature's label (a derangement)."""
     seed: int = 0
@@ -156,9 +180,12 @@ class ExplainConfig:
             raise UserError(f"--explainer-kind {self.explainer_kind!r} is unknown; use one of {EXPLAINER_KINDS}")
         if self.simulator_kind not in SIMULATOR_KINDS:
             raise UserError(f"--simulator-kind {self.simulator_kind!r} is unknown; use one of {SIMULATOR_KINDS}")
-        bad = [s for s in self.scorer_list if s not in SCORERS]
-        if bad:
-            raise UserError(f"unknown scorer(s) {', '.join(bad)}; use a comma list of {', '.join(SCORERS)}")
+        scorer_entries(self.scorer_list)  # unknown names: UserError
+        if self.negatives not in NEGATIVE_SETS:
+            raise UserError(f"--negatives {self.negatives!r} is unknown; use one of {', '.join(NEGATIVE_SETS)}")
+        from autointerp.scorers.intervention import parse_alpha
+
+        parse_alpha(self.alpha)  # not a number: UserError
         if self.n_candidates < 1:
             raise UserError("--n-candidates must be at least 1")
         if self.llm_concurrency < 1:
@@ -167,6 +194,20 @@ class ExplainConfig:
             raise UserError("--max-cost must be positive, or 0 for no limit")
         if self.requests_per_minute < 0 or self.tokens_per_minute < 0:
             raise UserError("--requests-per-minute and --tokens-per-minute must be positive, or 0 for no limit")
+
+    def steer_settings(self) -> Any:
+        """The intervention scorers' :class:`~autointerp.scorers.intervention.SteerSettings`."""
+        from autointerp.scorers.intervention import SteerSettings
+
+        return SteerSettings(
+            alpha=self.alpha,
+            steer_multiplier=self.steer_multiplier,
+            mode=self.steer_mode,
+            n_prompts=self.steer_prompts,
+            prompt_tokens=self.steer_prompt_tokens,
+            new_tokens=self.steer_new_tokens,
+            corpus=self.steer_corpus,
+        )
 
     def client_config(self) -> ClientConfig:
         """How this run's LLM clients talk to their backends."""
@@ -356,13 +397,13 @@ class _Watched:
             )
 
 
-def _limit(records: list[ActivationRecord], n: int) -> list[ActivationRecord]:
-    return records if n <= 0 else records[:n]
-
-
 class _Runner:
     def __init__(
-        self, config: ExplainConfig, session: _Session, retry_failed: bool = False
+        self,
+        config: ExplainConfig,
+        session: _Session,
+        models: Models | None = None,
+        retry_failed: bool = False,
     ) -> None:
         self.config = config
         data = session.data
@@ -374,6 +415,8 @@ class _Runner:
             self.stale |= {("explain", f) for f in data.features() if data.selected(f) is None}
         self.data = session.data
         self.clients = clients = session.clients
+        self.models = models or Models(device=config.scorer_device, threads=config.threads)
+        self.context = ScoreContext(config, clients.judge, clients.simulator, self.simulations, self.models)
         settings = ExplainerSettings(
             kind=config.explainer_kind,
             n_top=config.n_top_examples,
@@ -386,25 +429,29 @@ class _Runner:
         self.sem = asyncio.Semaphore(max(1, config.concurrency))
 
     # -- simulation with the run-dir cache ---------------------------------------------------------
-    async def simulations(self, eid: str, text: str, record: FeatureRecord, split: str) -> list[Simulation]:
+    async def simulations(
+        self, eid: str, text: str, record: FeatureRecord, split: str
+    ) -> tuple[list[Simulation], Usage]:
         """The simulations of ``record``'s ``split`` under explanation ``eid``: stored ones, the rest computed
-        and stored. A simulation whose request failed is not stored: :class:`RequestsFailed` after the
-        others are."""
-        recs = _limit(getattr(record, split), self.config.max_records_per_split)
+        and stored; and the simulator usage spent on them. A simulation whose request failed is not stored:
+        :class:`RequestsFailed` after the others are."""
+        recs = limit_records(getattr(record, split), self.config.max_records_per_split)
         sims = self.data.simulations
         missing = [i for i in range(len(recs)) if (eid, split, i) not in sims or ("sim", (eid, split, i)) in self.stale]
+        usage = Usage()
         if missing:
             watched = [_Watched(self.clients.simulator) for _ in missing]
             simulators = [make_simulator(self.config.simulator_kind, w, text) for w in watched]
             pairs = zip(simulators, missing, strict=True)
             results = await asyncio.gather(*(s.simulate(recs[i].tokens) for s, i in pairs))
             for i, s, w, res in zip(missing, simulators, watched, results, strict=True):
+                usage = usage + s.usage
                 if not w.failures:
                     self.data.add_simulation(eid, str(record.id), split, i, s.spec, res)
                     self.stale.discard(("sim", (eid, split, i)))
             for w in watched:
                 w.check("simulator")
-        return [sims[(eid, split, i)] for i in range(len(recs))]
+        return [sims[(eid, split, i)] for i in range(len(recs))], usage
 
     # -- phase 1: explain and select ----------------------------------------------------------------
     async def explain_feature(self, record: FeatureRecord) -> None:
@@ -436,8 +483,8 @@ class _Runner:
             best_value = -np.inf
             for ex in candidates:
                 eid = f"{fid}#{ex.candidate}"
-                sims = await self.simulations(eid, ex.text, record, "valid")
-                recs = _limit(record.valid, cfg.max_records_per_split)
+                sims, _ = await self.simulations(eid, ex.text, record, "valid")
+                recs = limit_records(record.valid, cfg.max_records_per_split)
                 s = correlation_score("valid_correlation", recs, sims, cfg.max_failed_fraction)
                 value = s.value if s.value is not None else -np.inf
                 if best is None or value > best_value:
@@ -471,51 +518,21 @@ class _Runner:
 
     # -- phase 3: score -------------------------------------------------------------------------
     async def score_explanation(self, expl: ExplanationRow) -> None:
-        cfg = self.config
         eid = expl.explanation_id
         record = self.data.records[expl.feature]
-        text = expl.text
-        baseline = expl.baseline
         fid = str(record.id)
-        for scorer in cfg.scorer_list:
-            if scorer == "simulation":
-                spec = f"{cfg.simulator_kind}[{self.clients.simulator.spec}]"
-                if all(self._have_score(eid, n, spec) for n in SIMULATION_SCORES):
-                    continue
-                splits: dict[str, tuple[Sequence[ActivationRecord], Sequence[Simulation]]] = {}
-                for split in TEST_SPLITS:
-                    if split == "test_quantiles" and not cfg.score_quantiles:
-                        continue
-                    sims = await self.simulations(eid, text, record, split)
-                    splits[split] = (_limit(getattr(record, split), cfg.max_records_per_split), sims)
-                cal_sims = await self.simulations(eid, text, record, "valid")
-                cal = (_limit(record.valid, cfg.max_records_per_split), cal_sims)
-                for sc in simulation_scores(splits, cal, cfg.max_failed_fraction):
-                    if not self._have_score(eid, sc.name, spec):
-                        self._add_score(eid, fid, baseline, spec, sc)
-                continue
+        for name in self.config.scorer_list:
+            entry = SCORERS[name]
             judge = _Watched(self.clients.judge)
-            if scorer == "saebench_detection":
-                for check in (False, True):
-                    sb = SAEBenchDetectionScorer(judge, SAEBenchSettings(check_random=check, seed=cfg.seed))
-                    if self._have_score(eid, sb.name, judge.spec):
-                        continue
-                    sc = await sb.score(text, record)
-                    judge.check("judge")  # a score missing answers the server failed to give is not written
-                    self._add_score(eid, fid, baseline, judge.spec, sc)
+            scorer = entry.build(replace(self.context, judge=judge))
+            if all(self._have_score(eid, n, scorer.judge) for n in scorer.score_names):
                 continue
-            if self._have_score(eid, scorer, judge.spec):
-                continue
-            cs = ClassifierSettings(
-                n_positive=cfg.classifier_examples,
-                n_negative=cfg.classifier_examples,
-                per_prompt=cfg.examples_per_prompt,
-                seed=cfg.seed,
-            )
-            clf = DetectionScorer(judge, cs) if scorer == "detection" else FuzzingScorer(judge, cs)
-            sc = await clf.score(text, record)
-            judge.check("judge")
-            self._add_score(eid, fid, baseline, judge.spec, sc)
+            timer = Timer()
+            result = await scorer.score(eid, expl.text, record)
+            judge.check("judge")  # a score missing answers the server failed to give is not written
+            for sc in with_cost(result.scores, result.usage, timer.seconds):
+                if not self._have_score(eid, sc.name, scorer.judge):
+                    self._add_score(eid, fid, expl.baseline, scorer.judge, sc)
 
     def _have_score(self, eid: str, name: str, judge: str) -> bool:
         """A score is stored (an undefined one counts, unless ``retry_failed`` asks to compute it again)."""
@@ -544,7 +561,7 @@ class _Runner:
                 (split, i)
                 for split in TEST_SPLITS
                 if split != "test_quantiles" or cfg.score_quantiles
-                for i in range(len(_limit(getattr(record, split), cfg.max_records_per_split)))
+                for i in range(len(limit_records(getattr(record, split), cfg.max_records_per_split)))
             ]
             pairs = [
                 (sims[(sel.explanation_id, sp, i)], sims[(base.explanation_id, sp, i)])
@@ -645,13 +662,8 @@ def _prompt_names(config: ExplainConfig) -> list[str]:
         else "explain_highlighted.j2"
     ]
     names += ["simulate_all_at_once.j2", "simulate_json.j2"]
-    sc = config.scorer_list
-    if "detection" in sc:
-        names.append("score_detection.j2")
-    if "fuzzing" in sc:
-        names.append("score_fuzzing.j2")
-    if "saebench_detection" in sc:
-        names.append("score_saebench.j2")
+    for e in scorer_entries(config.scorer_list):
+        names += [n for n in e.prompts if n not in names]
     return names
 
 
@@ -713,11 +725,19 @@ def summarize(
     )
 
 
+def _record_models(run: RunDir, models: Models) -> None:
+    """Say in the manifest which models the scorers loaded, and how (the sampler's loaders)."""
+    if models.loaded:
+        old = dict(run.manifest().get("scoring_models", {}))
+        run.update_manifest({"scoring_models": {**old, **models.loaded}})
+
+
 async def run_explain(
     config: ExplainConfig,
     run_dir: Path,
     records: Sequence[FeatureRecord] | None = None,
     clients: Clients | None = None,
+    models: Models | None = None,
     *,
     retry_failed: bool = False,
 ) -> RunSummary:
@@ -725,8 +745,13 @@ async def run_explain(
 
     ``records`` None: use the records already in ``run_dir/records.jsonl``. ``clients`` None: built from
     the config's specs (and closed at the end): a spec that cannot be built fails before ``run_dir`` is made.
-    ``retry_failed``: also compute again the failures stored as properties of an answer (see the module
-    doc); failed requests are always retried."""
+    ``models``: models for scorers that need them (the subject for the intervention scorers, ...), loaded on
+    demand when None; each scorer's checks run before any work (bad input: UserError). ``retry_failed``:
+    also compute again the failures stored as properties of an answer (see the module doc); failed requests
+    are always retried."""
+    models = models or Models(device=config.scorer_device, threads=config.threads)
+    if records is not None:
+        check_scorers(config, [r.id.source for r in records], models)
     to_close: list[LLMClient] = []
     if clients is None:
         clients, to_close = open_clients(config)
@@ -754,6 +779,13 @@ async def run_explain(
         for c in to_close:
             await c.aclose()
         raise UserError(f"{run_dir} holds no feature records; pass records or a --sample-run with sampled features")
+    if records is None:
+        try:
+            check_scorers(config, [r.id.source for r in data.records.values()], models)
+        except BaseException:
+            for c in to_close:
+                await c.aclose()
+            raise
     features = [str(r.id) for r in records] if records is not None else list(data.records)
     if plan is None:  # resuming: the records come from the run directory
         try:
@@ -767,7 +799,7 @@ async def run_explain(
     session = _Session(data, config, clients)
     run.set_stage("explain", "running")
     try:
-        runner = _Runner(config, session, retry_failed)
+        runner = _Runner(config, session, models, retry_failed)
         await runner.explain_all(features)
         if config.baseline:
             runner.add_baselines(features)
@@ -777,6 +809,7 @@ async def run_explain(
         run.set_stage("explain", "interrupted" if isinstance(e, KeyboardInterrupt) else "failed", error=str(e))
         raise
     finally:
+        _record_models(run, models)
         session.close(counters.delta())
         for c in to_close:
             await c.aclose()
@@ -802,10 +835,14 @@ async def run_score(
     judge: str | None = None,
     simulator: str | None = None,
     clients: Clients | None = None,
+    models: Models | None = None,
+    settings: dict[str, Any] | None = None,
     *,
     retry_failed: bool = False,
 ) -> RunSummary:
     """Score the selected and baseline explanations of an existing run with ``scorers`` (comma list).
+
+    ``settings`` overrides fields of the run's config for this scoring (e.g. ``{"negatives": "hard"}``).
 
     Other settings come from the run's manifest; ``judge``/``simulator`` override its LLM specs. Scores
     of another judge already in the run are kept beside the new ones (labelled apart, never mixed)."""
@@ -817,21 +854,26 @@ async def run_score(
         config = replace(config, judge=judge)
     if simulator:
         config = replace(config, simulator=simulator)
-    for name in _prompt_names(config):
-        run.record_prompt(name, load_template(name).text)
+    if settings:
+        config = ExplainConfig.from_dict({**config_to_dict(config), **settings})
+    models = models or Models(device=config.scorer_device, threads=config.threads)
     data = load_run(run.path)
     if not data.explanations:
         raise UserError(f"{run_dir} holds no explanations; run `autointerp explain` first")
+    check_scorers(config, [r.id.source for r in data.records.values()], models)
+    for name in _prompt_names(config):
+        run.record_prompt(name, load_template(name).text)
     to_close: list[LLMClient] = []
     if clients is None:
         clients, to_close = open_clients(config)
     counters = _Counters(clients)
     session = _Session(data, config, clients)
     try:
-        runner = _Runner(config, session, retry_failed)
+        runner = _Runner(config, session, models, retry_failed)
         await runner.score_all(list(data.records))
         runner.add_label_prior(list(data.records))
     finally:
+        _record_models(run, models)
         session.close(counters.delta())
         for c in to_close:
             await c.aclose()

@@ -427,9 +427,11 @@ def parse_binary_list(text: str, n: int) -> list[bool] | str:
     return out
 
 
-def _positives_negatives(
+def positives_negatives(
     record: FeatureRecord, s: ClassifierSettings
 ) -> tuple[list[ActivationRecord], list[ActivationRecord]]:
+    """The held-out activating (positives) and non-activating (negatives) windows that classifier-style
+    scorers rate, by the settings' conventions."""
     from autointerp.negatives import hard_negatives
 
     pool = {
@@ -445,11 +447,12 @@ def _positives_negatives(
     return pos, neg
 
 
-def _yes_probability(top: dict[str, float]) -> float | None:
-    """P("1") / (P("1") + P("0")) among a slot's top tokens (stripped of spaces); None if neither is there."""
-    p1 = sum(np.exp(lp) for t, lp in top.items() if t.strip() == "1")
-    p0 = sum(np.exp(lp) for t, lp in top.items() if t.strip() == "0")
-    return float(p1 / (p1 + p0)) if p1 + p0 > 0 else None
+def choice_probability(top: dict[str, float], yes: str = "1", no: str = "0") -> float | None:
+    """P(yes) / (P(yes) + P(no)) among one slot's top tokens (compared stripped of spaces); None when neither
+    is among them."""
+    p_yes = sum(np.exp(lp) for t, lp in top.items() if t.strip() == yes)
+    p_no = sum(np.exp(lp) for t, lp in top.items() if t.strip() == no)
+    return float(p_yes / (p_yes + p_no)) if p_yes + p_no > 0 else None
 
 
 class _Classifier:
@@ -481,7 +484,7 @@ class _Classifier:
             text += "1" if a else "0"
         text += "]"
         resp = await self.client.top_logprobs(TopLogprobsRequest(prompt=text, positions=tuple(positions), top_k=20))
-        return [_yes_probability(t.top) for t in resp.logprobs], resp.usage
+        return [choice_probability(t.top) for t in resp.logprobs], resp.usage
 
     async def score(self, explanation: str, record: FeatureRecord) -> Score:
         s = self.settings
@@ -558,7 +561,7 @@ class DetectionScorer(_Classifier):
     template_name = "score_detection.j2"
 
     def examples(self, record: FeatureRecord, rng: np.random.Generator) -> tuple[list[str], list[bool]]:
-        pos, neg = _positives_negatives(record, self.settings)
+        pos, neg = positives_negatives(record, self.settings)
         texts = [highlight_tokens(r.tokens, np.zeros(len(r.tokens), dtype=bool)) for r in [*pos, *neg]]
         return texts, [True] * len(pos) + [False] * len(neg)
 
@@ -570,7 +573,7 @@ class FuzzingScorer(_Classifier):
     template_name = "score_fuzzing.j2"
 
     def examples(self, record: FeatureRecord, rng: np.random.Generator) -> tuple[list[str], list[bool]]:
-        pos, neg = _positives_negatives(record, self.settings)
+        pos, neg = positives_negatives(record, self.settings)
         t = self.settings.highlight_threshold
         marks = [(r.activations > 0) & (r.activations > t * r.max_activation) for r in pos]
         texts = [highlight_tokens(r.tokens, m) for r, m in zip(pos, marks, strict=True)]
