@@ -20,6 +20,7 @@ import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -194,6 +195,9 @@ class ExplainerSettings:
     """Maximum answer length in tokens (raised to 512 with chain-of-thought)."""
     highlight_threshold: float = 0.0
     """highlighted format: a token is marked when its activation > this fraction of the maximum."""
+    show_vocab: bool = False
+    """Also show the feature's vocabulary projection (the tokens its output direction promotes and
+    suppresses, ``FeatureRecord.vocab_projection``) after the examples (``prompts/explain_vocab.j2``)."""
 
 
 def select_train_examples(record: FeatureRecord, n_top: int, n_quantile: int) -> list[ActivationRecord]:
@@ -220,15 +224,29 @@ class Explainer:
     @property
     def spec(self) -> str:
         s = self.settings
-        extra = ",cot" if s.cot else ""
+        extra = (",cot" if s.cot else "") + (",vocab" if s.show_vocab else "")
         return f"{s.kind}[{self.client.spec}]{extra}"
 
-    def build_messages(self, examples: Sequence[ActivationRecord]) -> ChatRequest:
+    @property
+    def prompt_hash(self) -> str:
+        """Hash of the prompt template(s) this explainer renders."""
+        if not self.settings.show_vocab:
+            return self.template.hash
+        from autointerp.rundir import short_hash
+
+        return short_hash(self.template.text + load_template("explain_vocab.j2").text)
+
+    def build_messages(
+        self, examples: Sequence[ActivationRecord], vocab: dict[str, Any] | None = None
+    ) -> ChatRequest:
         s = self.settings
         if s.kind == "token_activation_pair":
             body = format_token_activation_pairs(examples, s.max_value)
         else:
             body = format_highlighted(examples, s.highlight_threshold)
+        if s.show_vocab and vocab:
+            shown = {k: ", ".join(repr(escape_token(t)) for t, _ in vocab.get(k, [])) for k in ("top", "bottom")}
+            body += load_template("explain_vocab.j2").render(shown)
         messages = self.template.render_chat({"examples": body, "cot": s.cot, "max_value": s.max_value})
         return ChatRequest(messages=messages, max_tokens=512 if s.cot else s.max_tokens)
 
@@ -241,7 +259,9 @@ class Explainer:
             raise ExplanationFailed("the record has no train examples to show")
         if max(r.max_activation for r in examples) <= 0:
             raise ExplanationFailed("the feature never fired in its train examples (dead feature)")
-        base = self.build_messages(examples)
+        if self.settings.show_vocab and not record.vocab_projection:
+            raise ExplanationFailed("the record has no vocabulary projection to show (compute it: --vocab-projection)")
+        base = self.build_messages(examples, record.vocab_projection)
         req = ChatRequest(messages=base.messages, max_tokens=base.max_tokens, temperature=temperature, seed=seed)
         try:
             resp = await self.client.chat(req)
@@ -260,7 +280,7 @@ class Explainer:
             feature=record.id,
             text=label,
             explainer=self.spec,
-            prompt_hash=self.template.hash,
+            prompt_hash=self.prompt_hash,
             raw=resp.text,
             usage=resp.usage,
             candidate=candidate,

@@ -3,7 +3,9 @@
 Columns (parquet/jsonl/csv): ``feature`` (full id), ``source``, ``model``, ``hook``, ``index``,
 ``explanation``, ``explainer`` (kind and LLM spec), ``prompt_hash``, ``candidate``, ``failed`` (reason
 when no usable label was produced), activation statistics (``frequency``, ``max_activation``,
-``mean_activation``, ``mean_active``), then per score name ``score_<name>`` (value or empty),
+``mean_activation``, ``mean_active``), ``vocab_top`` / ``vocab_bottom`` (JSON lists of the tokens the
+feature's output direction promotes / suppresses, its vocabulary projection; empty when not computed), then
+per score name ``score_<name>`` (value or empty),
 ``score_<name>_reason`` (why undefined), ``baseline_<name>`` (the shuffled-label baseline's value), and
 ``score_settings`` (JSON: name -> {judge spec, settings}). Score names are the run's score labels (see
 :mod:`autointerp.rundir`): ``detection``, or ``detection@<judge>`` for each judge when a run was rescored by
@@ -59,6 +61,8 @@ def feature_rows(run_dir: Path) -> list[dict[str, Any]]:
             "max_activation": st.max if st else None,
             "mean_activation": st.mean if st else None,
             "mean_active": st.mean_active if st else None,
+            "vocab_top": _tokens(run.vocab.get(f), "top"),
+            "vocab_bottom": _tokens(run.vocab.get(f), "bottom"),
         }
         settings: dict[str, Any] = {}
         for name, sc in sorted(run.scores_of(sel).items()):
@@ -70,6 +74,11 @@ def feature_rows(run_dir: Path) -> list[dict[str, Any]]:
         row["score_settings"] = json.dumps(settings, sort_keys=True, default=str)
         rows.append(row)
     return rows
+
+
+def _tokens(vocab: dict[str, Any] | None, side: str) -> str | None:
+    """JSON list of the projection's tokens on ``side`` (top / bottom), or None without a projection."""
+    return None if not vocab else json.dumps([t for t, _ in vocab.get(side, [])], ensure_ascii=False)
 
 
 def _neuronpedia_ids(source: str) -> tuple[str, str, bool]:

@@ -100,6 +100,12 @@ class ExplainConfig:
     highlight_threshold: float = 0.1
     """highlighted explainer: mark tokens whose activation exceeds this fraction of the examples' maximum
     (dense features such as MLP neurons are positive almost everywhere)."""
+    vocab_projection: int = 0
+    """Compute each feature's vocabulary projection (this many top and bottom tokens of its output
+    direction through the unembedding; needs the subject model and, for SAEs, W_dec) and store it in the
+    feature record; 0: no."""
+    show_vocab: bool = False
+    """Show the vocabulary projection to the explainer beside the examples (needs --vocab-projection)."""
     n_candidates: int = 1
     """Candidate explanations per feature; with more than 1 the best by simulation on 'valid' is kept."""
     candidate_temperature: float = 0.7
@@ -186,6 +192,10 @@ class ExplainConfig:
         from autointerp.scorers.intervention import parse_alpha
 
         parse_alpha(self.alpha)  # not a number: UserError
+        if self.show_vocab and self.vocab_projection < 1:
+            raise UserError("--show-vocab needs the projection: give --vocab-projection N (e.g. 10)")
+        if self.vocab_projection < 0:
+            raise UserError("--vocab-projection must be 0 (off) or a number of tokens")
         if self.n_candidates < 1:
             raise UserError("--n-candidates must be at least 1")
         if self.llm_concurrency < 1:
@@ -423,6 +433,7 @@ class _Runner:
             n_quantile=config.n_quantile_examples,
             cot=config.cot,
             highlight_threshold=config.highlight_threshold,
+            show_vocab=config.show_vocab,
         )
         self.explainer_settings = settings
         self.explainer = Explainer(clients.explainer, settings)
@@ -470,7 +481,7 @@ class _Runner:
                 ex = await explainer.explain(record, candidate=c, temperature=temp, seed=cfg.seed + c)
             except ExplanationFailed as e:
                 failed = Explanation(
-                    record.id, "", self.explainer.spec, self.explainer.template.hash, e.raw, e.usage, c
+                    record.id, "", self.explainer.spec, self.explainer.prompt_hash, e.raw, e.usage, c
                 )
                 rows.append({**failed.to_json(), "explanation_id": f"{fid}#{c}", "selected": False, "failed": e.reason})
                 continue
@@ -661,6 +672,8 @@ def _prompt_names(config: ExplainConfig) -> list[str]:
         if config.explainer_kind == "token_activation_pair"
         else "explain_highlighted.j2"
     ]
+    if config.show_vocab:
+        names.append("explain_vocab.j2")
     names += ["simulate_all_at_once.j2", "simulate_json.j2"]
     for e in scorer_entries(config.scorer_list):
         names += [n for n in e.prompts if n not in names]
@@ -725,6 +738,25 @@ def summarize(
     )
 
 
+def add_vocab_projections(records: Sequence[FeatureRecord], models: Models, k: int) -> list[FeatureRecord]:
+    """``records`` with their vocabulary projection (``k`` top and bottom tokens) where it is missing, from
+    the subject model and source of each record's address (loaded by ``models``: the sampler's loaders)."""
+    from autointerp.steering import require_decoder, vocab_projection
+
+    out = list(records)
+    todo: dict[str, list[int]] = {}
+    for i, r in enumerate(out):
+        if r.vocab_projection is None:
+            todo.setdefault(r.id.source, []).append(i)
+    for address, idx in todo.items():
+        source, subject = models.source_and_subject(address)
+        require_decoder(source, "--vocab-projection")
+        projections = vocab_projection(subject, source, [out[i].id.index for i in idx], k)
+        for i, proj in zip(idx, projections, strict=True):
+            out[i] = replace(out[i], vocab_projection=proj.to_json())
+    return out
+
+
 def _record_models(run: RunDir, models: Models) -> None:
     """Say in the manifest which models the scorers loaded, and how (the sampler's loaders)."""
     if models.loaded:
@@ -752,6 +784,8 @@ async def run_explain(
     models = models or Models(device=config.scorer_device, threads=config.threads)
     if records is not None:
         check_scorers(config, [r.id.source for r in records], models)
+        if config.vocab_projection:
+            records = add_vocab_projections(records, models, config.vocab_projection)
     to_close: list[LLMClient] = []
     if clients is None:
         clients, to_close = open_clients(config)

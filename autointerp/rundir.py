@@ -333,6 +333,8 @@ class RunData:
         """FeatureRecord by feature id string, in file order."""
         self.stats: dict[str, FeatureStats] = {}
         """Feature statistics by feature id string (also for features whose record is not kept)."""
+        self.vocab: dict[str, dict[str, Any]] = {}
+        """Vocabulary projection of each feature that has one (``FeatureRecord.vocab_projection``)."""
         self.explanations: dict[str, ExplanationRow] = {}
         """Explanations by explanation_id."""
         self.simulations: dict[tuple[str, str, int], Simulation] = {}
@@ -491,6 +493,8 @@ def load_run(path: Path, *, records: bool = True) -> RunData:
         try:
             fid = str(row["id"])
             data.stats[fid] = FeatureStats.from_json(row["stats"])
+            if row.get("vocab_projection"):
+                data.vocab[fid] = dict(row["vocab_projection"])
             if records:
                 data.records[fid] = FeatureRecord.from_json(row)
         except (KeyError, TypeError, ValueError) as e:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -97,3 +98,31 @@ def test_clamp_sets_one_neuron(tiny_llama: Any) -> None:
         acts = tiny_llama.run(ids, [HookPoint(0, "mlp_neurons")])[hook]
     # run()'s capture hook was registered after the steering hook, so it sees the clamped value
     assert torch.all(acts[..., 4] == 7.0)
+
+
+async def test_explainer_shows_the_vocabulary_projection_and_pipeline_stores_and_exports_it(
+    tiny_llama: Any, tmp_path: Any
+) -> None:
+    from fake_llm import FakeLLM, synthetic_record
+
+    from autointerp.explain import Explainer, ExplainerSettings, ExplanationFailed
+    from autointerp.export import feature_rows
+    from autointerp.pipeline import Clients, ExplainConfig, run_explain
+    from autointerp.scorers.base import Models
+
+    hook = HookPoint(1, "resid_post")
+    sae = _sae(hook, tiny_llama.d_model)
+    models = Models()
+    models.add_source("toy/sae", sae, tiny_llama)
+    records = [synthetic_record(i, source="toy/sae") for i in (1, 2)]
+    llm = FakeLLM()
+    cfg = ExplainConfig(vocab_projection=3, show_vocab=True, scorers="detection", classifier_examples=2)
+    await run_explain(cfg, tmp_path / "run", records, Clients(llm, llm, llm), models=models)
+    want = vocab_projection(tiny_llama, sae, [1], k=3)[0]
+    shown = llm.chat_requests[0].messages[-1].content
+    assert "pushes the model's next-token prediction toward" in shown and repr(want.top[0][0]) in shown
+    row = next(r for r in feature_rows(tmp_path / "run") if r["index"] == 1)
+    assert row["vocab_top"] == json.dumps([t for t, _ in want.top], ensure_ascii=False)
+    assert row["explainer"].endswith(",vocab")
+    with pytest.raises(ExplanationFailed, match="no vocabulary projection"):
+        await Explainer(llm, ExplainerSettings(show_vocab=True)).explain(synthetic_record(3))

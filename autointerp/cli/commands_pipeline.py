@@ -29,6 +29,7 @@ RETRY_FAILED_HELP = (
 )
 
 
+
 def _prepare_sampling(
     model: str | None,
     hook: str | None,
@@ -40,10 +41,13 @@ def _prepare_sampling(
     corpus: str,
     device: str,
     threads: int,
+    models: Any = None,
 ) -> Any:
     """Load the subject and source and check what needs them (feature range, weights); nothing is written.
     Returns a function that samples into ``<run_dir>/sample`` (the one sampling call) and returns the
-    FeatureRecords."""
+    FeatureRecords. The loaded subject and source are added to ``models`` (a
+    :class:`~autointerp.scorers.base.Models`) so scorers that need them (steering) check them now and reuse
+    them later."""
     from autointerp.record_store import load_feature_records
     from autointerp.sampling import SamplingConfig, SamplingSetup, parse_feature_ranges, prepare_sampling
 
@@ -57,6 +61,9 @@ def _prepare_sampling(
     setup = SamplingSetup(model=model, hook=hook, sae=sae, sae_dir=sae_dir, corpus=corpus, device=device,
                           threads=threads)
     job = prepare_sampling(setup, cfg)
+    if models is not None:
+        models.add_subject(job.subject.name, job.subject)
+        models.add_source(job.source.address, job.source, job.subject)
 
     def sample(run_dir: Path) -> Any:
         sample_run = run_dir / "sample"
@@ -184,7 +191,11 @@ def explain(
     from autointerp.checks import check_llm_settings, check_run_dir, probe_llms
     from autointerp.paths import default_run_dir
     from autointerp.pipeline import run_explain
+    from autointerp.scorers.base import Models
+    from autointerp.scorers.registry import check_scorers
 
+    models = Models(device=config.scorer_device, threads=config.threads)
+    check_scorers(config, [], models)  # scorer models installed, alpha a number; sources below
     # Validate everything, then act: options, specs, keys, prices, the run directory, the endpoints; then
     # the model-dependent checks; only then is the run directory created.
     check_llm_settings(config.role_specs().values(), config.client_config())
@@ -194,13 +205,16 @@ def explain(
     resuming = sample_run is None and not (sae or model or hook) and (out / "records.jsonl").exists()
     sample = None
     if sample_run is None and not resuming:
-        sample = _prepare_sampling(model, hook, sae, sae_dir, features, tokens, window, corpus, device, config.threads)
+        sample = _prepare_sampling(
+            model, hook, sae, sae_dir, features, tokens, window, corpus, device, config.threads, models
+        )
+        check_scorers(config, list(models.loaded_sources()), models)  # e.g. steering needs a decoder
     records = _load_sample_run(sample_run, features) if sample_run is not None else None
     if records is not None and not records:
         raise UserError("no feature records to explain; check --features and the sample run")
     if sample is not None:
         records = sample(out)
-    summary = asyncio.run(run_explain(config, out, records, retry_failed=retry_failed))
+    summary = asyncio.run(run_explain(config, out, records, models=models, retry_failed=retry_failed))
     _print_results(out, summary)
     _exit_for(summary)
 
@@ -211,6 +225,17 @@ def score(
     scorers: str = typer.Option("detection,fuzzing", "--scorers", help=_H["scorers"]),
     judge: str | None = typer.Option(None, "--judge", help="Judge LLM spec; default: the run's."),
     simulator: str | None = typer.Option(None, "--simulator", help="Simulator LLM spec; default: the run's."),
+    # scorer settings: unset (None) keeps the run's own
+    negatives: str | None = typer.Option(None, "--negatives", help=_H["negatives"]),
+    judge_probabilities: bool | None = typer.Option(
+        None, "--judge-probabilities/--no-judge-probabilities", help=_H["judge_probabilities"]
+    ),
+    embedding_model: str | None = typer.Option(None, "--embedding-model", help=_H["embedding_model"]),
+    surprisal_model: str | None = typer.Option(None, "--surprisal-model", help=_H["surprisal_model"]),
+    alpha: str | None = typer.Option(None, "--alpha", help=_H["alpha"]),
+    steer_mode: str | None = typer.Option(None, "--steer-mode", help=_H["steer_mode"]),
+    steer_prompts: int | None = typer.Option(None, "--steer-prompts", help=_H["steer_prompts"]),
+    scorer_device: str | None = typer.Option(None, "--scorer-device", help=_H["scorer_device"]),
     retry_failed: bool = typer.Option(False, "--retry-failed", help=RETRY_FAILED_HELP),
 ) -> None:
     """Score the explanations of an existing run with (other) scorers; adds rows to scores.jsonl.
@@ -223,7 +248,16 @@ def score(
     specs = [s for s in (judge, simulator) if s]
     check_llm_settings(specs, ClientConfig())
     probe_llms(specs)
-    summary = asyncio.run(run_score(run_dir, scorers, judge=judge, simulator=simulator, retry_failed=retry_failed))
+    given = {
+        "negatives": negatives, "judge_probabilities": judge_probabilities, "embedding_model": embedding_model,
+        "surprisal_model": surprisal_model, "alpha": alpha, "steer_mode": steer_mode,
+        "steer_prompts": steer_prompts, "scorer_device": scorer_device,
+    }
+    settings = {k: v for k, v in given.items() if v is not None}  # unset: the run's own settings
+    ExplainConfig.from_dict({**settings, "scorers": scorers})  # bad values (alpha, negatives, scorers): exit 2 now
+    summary = asyncio.run(
+        run_score(run_dir, scorers, judge=judge, simulator=simulator, settings=settings, retry_failed=retry_failed)
+    )
     _print_results(run_dir, summary)
     _exit_for(summary)
 

@@ -99,6 +99,10 @@ class Models:
         self._subjects[model] = subject
         self.loaded[f"model:{model}"] = "given by the caller"
 
+    def loaded_sources(self) -> list[str]:
+        """Addresses of the sources loaded so far."""
+        return list(self._sources)
+
     def add_source(self, address: str, source: FeatureSource, subject: Subject) -> None:
         """Use an already-built source (and the subject it reads) for features of ``address``."""
         self._sources[address] = (source, subject)
