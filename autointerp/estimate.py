@@ -103,8 +103,9 @@ def estimate_run(
     (prefix-list, echo, prompt-logprobs, forward-pass, none); ``chars_per_token``: per role, the ratio and
     where it comes from."""
     from autointerp.explain import Explainer, ExplainerSettings, select_train_examples
-    from autointerp.pipeline import TEST_SPLITS, ExplainConfig, _limit
+    from autointerp.pipeline import TEST_SPLITS, ExplainConfig
     from autointerp.score import ClassifierSettings, DetectionScorer, FuzzingScorer
+    from autointerp.scorers.base import limit_records as _limit
 
     assert isinstance(config, ExplainConfig)
     cfg = config
