@@ -24,12 +24,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 @pytest.mark.slow
 async def test_explain_end_to_end_on_embedded_models(tmp_path: Path) -> None:
-    from autointerp.cli.commands_pipeline import _print_results, _sample_records
+    from autointerp.cli.commands_pipeline import _prepare_sampling, _print_results
     from autointerp.export import feature_rows
     from autointerp.pipeline import ExplainConfig, run_explain, summarize
 
     run = tmp_path / "run"
-    records = _sample_records(None, None, "gemma3-270m/L6", "1836,1325,140,364", 20000, 32, "wiki", "cpu", 2, tmp_path)
+    sample = _prepare_sampling(None, None, "gemma3-270m/L6", None, "1836,1325,140,364", 20000, 32, "wiki", "cpu", 2)
+    records = sample(tmp_path)
     chosen = [r for r in records if r.stats.frequency > 0 and len(r.test_top) >= 2 and len(r.valid) >= 2]
     assert len(chosen) == 4, [(str(r.id), r.stats.frequency, len(r.test_top)) for r in records]
     cfg = ExplainConfig(explainer_kind="highlighted", n_top_examples=8, max_records_per_split=3, threads=2)
