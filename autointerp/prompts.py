@@ -50,10 +50,6 @@ class PromptTemplate:
         """First 16 hex digits of the sha256 of the file text."""
         return short_hash(self.text)
 
-    @property
-    def is_chat(self) -> bool:
-        return bool(_MARKER.search(self.text))
-
     def render(self, variables: dict[str, Any]) -> str:
         """Render as one string (completion templates)."""
         try:
@@ -89,7 +85,3 @@ def load_template(name: str, directory: Path | None = None) -> PromptTemplate:
         raise UserError(f"prompt template {path} not found; check the name or set AUTOINTERP_PROMPTS")
     return PromptTemplate(name=name, text=_load(path, path.stat().st_mtime))
 
-
-def combined_hash(templates: list[PromptTemplate]) -> str:
-    """One hash for several templates used together (order-independent)."""
-    return short_hash("\n".join(sorted(f"{t.name}:{t.hash}" for t in templates)))

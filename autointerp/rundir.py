@@ -64,14 +64,6 @@ USAGE_LOG = "usage.jsonl"
 _VERSIONED = ("autointerp", "torch", "transformers", "numpy", "openai", "anthropic", "xllamacpp", "vllm")
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def short_hash(text: str | bytes) -> str:
     """First 16 hex digits of the sha256 of ``text``; used for prompt hashes and cache keys."""
     data = text.encode() if isinstance(text, str) else text
@@ -179,15 +171,13 @@ class RunDir:
 
     # -- creation / opening -------------------------------------------------------------------------
     @classmethod
-    def create(cls, path: Path, command: str, config: dict[str, Any], *, resume: bool = True) -> RunDir:
+    def create(cls, path: Path, command: str, config: dict[str, Any]) -> RunDir:
         """Create ``path`` with a fresh manifest, or reopen it when it holds a run of the same config.
 
         A directory holding a run with a *different* config is refused (results are never mixed)."""
         run = cls(path)
         if run.manifest_path.exists():
             old = run.manifest()
-            if not resume:
-                raise RunDirError(f"{path} already holds a run; pass a new --run-dir or --resume to continue it")
             if old.get("command") == command and old.get("config") != config and run.holds_results(old):
                 changed = sorted(
                     k for k in set(old.get("config", {})) | set(config)
@@ -405,10 +395,6 @@ class RunData:
                 (name, j): name if len(js) == 1 else f"{name}@{j}" for name, js in judges.items() for j in js
             }
         return self._labels
-
-    def score_label(self, name: str, judge: str) -> str:
-        """How the score ``name`` by ``judge`` is labelled in this run (see the module doc)."""
-        return self._label_map().get((name, judge), name)
 
     def score_names(self) -> list[str]:
         """Every score label in the run, in first-seen order."""

@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,12 +30,16 @@ def main_job_command(run_dir: Path, features: str) -> list[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--run-dir", type=Path, default=Path("/tmp/autointerp-main-job"))
+    ap.add_argument("--run-dir", type=Path, default=None, help="run directory (default: a new temporary folder)")
     ap.add_argument("--features", default="0-4")
     ap.add_argument("--threads", type=int, default=0, help="pass --threads N (default: the CLI's default)")
     ap.add_argument("--keep", action="store_true", help="resume an existing run dir instead of starting fresh")
     args = ap.parse_args()
-    if not args.keep:
+    if args.run_dir is None:
+        if args.keep:
+            ap.error("--keep resumes a run: give its --run-dir")
+        args.run_dir = Path(tempfile.mkdtemp(prefix="autointerp-main-job-"))
+    elif not args.keep:
         shutil.rmtree(args.run_dir, ignore_errors=True)
     cmd = main_job_command(args.run_dir, args.features)
     if args.threads:

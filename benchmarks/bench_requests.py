@@ -90,18 +90,20 @@ async def main() -> None:
 
     from autointerp import embedded
     from autointerp.pipeline import Clients, ExplainConfig, run_explain
-    from autointerp.rundir import read_jsonl
+    from autointerp.rundir import load_run, read_feature_records
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--run", type=Path, default=None, help="a run dir with records.jsonl (else synthetic)")
     ap.add_argument("--tokenizer", default="gemma3-270m")
-    ap.add_argument("--out", type=Path, default=Path("/tmp/bench_requests_run"))
+    ap.add_argument("--out", type=Path, default=None, help="where the runs go (default: a new temporary folder)")
     args = ap.parse_args()
+    if args.out is None:
+        import tempfile
+
+        args.out = Path(tempfile.mkdtemp(prefix="bench_requests-"))
     tok = AutoTokenizer.from_pretrained(str(embedded.hf_folder(args.tokenizer)))
     if args.run:
-        from autointerp.records import FeatureRecord
-
-        records = [FeatureRecord.from_json(r) for r in read_jsonl(args.run / "records.jsonl")][:3]
+        records = read_feature_records(args.run)[:3]
     else:
         records = synthetic()
     import shutil
@@ -119,22 +121,21 @@ async def main() -> None:
     ]:
         out = args.out / label.split(",")[1].strip().split(" ")[0]
         await run_explain(cfg, out, records, Clients(llm, llm, llm))
+        run = load_run(out)
         per: dict[str, list[tuple[int, int]]] = {}
-        for row in read_jsonl(out / "scores.jsonl"):
-            if row["baseline"]:
+        for (eid, _, _), score in run.score_rows.items():
+            if run.explanations[eid].baseline:
                 continue
-            d = row["score"]["details"]
+            d = score.details
             if "requests" in d:
-                per.setdefault(row["score"]["name"], []).append((d["requests"], d["prompt_tokens"]))
+                per.setdefault(score.name, []).append((d["requests"], d["prompt_tokens"]))
         sims: dict[str, list[int]] = {}
-        for row in read_jsonl(out / "simulations.jsonl"):
-            if not row["explanation_id"].endswith("#baseline"):
-                sims.setdefault(row["feature"], []).append(1)
+        for eid, _, _ in run.simulations:
+            if not run.explanations[eid].baseline:
+                sims.setdefault(run.explanations[eid].feature, []).append(1)
         n_sim = np.mean([len(v) for v in sims.values()])
-        import json
-
-        usage = json.loads((out / "usage.json").read_text())
-        n_scored = sum(1 for _ in read_jsonl(out / "explanations.jsonl"))  # selected + baselines
+        usage = run.usage
+        n_scored = len(run.explanations)  # selected + baselines
         rows.append((label, "simulation (all-at-once logprob)", n_sim, usage["simulator"]["prompt_tokens"] / n_scored))
         for name, v in per.items():
             rows.append((label, name, np.mean([a for a, _ in v]), np.mean([b for _, b in v])))

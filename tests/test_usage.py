@@ -27,7 +27,8 @@ TESTS = Path(__file__).parent
 
 class RoleServer(LoopbackHTTPServer):
     """Chat completions answered by prompt: an explainer prompt gets a label, a simulator prompt a JSON
-    simulation, a judge prompt "yes" to every example. Counts requests and the tokens it reports, per model."""
+    simulation, a judge prompt "yes" to every example. Counts requests and the tokens it reports, per model
+    (the backend's capability probes apart, as ``<model>/probe``: they belong to no role)."""
 
     def __init__(self, latency_s: float = 0.0) -> None:
         super().__init__()
@@ -37,6 +38,12 @@ class RoleServer(LoopbackHTTPServer):
     async def handle(self, method: str, path: str, headers: dict[str, str], body: bytes) -> HTTPReply:
         req = json.loads(body or b"{}")
         model = str(req.get("model", ""))
+        prompt_text = req.get("prompt")
+        if isinstance(prompt_text, list):
+            prompt_text = prompt_text[0] if prompt_text else ""
+        if isinstance(prompt_text, str) and prompt_text.startswith("a\t"):
+            # The backend's own probe of the server's logprob support ("a\tb\tc"), sent outside any role.
+            model += "/probe"
         tally = self.served.setdefault(model, {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0})
         tally["requests"] += 1
         if self.latency_s:

@@ -139,17 +139,15 @@ class UsageLog:
     """The append-only usage log of a run directory (``usage.jsonl``; lines in the module doc).
 
     Each line is written whole and flushed to the operating system at once, so it survives the process
-    being killed (``close`` also fsyncs). A torn last line left by a crash is ended before appending."""
+    being killed (``close`` also fsyncs). A torn last line left by a crash is cut off before appending."""
 
     def __init__(self, path: Path) -> None:
+        from autointerp.rundir import repair_jsonl
+
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        repair_jsonl(self.path)
         self._f = open(self.path, "a", encoding="utf-8")
-        if self._f.tell() > 0:
-            with open(self.path, "rb") as rf:
-                rf.seek(-1, os.SEEK_END)
-                if rf.read(1) != b"\n":
-                    self._f.write("\n")
 
     def append(self, row: dict[str, Any]) -> None:
         if self._f.closed:
