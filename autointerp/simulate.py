@@ -43,7 +43,7 @@ import numpy as np
 from autointerp.explain import escape_token
 from autointerp.llm.base import ChatRequest, LLMClient, LLMError, TopLogprobsRequest
 from autointerp.prompts import PromptTemplate, load_template
-from autointerp.records import ActivationRecord, FloatArray, Simulation
+from autointerp.records import ActivationRecord, FloatArray, Simulation, Usage
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,7 @@ _BODY = "\x00BODY\x00"
 @runtime_checkable
 class Simulator(Protocol):
     spec: str
+    usage: Usage
 
     async def simulate(self, tokens: Sequence[str]) -> Simulation: ...
 
@@ -126,6 +127,7 @@ class LogprobSimulator:
         self.min_digit_mass = min_digit_mass
         self.filler = filler
         self.max_flagged_fraction = max_flagged_fraction
+        self.usage = Usage()
         self.spec = f"logprob[{client.spec}]"
 
     async def simulate(self, tokens: Sequence[str]) -> Simulation:
@@ -138,6 +140,7 @@ class LogprobSimulator:
             )
         except LLMError as e:
             return Simulation(expected=None, failed=f"simulator request failed: {e.reason}")
+        self.usage = self.usage + resp.usage
         if len(resp.logprobs) != len(prompt.slots):
             return Simulation(
                 expected=None,
@@ -220,6 +223,7 @@ class JsonSimulator:
         self.explanation = explanation
         self.template = load_template(template)
         self.max_tokens = max_tokens
+        self.usage = Usage()
         self.spec = f"json[{client.spec}]"
 
     def build_request(self, tokens: Sequence[str]) -> ChatRequest:
@@ -236,6 +240,7 @@ class JsonSimulator:
             resp = await self.client.chat(self.build_request(tokens))
         except LLMError as e:
             return Simulation(expected=None, failed=f"simulator request failed: {e.reason}")
+        self.usage = self.usage + resp.usage
         parsed = parse_json_simulation(resp.text, len(tokens))
         if isinstance(parsed, str):
             return Simulation(expected=None, failed=f"unparseable simulator answer: {parsed}")
@@ -304,6 +309,10 @@ class _CalibratedSimulator:
         self.inner = inner
         self.fit: LinearFit | PercentileFit | None = None
         self.spec = f"{self._kind}[{inner.spec}]"
+
+    @property
+    def usage(self) -> Usage:
+        return self.inner.usage
 
     def _fit_fn(self, true: list[np.ndarray], simulated: list[np.ndarray]) -> LinearFit | PercentileFit:
         raise NotImplementedError
