@@ -137,10 +137,11 @@ async def test_export_formats_and_cli(tmp_path: Path) -> None:
     assert df["score_correlation"].min() > 0.9
     export_run(run, "csv", tmp_path / "o.csv")
     assert pd.read_csv(tmp_path / "o.csv").shape[0] == 3
-    main(["export", str(run), "--format", "neuronpedia", "--out", str(tmp_path / "np.json")])
-    np_rows = json.loads((tmp_path / "np.json").read_text())
+    main(["export", str(run), "--format", "neuronpedia", "--out", str(tmp_path / "np.jsonl"),
+          "--neuronpedia-user", "u1"])
+    np_rows = [json.loads(line) for line in (tmp_path / "np.jsonl").read_text().splitlines()]
     assert np_rows[0]["description"] == "cat tokens" and np_rows[0]["index"] == "0"
-    assert {"modelId", "layer", "explanationModelName", "typeName"} <= set(np_rows[0])
+    assert {"id", "modelId", "layer", "explanationModelName", "typeName", "authorId", "notes"} <= set(np_rows[0])
     main(["export", str(run), "--format", "jsonl", "--out", str(tmp_path / "o.jsonl")])
     assert len((tmp_path / "o.jsonl").read_text().splitlines()) == 3
     with pytest.raises(SystemExit) as e:

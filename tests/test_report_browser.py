@@ -1,30 +1,25 @@
 """The HTML report in a real headless Chromium, driven over the DevTools protocol (no downloads).
 
 Needs Debian's ``chromium`` (``apt-get install -y chromium``) and the ``websocket-client`` package;
-skips with the reason when either is missing.
+skips with the reason when either is missing. The client is :mod:`autointerp.report.chromium` (the
+benchmark uses it too).
 """
 
 from __future__ import annotations
 
 import base64
-import json
 import os
 import shutil
-import socket
-import subprocess
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from autointerp.report import build_report
+from autointerp.report.chromium import Cdp, find_chromium, launch
 from autointerp.report.synthetic import write_synthetic_run
 
-CHROMIUM = next((p for p in (shutil.which("chromium"), shutil.which("chromium-browser"), shutil.which("google-chrome"))
-                 if p), None)
+CHROMIUM = find_chromium()
 websocket = pytest.importorskip("websocket", reason="websocket-client is not installed (pip install websocket-client)")
 if CHROMIUM is None and os.environ.get("AUTOINTERP_REQUIRE_BROWSER"):
     raise RuntimeError("AUTOINTERP_REQUIRE_BROWSER is set (CI) but chromium is not installed: apt-get install chromium")
@@ -41,116 +36,10 @@ for (const name of ['alert', 'confirm', 'prompt']) {
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Cdp:
-    """A minimal DevTools-protocol client over one page websocket."""
-
-    def __init__(self, ws_url: str) -> None:
-        self.ws = websocket.create_connection(ws_url, timeout=30, suppress_origin=True)
-        self.next_id = 0
-        self.events: list[dict[str, Any]] = []
-
-    def send(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
-        self.next_id += 1
-        mid = self.next_id
-        self.ws.send(json.dumps({"id": mid, "method": method, "params": params or {}}))
-        while True:
-            msg = json.loads(self.ws.recv())
-            if msg.get("id") == mid:
-                if "error" in msg:
-                    raise RuntimeError(f"{method}: {msg['error']}")
-                return dict(msg.get("result", {}))
-            if "method" in msg:
-                self.events.append(msg)
-
-    def wait_event(self, method: str, timeout: float = 30.0) -> dict[str, Any]:
-        """The next ``method`` event not waited for before (each event is returned once)."""
-        deadline = time.monotonic() + timeout
-        for e in self.events:
-            if e["method"] == method and not e.get("_seen"):
-                e["_seen"] = True
-                return e
-        while time.monotonic() < deadline:
-            msg = json.loads(self.ws.recv())
-            if "method" in msg:
-                self.events.append(msg)
-                if msg["method"] == method:
-                    msg["_seen"] = True
-                    return msg
-        raise TimeoutError(method)
-
-    def eval(self, expr: str) -> Any:
-        r = self.send("Runtime.evaluate", {"expression": expr, "returnByValue": True, "awaitPromise": True})
-        if "exceptionDetails" in r:
-            raise RuntimeError(f"JS error in {expr!r}: {r['exceptionDetails']}")
-        return r["result"].get("value")
-
-    def drain(self) -> None:
-        """Collect pending events (console messages, dialogs) after a round trip."""
-        self.eval("1")
-
-    def close(self) -> None:
-        self.ws.close()
-
-
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[Cdp]:
-    assert CHROMIUM is not None
-    port = _free_port()
-    profile = tmp_path / "profile"
-    proc = subprocess.Popen(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-extensions", "--disable-dev-shm-usage", "--window-size=1280,1000",
-         f"--user-data-dir={profile}", f"--remote-debugging-port={port}", "about:blank"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        env={**os.environ, "HOME": str(tmp_path)},
-    )
-    try:
-        ws_url = None
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and ws_url is None:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=2) as r:
-                    pages = [p for p in json.loads(r.read()) if p.get("type") == "page"]
-                if pages:
-                    ws_url = pages[0]["webSocketDebuggerUrl"]
-            except OSError:
-                if proc.poll() is not None:
-                    pytest.fail(f"chromium exited with status {proc.returncode} before DevTools came up")
-                time.sleep(0.2)
-        assert ws_url, "chromium's DevTools endpoint did not come up within 60 s"
-        cdp = Cdp(ws_url)
-        for domain in ("Page", "Runtime", "Log"):
-            cdp.send(f"{domain}.enable")
-        cdp.send("Page.addScriptToEvaluateOnNewDocument", {"source": HOOK})
+    with launch(tmp_path, before_scripts=HOOK) as cdp:
         yield cdp
-        cdp.close()
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def _errors(cdp: Cdp) -> list[str]:
-    out = []
-    for e in cdp.events:
-        p = e.get("params", {})
-        if e["method"] == "Runtime.exceptionThrown":
-            out.append(json.dumps(p.get("exceptionDetails", {}))[:500])
-        elif e["method"] == "Runtime.consoleAPICalled" and p.get("type") in ("error", "assert"):
-            out.append(json.dumps(p.get("args", []))[:500])
-        elif e["method"] == "Log.entryAdded" and p.get("entry", {}).get("level") == "error":
-            out.append(str(p["entry"].get("text"))[:500])
-    return out
 
 
 def _open(browser: Cdp, url: str) -> None:
@@ -251,7 +140,7 @@ def test_report_in_chromium(browser: Cdp, tmp_path: Path) -> None:
     assert not [e for e in browser.events if e["method"] == "Page.javascriptDialogOpening"]
     assert browser.eval("document.querySelectorAll('img').length") == 0
     assert browser.eval("document.scripts.length") == 3
-    assert _errors(browser) == []
+    assert browser.errors() == []
 
     # A link with a feature id in the hash opens that feature.
     browser.eval("location.hash = 'synthetic%2FL0%2Fmlp_neurons%3A2'")
@@ -260,7 +149,7 @@ def test_report_in_chromium(browser: Cdp, tmp_path: Path) -> None:
     assert browser.eval("document.body.dataset.ready") == "1"
     browser.eval("new Promise(r => setTimeout(r, 50))")
     assert browser.eval("document.querySelector('#card .feature-id').textContent") == "synthetic/L0/mlp_neurons:2"
-    assert browser.eval("window.__pwned") == [] and _errors(browser) == []
+    assert browser.eval("window.__pwned") == [] and browser.errors() == []
 
     shot = browser.send("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": False})
     png = tmp_path / "report.png"
@@ -311,7 +200,7 @@ def test_16384_features_served_as_a_folder(browser: Cdp, tmp_path: Path) -> None
             "tokens after a comma (variant 16383)"
         )
         browser.drain()
-        assert _errors(browser) == []
+        assert browser.errors() == []
     finally:
         server.shutdown()
         server.server_close()

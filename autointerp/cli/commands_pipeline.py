@@ -271,11 +271,16 @@ def _exit_for(summary: Any) -> None:
 @app.command()
 def export(
     run_dir: Path = typer.Argument(..., help="A run directory written by `autointerp explain`."),
-    fmt: str = typer.Option("parquet", "--format", help="parquet, jsonl, csv, or neuronpedia (JSON list)."),
+    fmt: str = typer.Option(
+        "parquet", "--format", help="parquet, jsonl, csv; or neuronpedia / neuronpedia-activations (JSONL rows of "
+        "Neuronpedia's Explanation / Activation tables; .gz compresses)."),
     out: Path = typer.Option(..., "--out", help="Output file."),
+    neuronpedia_user: str | None = typer.Option(
+        None, "--neuronpedia-user", help="Your Neuronpedia user id, written as authorId / creatorId (required "
+        "columns of Neuronpedia's tables)."),
 ) -> None:
     """Export one row per feature: ids, explanation, explainer, prompt hash, every score, activation stats."""
     from autointerp.export import export_run
 
-    n = export_run(run_dir, fmt, out)
+    n = export_run(run_dir, fmt, out, neuronpedia_user=neuronpedia_user)
     console.print(f"wrote {n} rows to {escape(str(out))}")

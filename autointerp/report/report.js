@@ -13,7 +13,7 @@
   var CMP = DATA.compare;
   var REASONS = DATA.reasons;
   var ROWH = 26;
-  var perf = { list_ms: null, filter_ms: null, card_ms: null, cards_opened: 0 };
+  var perf = { list_ms: null, list_at: null, filter_ms: null, card_ms: null, cards_opened: 0 };
   var state = { sortKey: null, sortDir: -1, order: null, cursor: -1, open: -1, showBaselineSim: false };
 
   function el(tag, cls, text) {
@@ -261,6 +261,14 @@
     }
     spacer.appendChild(frag);
   }
+  function markRows() {
+    var rows = document.getElementById("list-spacer").children;
+    for (var k = 0; k < rows.length; k++) {
+      var r = rows[k];
+      r.classList.toggle("cursor", parseInt(r.dataset.pos, 10) === state.cursor);
+      r.classList.toggle("open", parseInt(r.dataset.index, 10) === state.open);
+    }
+  }
   function moveCursor(pos) {
     var n = state.order.length;
     if (!n) { return; }
@@ -274,24 +282,34 @@
   }
 
   /* ---------------------------------------------------------------- card */
-  function shade(value, scale, rgb) {
-    if (typeof value !== "number" || !(scale > 0)) { return "transparent"; }
-    var a = Math.max(0, Math.min(1, Math.abs(value) / scale)) * 0.85;
-    var c = value < 0 ? "220,50,47" : rgb;
-    return "rgba(" + c + "," + a.toFixed(3) + ")";
+  /* Shading by class (10 levels per colour, see report.css): cheaper than an inline style per token. */
+  function shadeClass(value, scale, hue) {
+    if (typeof value !== "number" || !(scale > 0) || value === 0) { return ""; }
+    var level = Math.max(1, Math.min(10, Math.round(Math.abs(value) / scale * 10)));
+    return " " + (value < 0 ? "r" : hue) + level;
   }
   function showToken(t) { return String(t).replace(/\n/g, "\u21b5").replace(/\t/g, "\u2192"); }
-  function tokenLine(tokens, values, scale, rgb) {
+  function tokenLine(tokens, values, scale, hue) {
     var line = el("div", "tokens");
     for (var i = 0; i < tokens.length; i++) {
-      var s = el("span", "tok", showToken(tokens[i]));
-      var v = values ? values[i] : null;
-      s.style.backgroundColor = shade(v, scale, rgb);
-      s.title = JSON.stringify(String(tokens[i])) + " = " + (typeof v === "number" ? String(v) : "n/a");
+      var s = document.createElement("span");
+      s.className = "tok" + shadeClass(values ? values[i] : null, scale, hue);
+      s.textContent = showToken(tokens[i]);
       line.appendChild(s);
     }
+    line.__tokens = tokens;  /* read by the tooltip handler on hover only */
+    line.__values = values;
     return line;
   }
+  /* One delegated handler writes a token's tooltip (its text and value) when the pointer first reaches it. */
+  document.getElementById("card").addEventListener("mouseover", function (ev) {
+    var t = ev.target;
+    if (!t.classList || !t.classList.contains("tok") || t.title) { return; }
+    var line = t.parentNode;
+    var i = Array.prototype.indexOf.call(line.children, t);
+    var v = line.__values ? line.__values[i] : null;
+    t.title = JSON.stringify(String(line.__tokens[i])) + " = " + (typeof v === "number" ? String(v) : "n/a");
+  });
   function maxAbs(arr) {
     var m = 0;
     (arr || []).forEach(function (v) { if (typeof v === "number" && Math.abs(v) > m) { m = Math.abs(v); } });
@@ -385,9 +403,9 @@
     grid.appendChild(el("div", "pair-head", "true activation"));
     grid.appendChild(el("div", "pair-head", state.showBaselineSim ? "simulated from the shuffled baseline label" : "simulated from the label"));
     recs.forEach(function (r) {
-      grid.appendChild(tokenLine(r.tokens, r.acts, trueScale > 0 ? trueScale : maxAbs(r.acts), "34,139,34"));
+      grid.appendChild(tokenLine(r.tokens, r.acts, trueScale > 0 ? trueScale : maxAbs(r.acts), "g"));
       var s = simId ? r.sims[simId] : null;
-      if (s && s.expected) { grid.appendChild(tokenLine(r.tokens, s.expected, scale, "30,100,220")); }
+      if (s && s.expected) { grid.appendChild(tokenLine(r.tokens, s.expected, scale, "b")); }
       else if (s) { grid.appendChild(el("div", "undef", "simulation failed: " + (s.failed || "unknown reason"))); }
       else { grid.appendChild(el("div", "missing", split === "train" ? "(not simulated: shown to the explainer)" : "(not simulated)")); }
     });
@@ -458,8 +476,8 @@
     var t = performance.now();
     var seq = ++openSeq;
     state.open = i;
-    showView("features", true);
-    renderVisible(true);
+    showView("features", true, true);
+    markRows();
     return cardOf(i).then(function (f) {
       if (seq !== openSeq) { return; }
       renderCard(i, f);
@@ -631,7 +649,7 @@
   var VIEWS = [["features", "Features"], ["overview", "Overview"]];
   if (CMP) { VIEWS.push(["compare", "Compare"]); }
   var drawn = {};
-  function showView(name, keepHash) {
+  function showView(name, keepHash, noRender) {
     VIEWS.forEach(function (pair) {
       document.getElementById("view-" + pair[0]).hidden = pair[0] !== name;
       var tab = document.getElementById("tab-" + pair[0]);
@@ -644,7 +662,7 @@
       if (name === "compare") { renderCompare(); }
     }
     if (!keepHash && name !== "features") { try { history.replaceState(null, "", "#" + name); } catch (e) { /* file: */ } }
-    if (name === "features") { renderVisible(true); }
+    if (name === "features" && !noRender) { renderVisible(true); }
   }
   var tabs = document.getElementById("tabs");
   VIEWS.forEach(function (pair) {
@@ -720,10 +738,12 @@
   renderHead();
   showView("features", true);
   applyFilter();
-  perf.list_ms = performance.now() - T0;
+  perf.list_at = performance.now();
+  perf.list_ms = perf.list_at - T0;
   /* For tests and the benchmark: timings measured inside the page, and the views' entry points. */
   window.__report = {
     perf: perf,
+    chunk_size: DATA.chunk_size,
     setFilter: function (q) { document.getElementById("filter").value = q; applyFilter(); return state.order.length; },
     open: function (i) { return openFeature(i); },
     openId: function (id) { var i = L.id.indexOf(id); return i >= 0 ? openFeature(i) : Promise.reject(new Error("no feature " + id)); },
