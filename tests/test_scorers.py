@@ -234,3 +234,24 @@ def test_a_tampered_embedding_model_is_refused(tmp_path: Path, monkeypatch: pyte
     with pytest.raises(UserError, match="sha256"):
         embedding.embedded_model_dir()
     assert not (tmp_path / "cache" / "embedding" / "all-minilm-l6-v2").exists()
+
+
+async def test_hard_negative_scores_are_stored_apart_from_random_negative_ones(
+    tiny_llama: Any, tmp_path: Path
+) -> None:
+    from autointerp.pipeline import Clients, ExplainConfig, run_explain, run_score
+    from autointerp.rundir import load_run
+
+    records = [_words_record(tiny_llama.tokenizer, i, active) for i, active in enumerate(["cat", "dog"])]
+    models = Models()
+    models.add_subject("tiny-lm", tiny_llama)
+    llm = FakeLLM()
+    cfg = ExplainConfig(scorers="surprisal", surprisal_model="tiny-lm", classifier_examples=4, concurrency=1)
+    await run_explain(cfg, tmp_path / "run", records, Clients(llm, llm, llm), models=models)
+    await run_score(tmp_path / "run", "surprisal", clients=Clients(llm, llm, llm), models=models,
+                    settings={"negatives": "hard"})
+    data = load_run(tmp_path / "run")
+    judges = {j for (_, name, j) in data.score_rows if name == "surprisal"}
+    assert judges == {f"lm:{tiny_llama.name}", f"lm:{tiny_llama.name}+hard-negatives"}
+    hard = [sc for (_, n, j), sc in data.score_rows.items() if j.endswith("+hard-negatives")]
+    assert all(sc.settings["negatives"] == "hard" for sc in hard)

@@ -110,16 +110,27 @@ def classifier_settings(cfg: ExplainConfig) -> ClassifierSettings:
     )
 
 
+HARD = "+hard-negatives"
+"""Appended to the judge of scores made with hard negatives, so they are stored and reported apart from the
+same scorer's random-negative scores (scores are keyed by explanation, name and judge)."""
+
+
+def _negatives(cfg: ExplainConfig) -> str:
+    return HARD if cfg.negatives == "hard" else ""
+
+
 def _detection(ctx: ScoreContext) -> _One:
     from autointerp.score import DetectionScorer
 
-    return _One(DetectionScorer(ctx.judge, classifier_settings(ctx.config)), ctx.judge.spec, ("detection",))
+    judge = ctx.judge.spec + _negatives(ctx.config)
+    return _One(DetectionScorer(ctx.judge, classifier_settings(ctx.config)), judge, ("detection",))
 
 
 def _fuzzing(ctx: ScoreContext) -> _One:
     from autointerp.score import FuzzingScorer
 
-    return _One(FuzzingScorer(ctx.judge, classifier_settings(ctx.config)), ctx.judge.spec, ("fuzzing",))
+    judge = ctx.judge.spec + _negatives(ctx.config)
+    return _One(FuzzingScorer(ctx.judge, classifier_settings(ctx.config)), judge, ("fuzzing",))
 
 
 def _saebench(ctx: ScoreContext) -> _Many:
@@ -136,7 +147,9 @@ def _embedding(ctx: ScoreContext) -> Scorer:
     from autointerp.scorers.embedding import EmbeddingScorer
 
     emb = ctx.models.embedder(ctx.config.embedding_model)
-    return EmbeddingScorer(emb, classifier_settings(ctx.config))
+    scorer = EmbeddingScorer(emb, classifier_settings(ctx.config))
+    scorer.judge += _negatives(ctx.config)
+    return scorer
 
 
 def _surprisal(ctx: ScoreContext) -> Scorer:
@@ -144,7 +157,9 @@ def _surprisal(ctx: ScoreContext) -> Scorer:
 
     name = ctx.config.surprisal_model
     plain = ctx.models.memo.setdefault(f"surprisal-plain:{name}", {})
-    return SurprisalScorer(ctx.models.subject(name), classifier_settings(ctx.config), plain=plain)
+    scorer = SurprisalScorer(ctx.models.subject(name), classifier_settings(ctx.config), plain=plain)
+    scorer.judge += _negatives(ctx.config)
+    return scorer
 
 
 def _steer_cache(ctx: ScoreContext) -> SteeringCache:
