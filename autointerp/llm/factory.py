@@ -17,6 +17,8 @@ Specs:
 - ``local:<name>``: an embedded GGUF (``qwen2.5-coder-1.5b``, ``smollm2-135m``, ...) or a ``.gguf`` path,
   served by in-process llama.cpp on loopback.
 - ``transformers:<name-or-path>``: a local Hugging Face causal LM (embedded subject models by name).
+- ``openai-compatible:URL1,URL2,.../MODEL`` or ``pool:FILE.yaml``: an endpoint pool with failover
+  (:mod:`autointerp.llm.pool`).
 
 The returned :class:`ManagedClient` = usage meter -> response cache (+ coalescing) -> retries / timeouts /
 concurrency / rate limits -> backend. No key is needed to import anything; a missing key is a
@@ -26,7 +28,9 @@ concurrency / rate limits -> backend. No key is needed to import anything; a mis
 from __future__ import annotations
 
 import json
+import logging
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -41,10 +45,13 @@ from autointerp.llm.base import (
     TopLogprobsRequest,
 )
 from autointerp.llm.cache import CachedClient, ResponseCache
+from autointerp.llm.pool import PoolBackend, is_pool, parse_pool
 from autointerp.llm.reliable import ReliableClient
 from autointerp.llm.usage import MeteredClient, PriceTable, UsageMeter
 
-KINDS = ("openai", "anthropic", "openai-compatible", "vllm-server", "vllm", "local", "transformers")
+KINDS = ("openai", "anthropic", "openai-compatible", "vllm-server", "vllm", "local", "transformers", "pool")
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_KEYS_FILE = Path("~/.config/autointerp/api_keys.json")
 
@@ -112,7 +119,11 @@ def check_spec(spec: str, config: ClientConfig) -> None:
     its API key, a local model's name or file, vLLM being installed. Raises :class:`UserError`; builds nothing,
     so a run can validate all its specs before it writes a file."""
     kind, rest = split_spec(spec)
-    if kind in ("openai", "anthropic"):
+    if is_pool(spec):
+        parse_pool(spec)
+        if config.api_key_env:
+            api_key("openai-compatible", config, required=True)
+    elif kind in ("openai", "anthropic"):
         api_key(kind, config, required=True)
     elif kind in ("openai-compatible", "vllm-server"):
         split_base_url(rest, spec)
@@ -144,6 +155,15 @@ def probe_endpoint(spec: str, timeout_s: float = 10.0) -> None:
     import urllib.request
 
     kind, rest = split_spec(spec)
+    if is_pool(spec):
+        pool = parse_pool(spec)
+        down = {pool.endpoint_spec(i): unreachable(e.url, timeout_s) for i, e in enumerate(pool.endpoints)}
+        for name, reason in down.items():
+            if reason is not None:
+                logger.warning("endpoint %s is unreachable (%s); the run goes on with the others", name, reason)
+        if all(r is not None for r in down.values()):
+            raise UserError(f"{spec}: no endpoint of the pool answers ({'; '.join(map(str, down.values()))})")
+        return
     if kind not in ("openai-compatible", "vllm-server"):
         return
     base, _ = split_base_url(rest, spec)
@@ -164,6 +184,22 @@ def probe_endpoint(spec: str, timeout_s: float = 10.0) -> None:
         raise UserError(f"{spec}: cannot reach {url} ({why}); start the server or fix the URL") from e
 
 
+def unreachable(base: str, timeout_s: float) -> str | None:
+    """None when ``GET <base>/models`` gets any HTTP answer, else why it did not (refused, timed out, ...)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(base.rstrip("/") + "/models", timeout=timeout_s) as resp:
+            resp.read(1 << 16)
+    except urllib.error.HTTPError:
+        return None  # it answers
+    except (TimeoutError, OSError) as e:
+        return str(getattr(e, "reason", None) or e)
+    return None
+
+
 def backend_timeout(config: ClientConfig) -> float:
     """The transport's own timeout, a safety net above the retry layer's (which enforces ``timeout_s`` or the
     fitted timeouts and counts them, see :mod:`autointerp.llm.reliable`)."""
@@ -177,6 +213,8 @@ def backend_timeout(config: ClientConfig) -> float:
 def make_backend(spec: str, config: ClientConfig) -> LLMClient:
     """The bare backend for ``spec`` (no retries, cache or metering)."""
     kind, rest = split_spec(spec)
+    if is_pool(spec):
+        return make_pool(spec, config)
     if kind == "openai":
         from autointerp.llm.openai_backend import OpenAIBackend
 
@@ -197,17 +235,7 @@ def make_backend(spec: str, config: ClientConfig) -> LLMClient:
         from autointerp.llm.openai_backend import OpenAIBackend
 
         base, model = split_base_url(rest, spec)
-        # Never send the user's OpenAI key to another server unless asked to (api_key_env).
-        key = (api_key("openai-compatible", config, required=True) if config.api_key_env else None) or "none"
-        return OpenAIBackend(
-            spec,
-            model,
-            api_key=key,
-            base_url=base,
-            timeout_s=backend_timeout(config),
-            logprob_strategy="prompt-logprobs" if kind == "vllm-server" else "auto",
-            direct_http=True,
-        )
+        return http_backend(spec, kind, base, model, config)
     if kind == "local":
         from autointerp.llm.local import LocalBackend
 
@@ -219,6 +247,33 @@ def make_backend(spec: str, config: ClientConfig) -> LLMClient:
     from autointerp.llm.vllm_backend import VLLMBackend
 
     return VLLMBackend(spec, rest, config)
+
+
+def http_backend(spec: str, kind: str, base: str, model: str, config: ClientConfig) -> LLMClient:
+    """The backend of one ``openai-compatible:`` / ``vllm-server:`` endpoint."""
+    from autointerp.llm.openai_backend import OpenAIBackend
+
+    # Never send the user's OpenAI key to another server unless asked to (api_key_env).
+    key = (api_key("openai-compatible", config, required=True) if config.api_key_env else None) or "none"
+    return OpenAIBackend(
+        spec,
+        model,
+        api_key=key,
+        base_url=base,
+        timeout_s=backend_timeout(config),
+        logprob_strategy="prompt-logprobs" if kind == "vllm-server" else "auto",
+        direct_http=True,
+    )
+
+
+def make_pool(spec: str, config: ClientConfig) -> PoolBackend:
+    """A :class:`PoolBackend` over the endpoints of ``spec`` (it probes them before its first request)."""
+    pool = parse_pool(spec)
+    backends = [
+        http_backend(pool.endpoint_spec(i), pool.kind, e.url, pool.model, config) for i, e in enumerate(pool.endpoints)
+    ]
+    caps = [e.max_concurrency or config.max_concurrency for e in pool.endpoints]
+    return PoolBackend(spec, pool, backends, caps)
 
 
 class ManagedClient:
@@ -320,6 +375,11 @@ def make_client(
     if config.timeout_s is not None and config.timeout_s <= 0:
         raise UserError(f"timeout_s must be positive (got {config.timeout_s}), or unset for fitted timeouts")
     backend = make_backend(spec, config)
+    if isinstance(backend, PoolBackend):
+        # The retry layer bounds the whole pool: its endpoints' capacities together, and enough attempts to
+        # place a request on every endpoint (each failed attempt moves it to another).
+        attempts = max(config.max_attempts, len(backend.endpoints) + 2)
+        config = replace(config, max_concurrency=backend.capacity, max_attempts=attempts)
     if meter is None:
         meter = UsageMeter(prices=PriceTable.load(config.prices_path))
     owns = config.cache and cache is None

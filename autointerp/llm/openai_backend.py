@@ -245,6 +245,13 @@ class OpenAIBackend:
         self._timeout_s = timeout_s
         self._session: Any = None
 
+    async def probe(self) -> None:
+        """One ``GET /models``: returns when the server answers, raises otherwise (endpoint pools' health probe)."""
+        try:
+            await self._client.models.list()
+        except Exception as e:
+            raise map_exception(e, self.spec) from e
+
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
