@@ -1,0 +1,215 @@
+"""Prompt tokens of the README's main job, counted three ways: at a logging proxy, by the llama.cpp server's
+own counter of evaluated tokens, and in the run's usage.json. They must agree.
+
+    flock /tmp/autointerp-heavy.lock .venv/bin/python benchmarks/bench_token_accounting.py \
+        [--code DIR] [--features 0-4] [--run-dir DIR]
+
+One in-process llama.cpp server (Qwen2.5-Coder-1.5B, 2 threads, one slot, prompt cache, /metrics on) sits
+behind a logging proxy on loopback; the main job runs as a subprocess with ``--explainer`` and
+``--simulator`` set to ``openai-compatible:<proxy>/v1/qwen`` (the same llama.cpp path as ``local:``) and
+``--no-cache``. ``--code DIR`` runs the CLI of another checkout (e.g. the code before issue 16), so
+before/after use the same server, proxy and counting.
+
+The proxy counts, per role (chat requests: explainer; /v1/completions: simulator), every prompt token it
+forwards: each prompt of a multi-prompt request is tokenized by the server's ``/tokenize`` (Qwen adds no
+BOS), chat prompts by the server's reported usage (one prompt per request, chat template included).
+``/tokenize`` calls of the client itself are counted apart (they evaluate nothing). The server's
+``llamacpp:prompt_tokens_total`` (tokens it evaluated, cache reads excluded) is read before and after.
+
+After the run, the simulation prompts of every simulated record are rebuilt from the run directory and
+tokenized, to give the prompt tokens per latent of each backend path for 6 records (test_top + test_random
+at --max-records-per-split 3): prefix list (llama.cpp), one prompt per record (echo / prompt_logprobs),
+and the JSON simulator's chat prompt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import bisect
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from autointerp.llm.testing import HTTPReply, LoopbackHTTPServer
+
+
+class CountingProxy(LoopbackHTTPServer):
+    def __init__(self, upstream: str) -> None:
+        super().__init__()
+        self.upstream = upstream.rstrip("/")
+        self.sent: dict[str, int] = {"explainer": 0, "simulator": 0}
+        self.requests: dict[str, int] = {"explainer": 0, "simulator": 0, "tokenize": 0, "other": 0}
+        self._client: httpx.AsyncClient | None = None
+
+    async def _count_tokens(self, text: str) -> int:
+        assert self._client is not None
+        r = await self._client.post(self.upstream + "/tokenize", json={"content": text})
+        return len(r.json()["tokens"])
+
+    async def handle(self, method: str, path: str, headers: dict[str, str], body: bytes) -> HTTPReply:
+        if self._client is None:
+            self._client = httpx.AsyncClient(timeout=3600)
+        fwd = {k: v for k, v in headers.items() if k in ("content-type", "authorization")}
+        r = await self._client.request(method, self.upstream + path, content=body, headers=fwd)
+        if path.endswith("/chat/completions"):
+            self.requests["explainer"] += 1
+            if r.status_code == 200:
+                self.sent["explainer"] += int(r.json()["usage"]["prompt_tokens"])
+        elif path.endswith("/completions"):
+            self.requests["simulator"] += 1
+            req = json.loads(body)
+            prompts = req["prompt"] if isinstance(req["prompt"], list) else [req["prompt"]]
+            for p in prompts:
+                self.sent["simulator"] += await self._count_tokens(p)
+        elif path.endswith("/tokenize"):
+            self.requests["tokenize"] += 1
+        else:
+            self.requests["other"] += 1
+        return HTTPReply(r.status_code, r.content, {"Content-Type": r.headers.get("content-type", "application/json")})
+
+
+def evaluated_total(base: str) -> int:
+    text = httpx.get(base + "/metrics", timeout=30).text
+    m = re.search(r"^llamacpp:prompt_tokens_total\s+([0-9.e+]+)", text, re.M)
+    assert m, "no llamacpp:prompt_tokens_total in /metrics"
+    return int(float(m.group(1)))
+
+
+def start_server(threads: int) -> tuple[Any, str]:
+    import xllamacpp
+
+    from autointerp import embedded
+    from autointerp.llm.local import free_port
+
+    p = xllamacpp.CommonParams()
+    p.model.path = str(embedded.gguf_path("qwen2.5-coder-1.5b"))
+    port = free_port()
+    p.hostnames = ["127.0.0.1"]
+    p.port = port
+    p.n_ctx = 8192
+    p.n_parallel = 1
+    p.n_threads_http = 64
+    p.cache_prompt = True
+    p.endpoint_metrics = True
+    p.cpuparams.n_threads = threads
+    p.cpuparams_batch.n_threads = threads
+    p.verbosity = -1
+    p.warmup = False
+    return xllamacpp.Server(p), f"http://127.0.0.1:{port}"
+
+
+def path_tokens(run_dir: Path, base: str) -> dict[str, float]:
+    """Prompt tokens per latent of each simulation path, for the 6 test records of each explained latent."""
+    from autointerp.prompts import load_template
+    from autointerp.records import FeatureRecord
+    from autointerp.simulate import JsonSimulator, build_all_at_once_prompt
+
+    records = {}
+    for line in (run_dir / "records.jsonl").read_text().splitlines():
+        if line.strip():
+            rec = FeatureRecord.from_json(json.loads(line))
+            records[str(rec.id)] = rec
+    labels = {}
+    for line in (run_dir / "explanations.jsonl").read_text().splitlines():
+        row = json.loads(line) if line.strip() else {}
+        if row.get("selected") and not row.get("baseline"):
+            labels[row["feature"]] = row["text"]
+    template = load_template("simulate_all_at_once.j2")
+    totals = {"prefix-list": 0, "one prompt per record": 0, "json": 0}
+    with httpx.Client(timeout=600) as http:
+
+        def count(text: str) -> int:
+            return len(http.post(base + "/tokenize", json={"content": text, "with_pieces": True}).json()["tokens"])
+
+        for fid, label in labels.items():
+            rec = records[fid]
+            for r in [*rec.test_top[:3], *rec.test_random[:3]]:
+                prompt = build_all_at_once_prompt(template, label, r.tokens)
+                pieces = http.post(base + "/tokenize", json={"content": prompt.text, "with_pieces": True}).json()
+                ends, acc = [], 0
+                for t in pieces["tokens"]:
+                    acc += len(t["piece"].encode() if isinstance(t["piece"], str) else bytes(t["piece"]))
+                    ends.append(acc)
+                for slot in prompt.slots:
+                    totals["prefix-list"] += bisect.bisect_right(ends, len(prompt.text[:slot].encode()))
+                totals["one prompt per record"] += len(ends)
+                chat = JsonSimulator(None, label)  # type: ignore[arg-type]  (builds prompts, sends nothing)
+                totals["json"] += count("\n".join(m.content for m in chat.build_request(r.tokens).messages))
+    n = max(1, len(labels))
+    return {k: v / n for k, v in totals.items()} | {"latents": float(len(labels))}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--code", type=Path, default=Path.cwd(), help="checkout whose CLI runs the job")
+    ap.add_argument("--features", default="0-4")
+    ap.add_argument("--run-dir", type=Path, default=Path("/tmp/autointerp-token-bench"))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--cache-run", type=Path, help="take the records of this run directory instead of sampling")
+    ap.add_argument("--timeout-s", default="1800", help="--timeout-s of the job (one slot serves 16 in flight)")
+    args = ap.parse_args()
+    shutil.rmtree(args.run_dir, ignore_errors=True)
+    server, base = start_server(args.threads)
+    proxy = CountingProxy(base)
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+
+    def serve() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(proxy.start())
+        ready.set()
+        loop.run_forever()
+
+    threading.Thread(target=serve, daemon=True).start()
+    ready.wait(10)
+    spec = f"openai-compatible:{proxy.url}/v1/qwen"
+    source = (
+        ["--cache-run", str(args.cache_run)]
+        if args.cache_run
+        else ["--model", "gemma3-270m", "--hook", "L6/mlp_neurons", "--tokens", "20000", "--window", "32"]
+    )
+    cmd = [
+        sys.executable, "-m", "autointerp", "explain", *source, "--features", args.features,
+        "--explainer-kind", "highlighted", "--n-top-examples", "8", "--max-records-per-split", "3",
+        "--run-dir", str(args.run_dir), "--explainer", spec, "--simulator", spec, "--no-cache",
+        "--threads", str(args.threads), "--timeout-s", args.timeout_s,
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(args.code), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    rev = subprocess.run(["git", "-C", str(args.code), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    print(f"code: {args.code} ({rev.stdout.strip()})")
+    print("command: autointerp " + " ".join(cmd[3:]), flush=True)
+    ev0 = evaluated_total(base)
+    load0 = os.getloadavg()
+    t = time.time()
+    rc = subprocess.run(cmd, env=env, cwd="/tmp").returncode
+    dt = time.time() - t
+    evaluated = evaluated_total(base) - ev0
+    print(f"exit {rc}; wall {dt / 60:.1f} min; load average before {load0[0]:.1f}, after {os.getloadavg()[0]:.1f}")
+    usage = json.loads((args.run_dir / "usage.json").read_text())
+    print(f"proxy requests: {proxy.requests}")
+    print(f"{'role':<10} {'proxy: sent':>12} {'usage.json: prompt':>19} {'usage.json: cached':>19}")
+    for role in ("explainer", "simulator"):
+        u = usage.get(role, {})
+        cached = u.get("cached_prompt_tokens", "-")
+        print(f"{role:<10} {proxy.sent[role]:>12,} {u.get('prompt_tokens', 0):>19,} {cached:>19}")
+    recorded = sum(int(usage.get(r, {}).get("prompt_tokens", 0)) for r in ("explainer", "simulator"))
+    reads = [usage.get(r, {}).get("cached_prompt_tokens") for r in ("explainer", "simulator")]
+    uncached = recorded - sum(int(c or 0) for c in reads) if all(c is not None for c in reads) else None
+    print(f"server evaluated (llamacpp:prompt_tokens_total): {evaluated:,}; usage.json prompt - cached: {uncached}")
+    print(f"prompt tokens per latent, 6 records, by path: {json.dumps(path_tokens(args.run_dir, base))}")
+    asyncio.run_coroutine_threadsafe(proxy.stop(), loop).result(10)
+    del server
+
+
+if __name__ == "__main__":
+    main()
