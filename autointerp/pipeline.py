@@ -61,6 +61,7 @@ from autointerp.rundir import (
     read_jsonl,
 )
 from autointerp.score import (
+    CALIBRATION_REFUSED,
     LABEL_DEPENDENCE,
     LABEL_PRIOR_FLAG,
     NEGATIVE_SETS,
@@ -296,6 +297,10 @@ class RunSummary:
     the simulations under a label equal those under a shuffled label (near 1: the label is ignored)."""
     flags: list[str] = field(default_factory=list)
     """Warnings about what the scores can mean (e.g. simulations that do not depend on the label)."""
+    n_calibration_refused: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Per score label and group ("explained" / "baseline"): scores left undefined because their calibration
+    fit was refused (slope <= 0: the simulation anti-correlates; or a constant simulation), so such
+    explanations are visible rather than silently missing from the means. Only labels with refusals."""
 
 
 def open_clients(config: ExplainConfig) -> tuple[Clients, list[LLMClient]]:
@@ -441,14 +446,19 @@ class _Runner:
 
     # -- simulation with the run-dir cache ---------------------------------------------------------
     async def simulations(
-        self, eid: str, text: str, record: FeatureRecord, split: str
+        self, eid: str, text: str, record: FeatureRecord, split: str, indices: Sequence[int] | None = None
     ) -> tuple[list[Simulation], Usage]:
-        """The simulations of ``record``'s ``split`` under explanation ``eid``: stored ones, the rest computed
-        and stored; and the simulator usage spent on them. A simulation whose request failed is not stored:
+        """The simulations of ``record``'s ``split`` under explanation ``eid`` (the records at ``indices``;
+        None: the first ``max_records_per_split``): stored ones, the rest computed and stored; and the
+        simulator usage spent on them. A simulation whose request failed is not stored:
         :class:`RequestsFailed` after the others are."""
-        recs = limit_records(getattr(record, split), self.config.max_records_per_split)
+        recs = getattr(record, split)
+        if indices is None:
+            want = list(range(len(limit_records(recs, self.config.max_records_per_split))))
+        else:
+            want = list(indices)
         sims = self.data.simulations
-        missing = [i for i in range(len(recs)) if (eid, split, i) not in sims or ("sim", (eid, split, i)) in self.stale]
+        missing = [i for i in want if (eid, split, i) not in sims or ("sim", (eid, split, i)) in self.stale]
         usage = Usage()
         if missing:
             watched = [_Watched(self.clients.simulator) for _ in missing]
@@ -462,7 +472,7 @@ class _Runner:
                     self.stale.discard(("sim", (eid, split, i)))
             for w in watched:
                 w.check("simulator")
-        return [sims[(eid, split, i)] for i in range(len(recs))], usage
+        return [sims[(eid, split, i)] for i in want], usage
 
     # -- phase 1: explain and select ----------------------------------------------------------------
     async def explain_feature(self, record: FeatureRecord) -> None:
@@ -694,6 +704,7 @@ def summarize(
     by: dict[str, dict[str, list[float | None]]] = {}
     gains: dict[str, list[float | None]] = {}
     prior: list[float] = []
+    refused: dict[str, dict[str, int]] = {}
     n_explained = n_failed = 0
     for f in feats:
         sel, base = data.selected(f), data.baseline(f)
@@ -705,6 +716,8 @@ def summarize(
                     prior += [sc.value] if sc.value is not None and group == "explained" else []
                     continue
                 by.setdefault(label, {"explained": [], "baseline": []})[group].append(sc.value)
+                if sc.value is None and (sc.reason or "").startswith(CALIBRATION_REFUSED):
+                    refused.setdefault(label, {"explained": 0, "baseline": 0})[group] += 1
         if sel is not None and base is not None:
             mine, theirs = data.scores_of(sel), data.scores_of(base)
             for label in mine.keys() & theirs.keys():
@@ -735,6 +748,7 @@ def summarize(
         n_paired={k: sum(x is not None for x in v) for k, v in gains.items()},
         label_prior=label_prior,
         flags=flags,
+        n_calibration_refused=refused,
     )
 
 

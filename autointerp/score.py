@@ -7,7 +7,12 @@ Simulation scores (OpenAI's definitions, ``neuron_explainer/explanations/scoring
   ``np.corrcoef``). Also ``correlation_top``, ``correlation_random``, ``correlation_quantiles``.
 * ``r_squared`` = ``1 - mean((true - pred)^2) / mean(true^2)`` and ``absolute_deviation_explained`` =
   ``1 - mean(|true - pred|) / mean(|true|)``, over the pooled top + random tokens, after a linear
-  calibration of the simulation fitted on the ``valid`` records (slope <= 0 is refused: undefined).
+  calibration of the simulation. As OpenAI defined it, the calibration is fitted on held-out top and random
+  records 1:1 (:func:`calibration_indices`: the ``valid`` records, which are top-activating, and as many
+  ``test_random`` records beyond the ones scored), never on the scored records, and not on top records
+  alone (a top-only fit sees few zeros and overstates the scale). A fit with slope <= 0 (the simulation
+  anti-correlates) or on a constant simulation is refused: the score is undefined, with a reason starting
+  with :data:`CALIBRATION_REFUSED`, and the run summary counts such refusals per score.
 
 Classifiers (LLM judge, balanced accuracy, so a judge that always answers the same scores 0.5):
 
@@ -193,6 +198,21 @@ def absolute_deviation_explained(true: np.ndarray, pred: np.ndarray) -> float | 
     return float(1 - np.mean(np.abs(true - pred)) / denom)
 
 
+CALIBRATION_REFUSED = "calibration refused"
+"""How the reason of a score starts when its calibration fit was refused (slope <= 0, constant simulation)."""
+
+
+def calibration_indices(record: FeatureRecord, limit: int) -> tuple[list[int], list[int]]:
+    """Which records calibrate a simulation, top and random 1:1 (OpenAI's calibration set): indices into
+    ``record.valid`` (held-out top records; the first ``limit``, 0: all) and into ``record.test_random``
+    beyond the first ``limit`` (the ones scored), as many of each. No random record is spare when every
+    ``test_random`` record is scored (``limit`` 0): then there is no calibration."""
+    n_top = len(record.valid) if limit <= 0 else min(limit, len(record.valid))
+    spare = [] if limit <= 0 else list(range(limit, len(record.test_random)))
+    k = min(n_top, len(spare))
+    return list(range(k)), spare[:k]
+
+
 def simulation_scores(
     splits: dict[str, tuple[Sequence[ActivationRecord], Sequence[Simulation]]],
     calibration: tuple[Sequence[ActivationRecord], Sequence[Simulation]] | None = None,
@@ -201,8 +221,8 @@ def simulation_scores(
     """Every score in :data:`SIMULATION_SCORES` from the simulations of the test splits.
 
     ``splits`` maps ``test_top``/``test_random``/``test_quantiles`` to (records, simulations);
-    ``calibration`` is (valid records, their simulations) for the linear calibration of r_squared and
-    absolute_deviation_explained."""
+    ``calibration`` is (records, their simulations) for the linear calibration of r_squared and
+    absolute_deviation_explained: held-out top and random records 1:1 (:func:`calibration_indices`)."""
     empty: tuple[Sequence[ActivationRecord], Sequence[Simulation]] = ([], [])
     top = splits.get("test_top", empty)
     rnd = splits.get("test_random", empty)
@@ -217,16 +237,23 @@ def simulation_scores(
         if "test_quantiles" in splits
         else Score("correlation_quantiles", None, reason="test_quantiles records were not simulated"),
     ]
-    settings = {"calibration": "linear least squares on valid records", "pooled": "test_top+test_random"}
+    settings = {
+        "calibration": "linear least squares on held-out top (valid) and random (test_random) records, 1:1",
+        "pooled": "test_top+test_random",
+    }
     names = ("r_squared", "absolute_deviation_explained")
     if calibration is None or not calibration[0]:
-        out += [Score(n, None, reason="no calibration (valid) records", settings=settings) for n in names]
+        reason = (
+            "no calibration records: a 1:1 top/random calibration needs test_random records beyond the scored "
+            "ones (sample more with --n-random, or lower --max-records-per-split)"
+        )
+        out += [Score(n, None, reason=reason, settings=settings) for n in names]
         return out
     cal = [(r.activations, s.expected) for r, s in zip(*calibration, strict=True) if s.expected is not None]
     try:
         fit = fit_linear([t for t, _ in cal], [p for _, p in cal])  # type: ignore[misc]
     except CalibrationError as e:
-        out += [Score(n, None, reason=f"calibration refused: {e}", settings=settings) for n in names]
+        out += [Score(n, None, reason=f"{CALIBRATION_REFUSED}: {e}", settings=settings) for n in names]
         return out
     pooled = _pool(both_recs, both_sims, max_failed_fraction)
     if isinstance(pooled, str):
@@ -234,7 +261,7 @@ def simulation_scores(
         return out
     true, pred, n_failed = pooled
     pred = fit.apply(pred)
-    details = {"slope": fit.slope, "intercept": fit.intercept, "n_failed": n_failed}
+    details = {"slope": fit.slope, "intercept": fit.intercept, "n_failed": n_failed, "n_calibration": len(cal)}
     for name, fn in zip(names, (r_squared, absolute_deviation_explained), strict=True):
         v = fn(true, pred)
         if isinstance(v, str):

@@ -141,6 +141,12 @@ def _print_results(run_dir: Path, summary: Any) -> None:
     if len(rows) > MAX_ROWS:
         console.print(f"({len(rows) - MAX_ROWS} more features: see `autointerp export` or `autointerp report`)")
     console.print(means_table(summary.scores, summary.n_scored))
+    for label, refused in sorted(summary.n_calibration_refused.items()):
+        console.print(
+            f"{escape(label)}: calibration refused for {refused['explained']} explained and "
+            f"{refused['baseline']} baseline features (slope <= 0: the simulation anti-correlates, or a "
+            "constant simulation); their scores are undefined and left out of the means."
+        )
     _print_label_checks(summary)
     n_failed = len(summary.failed_features)
     console.print(

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -33,9 +33,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SimulationsFn = Callable[[str, str, FeatureRecord, str], Awaitable[tuple[list[Simulation], Usage]]]
-"""(explanation_id, text, record, split) -> simulations of that split's records (run-dir cached) and the
-simulator usage spent on the missing ones."""
+class SimulationsFn(Protocol):
+    """(explanation_id, text, record, split, indices) -> simulations of that split's records (run-dir cached;
+    ``indices`` None: the first ``max_records_per_split``) and the simulator usage spent on the missing ones."""
+
+    def __call__(
+        self, eid: str, text: str, record: FeatureRecord, split: str, indices: Sequence[int] | None = None
+    ) -> Awaitable[tuple[list[Simulation], Usage]]: ...
 
 
 @dataclass

@@ -49,7 +49,7 @@ class _SimulationScorer:
         self.score_names: tuple[str, ...] = SIMULATION_SCORES
 
     async def score(self, eid: str, text: str, record: FeatureRecord) -> Scored:
-        from autointerp.score import simulation_scores
+        from autointerp.score import calibration_indices, simulation_scores
 
         cfg = self.ctx.config
         usage = Usage()
@@ -61,9 +61,12 @@ class _SimulationScorer:
             sims, u = await self.ctx.simulations(eid, text, record, split)
             usage = usage + u
             splits[split] = (recs, sims)
-        cal_sims, u = await self.ctx.simulations(eid, text, record, "valid")
-        usage = usage + u
-        cal = (limit_records(record.valid, cfg.max_records_per_split), cal_sims)
+        top, rnd = calibration_indices(record, cfg.max_records_per_split)
+        cal_top, u = await self.ctx.simulations(eid, text, record, "valid", top)
+        cal_rnd, u2 = await self.ctx.simulations(eid, text, record, "test_random", rnd)
+        usage = usage + u + u2
+        cal_recs = [record.valid[i] for i in top] + [record.test_random[i] for i in rnd]
+        cal = (cal_recs, cal_top + cal_rnd)
         return Scored(simulation_scores(splits, cal, cfg.max_failed_fraction), usage)
 
 
