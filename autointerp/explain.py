@@ -211,6 +211,33 @@ def select_train_examples(record: FeatureRecord, n_top: int, n_quantile: int) ->
     return top
 
 
+def explainer_prompt_hash(settings: ExplainerSettings) -> str:
+    """Hash of the prompt template(s) an explainer with ``settings`` renders (stored with each label)."""
+    template = load_template(_TEMPLATES[settings.kind])
+    if not settings.show_vocab:
+        return template.hash
+    from autointerp.rundir import short_hash
+
+    return short_hash(template.text + load_template("explain_vocab.j2").text)
+
+
+def build_explainer_request(
+    settings: ExplainerSettings, examples: Sequence[ActivationRecord], vocab: dict[str, Any] | None = None
+) -> ChatRequest:
+    """The explainer's request for ``examples`` (and the vocabulary projection when ``show_vocab``): what
+    :meth:`Explainer.explain` sends, and what the report shows as a label's exact prompt."""
+    s = settings
+    if s.kind == "token_activation_pair":
+        body = format_token_activation_pairs(examples, s.max_value)
+    else:
+        body = format_highlighted(examples, s.highlight_threshold)
+    if s.show_vocab and vocab:
+        shown = {k: ", ".join(repr(escape_token(t)) for t, _ in vocab.get(k, [])) for k in ("top", "bottom")}
+        body += load_template("explain_vocab.j2").render(shown)
+    messages = load_template(_TEMPLATES[s.kind]).render_chat({"examples": body, "cot": s.cot, "max_value": s.max_value})
+    return ChatRequest(messages=messages, max_tokens=512 if s.cot else s.max_tokens)
+
+
 class Explainer:
     """An LLM explainer with one prompt format."""
 
@@ -230,25 +257,12 @@ class Explainer:
     @property
     def prompt_hash(self) -> str:
         """Hash of the prompt template(s) this explainer renders."""
-        if not self.settings.show_vocab:
-            return self.template.hash
-        from autointerp.rundir import short_hash
-
-        return short_hash(self.template.text + load_template("explain_vocab.j2").text)
+        return explainer_prompt_hash(self.settings)
 
     def build_messages(
         self, examples: Sequence[ActivationRecord], vocab: dict[str, Any] | None = None
     ) -> ChatRequest:
-        s = self.settings
-        if s.kind == "token_activation_pair":
-            body = format_token_activation_pairs(examples, s.max_value)
-        else:
-            body = format_highlighted(examples, s.highlight_threshold)
-        if s.show_vocab and vocab:
-            shown = {k: ", ".join(repr(escape_token(t)) for t, _ in vocab.get(k, [])) for k in ("top", "bottom")}
-            body += load_template("explain_vocab.j2").render(shown)
-        messages = self.template.render_chat({"examples": body, "cot": s.cot, "max_value": s.max_value})
-        return ChatRequest(messages=messages, max_tokens=512 if s.cot else s.max_tokens)
+        return build_explainer_request(self.settings, examples, vocab)
 
     async def explain(
         self, record: FeatureRecord, candidate: int = 0, temperature: float = 0.0, seed: int | None = None

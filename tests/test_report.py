@@ -289,3 +289,25 @@ def test_served_folder_gives_the_page_and_its_chunks(tmp_path: Path) -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+async def test_card_shows_the_exact_prompt_the_explainer_was_sent(tmp_path: Path) -> None:
+    from fake_llm import FakeLLM, synthetic_record
+
+    from autointerp.pipeline import Clients, ExplainConfig, run_explain
+
+    fake = FakeLLM(chat_fn=lambda req: "Explanation: the word cat")
+    run = tmp_path / "run"
+    cfg = ExplainConfig(max_records_per_split=2, baseline=False, scorers="simulation")
+    await run_explain(cfg, run, [synthetic_record(0, " cat")], Clients(fake, fake, fake))
+    sent = fake.chat_requests  # the explainer's request (the simulator here reads logprobs, not chat)
+    (card,) = report_data(load_run(run))["cards"]
+    shown = [(m["role"], m["content"]) for m in card["prompt"]["messages"]]
+    assert any(shown == [(m.role, m.content) for m in req.messages] for req in sent), "not the prompt sent"
+
+    # A changed template is detected by its hash: the prompt is then not shown, with the reason.
+    expl = run / "explanations.jsonl"
+    expl.write_text(expl.read_text(encoding="utf-8").replace(card["explanations"][0]["prompt_hash"], "0" * 16),
+                    encoding="utf-8")
+    (card,) = report_data(load_run(run))["cards"]
+    assert card["prompt"]["messages"] is None and "template changed" in card["prompt"]["reason"]

@@ -17,7 +17,7 @@ import pytest
 
 from autointerp.report import build_report
 from autointerp.report.chromium import Cdp, find_chromium, launch
-from autointerp.report.synthetic import write_synthetic_run
+from autointerp.report.synthetic import EVIL_TOKENS, write_synthetic_run
 
 CHROMIUM = find_chromium()
 websocket = pytest.importorskip("websocket", reason="websocket-client is not installed (pip install websocket-client)")
@@ -63,7 +63,7 @@ def _col(browser: Cdp, key: str) -> int:
 
 
 def test_report_in_chromium(browser: Cdp, tmp_path: Path) -> None:
-    run = write_synthetic_run(tmp_path / "run", n_features=6, evil_tokens=True)
+    run = write_synthetic_run(tmp_path / "run", n_features=6, evil_tokens=True, vocab=True)
     other = write_synthetic_run(tmp_path / "other", n_features=6, seed=3, quality=0.2)
     page = build_report(run.path, tmp_path / "report.html", compare=other.path)
     _open(browser, page.resolve().as_uri())
@@ -112,6 +112,10 @@ def test_report_in_chromium(browser: Cdp, tmp_path: Path) -> None:
     assert browser.eval("decodeURIComponent(location.hash)") == "#synthetic/L0/mlp_neurons:0"
     texts = browser.eval("Array.from(document.querySelectorAll('#card .tok')).map(t => t.textContent)")
     assert "<script>alert(1)</script>" in texts and '"><img src=x onerror=alert(1)>' in texts
+    # The vocabulary projection (promoted / suppressed tokens), hostile tokens shown as text.
+    promoted = browser.eval("Array.from(document.querySelectorAll('#card .vocab-top .vtok')).map(t => t.textContent)")
+    assert [p.strip() for p in promoted[:3]] == list(EVIL_TOKENS) and len(promoted) == 8
+    assert browser.eval("document.querySelectorAll('#card .vocab-bottom .vtok').length") == 5
     assert browser.eval("document.querySelector('#card details.prompts pre').textContent") == (
         "names of European capital cities"
     )

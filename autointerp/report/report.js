@@ -363,6 +363,17 @@
     d.appendChild(el("p", "legend", names.length
       ? "Prompt templates of this run (name: sha256 prefix): " + names.map(function (n) { return n + ": " + prompts[n]; }).join(", ")
       : "This run records no prompt templates."));
+    if (f.prompt) {
+      var pd = el("div", "raw");
+      pd.appendChild(el("div", "raw-head", "the selected label's explainer prompt (rebuilt from the record and the run's settings; its template hash matches the label's)"));
+      if (f.prompt.messages) {
+        f.prompt.messages.forEach(function (m) {
+          pd.appendChild(el("div", "role", m.role));
+          pd.appendChild(el("pre", "prompt", m.content));
+        });
+      } else { pd.appendChild(el("p", "undef", "prompt not shown: " + f.prompt.reason)); }
+      d.appendChild(pd);
+    }
     f.explanations.forEach(function (e) {
       var box = el("div", "raw");
       box.appendChild(el("div", "raw-head", (e.baseline ? "shuffled baseline" : "candidate #" + e.candidate) +

@@ -18,9 +18,9 @@ JS line separators escaped (no string can close a script element); the page buil
 ``textContent``/``createElement`` only; a Content-Security-Policy allows only the report's own script
 (by hash) and same-origin ``fetch``. Undefined numbers stay ``null`` with their reason.
 
-Output-side data (vocabulary projection) is shown when the feature's record carries a
-``vocab_projection`` attribute shaped ``{"top": [[token, value], ...], "bottom": [...]}``; output-side
-scores appear with every other score.
+Output-side data: the vocabulary projection (``RunData.vocab``, from ``FeatureRecord.vocab_projection``:
+``{"top": [[token, logit], ...], "bottom": [...]}``) is shown when the run has it; output-side scores
+(intervention, ...) appear with every other score.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ import numpy as np
 
 from autointerp.errors import UserError
 from autointerp.records import ActivationRecord, FeatureId, Score
-from autointerp.report.rundata import RunData, load_run
+from autointerp.report.rundata import ExplanationRow, RunData, load_run
 from autointerp.rundir import (
     EXPLANATIONS,
     MANIFEST,
@@ -170,13 +170,54 @@ def read_run(path: Path, *, records: bool = True) -> tuple[RunData, list[str]]:
 
 # -- cards -------------------------------------------------------------------------------------------
 
+_SETTINGS_KEYS = {"kind": "explainer_kind", "n_top": "n_top_examples", "n_quantile": "n_quantile_examples",
+                  "cot": "cot", "highlight_threshold": "highlight_threshold", "show_vocab": "show_vocab"}
+
+
+def _explainer_settings(manifest: dict[str, Any]) -> tuple[Any, str | None]:
+    """The run's ExplainerSettings from its manifest config, or (None, why not)."""
+    from autointerp.explain import EXPLAINER_KINDS, ExplainerSettings
+
+    cfg = manifest.get("config", {})
+    missing = [k for k in _SETTINGS_KEYS.values() if k not in cfg and k != "show_vocab"]
+    if missing or cfg.get("explainer_kind") not in EXPLAINER_KINDS:
+        return None, "the run's manifest does not record the explainer settings needed to rebuild the prompt"
+    kwargs = {field: cfg[key] for field, key in _SETTINGS_KEYS.items() if key in cfg}
+    return ExplainerSettings(**kwargs), None
+
+
+def _explainer_prompt(run: RunData, fid: str, expl: ExplanationRow | None, settings: Any, why: str | None
+                      ) -> dict[str, Any] | None:
+    """The exact explainer prompt of ``expl``, rebuilt from the record and the run's settings, checked by
+    the prompt-template hash stored with the label; or the reason it cannot be shown."""
+    if expl is None or expl.baseline:
+        return None
+    if settings is None:
+        return {"messages": None, "reason": why}
+    from autointerp.explain import build_explainer_request, explainer_prompt_hash, select_train_examples
+
+    rec = run.records.get(fid)
+    if rec is None:
+        return {"messages": None, "reason": "the feature's record is not in the run"}
+    stored, now = expl.raw.get("prompt_hash"), explainer_prompt_hash(settings)
+    if stored != now:
+        return {"messages": None,
+                "reason": f"the prompt template changed since this run (hash {stored}, now {now})"}
+    req = build_explainer_request(settings, select_train_examples(rec, settings.n_top, settings.n_quantile),
+                                  rec.vocab_projection)
+    return {"messages": [{"role": m.role, "content": m.content} for m in req.messages], "reason": None}
+
+
 
 def feature_card(
-    run: RunData, fid: str, *, max_examples: int = 20, names: list[str] | None = None
+    run: RunData, fid: str, *, max_examples: int = 20, names: list[str] | None = None,
+    settings: tuple[Any, str | None] | None = None,
 ) -> dict[str, Any]:
     """Everything the page shows for one feature (public so notebooks and tests can inspect it).
-    ``names``: the run's score names (pass them when building many cards: computing them scans every score)."""
+    ``names`` and ``settings`` (the run's score names and explainer settings) are computed when not given;
+    pass them when building many cards."""
     names = run.score_names() if names is None else names
+    settings = _explainer_settings(run.manifest) if settings is None else settings
     stats = run.stats.get(fid)
     sel = run.selected(fid)
     base = run.baseline(fid)
@@ -203,7 +244,7 @@ def feature_card(
                 items.append(item)
             if items:
                 examples[split] = items
-    vocab = getattr(rec, "vocab_projection", None) if rec is not None else None
+    vocab = run.vocab.get(fid)
     stats_json = None if stats is None else _clean(stats.to_json())
     if stats_json is not None and run.manifest.get("command") == "export-file" and not stats_json["n_tokens"]:
         del stats_json["n_tokens"]  # not in the exported file: unknown, not 0
@@ -239,6 +280,7 @@ def feature_card(
         ],
         "examples": examples,
         "vocab": _clean(vocab) if isinstance(vocab, dict) else None,
+        "prompt": _explainer_prompt(run, fid, sel, *settings),
     }
 
 
@@ -456,7 +498,8 @@ def report_data(
         "overview": _overview(run, c, warnings or []),
         "compare": None if compare is None else _compare(run, compare, c, compare.path.name),
     }
-    cards = [feature_card(run, fid, max_examples=max_examples, names=c.names) for fid in features]
+    settings = _explainer_settings(run.manifest)
+    cards = [feature_card(run, fid, max_examples=max_examples, names=c.names, settings=settings) for fid in features]
     return {"index": index, "cards": cards}
 
 

@@ -64,10 +64,12 @@ def write_synthetic_run(
     evil_tokens: bool = False,
     config: dict[str, Any] | None = None,
     source: str = "synthetic/L0/mlp_neurons",
+    vocab: bool = False,
 ) -> RunDir:
     """Write a complete synthetic run into ``path``. ``quality`` (0..1) sets how well simulations follow
     the true activations (so sweep cells can differ); feature 1 gets an undefined correlation and a
-    failed simulation, so every report path is exercised. Returns the RunDir."""
+    failed simulation, so every report path is exercised; ``vocab`` adds a vocabulary projection to every
+    record. Returns the RunDir."""
     rng = np.random.default_rng(seed)
     run = RunDir.create(Path(path), "explain", config or {"synthetic": True, "seed": seed, "quality": quality})
     records, expl_rows, sim_rows, score_rows = [], [], [], []
@@ -85,6 +87,14 @@ def write_synthetic_run(
             quantile_edges=[0.0, mx / 4, mx / 2, mx],
         )
         rec = FeatureRecord(fid, stats, train, top, quant, rand)
+        if vocab:  # a logit-lens projection; feature 0's promoted tokens include the hostile strings
+            words = [str(w) for w in rng.choice(_WORDS, size=10, replace=False)]
+            promoted = list(EVIL_TOKENS) + words[:5] if evil_tokens and i == 0 else words[:5]
+            rec.vocab_projection = {
+                "top": [[" " + w, round(float(8 - k), 3)] for k, w in enumerate(promoted)],
+                "bottom": [[" " + w, round(float(-3 - k), 3)] for k, w in enumerate(words[5:])],
+                "method": "synthetic",
+            }
         records.append(rec.to_json())
         for kind, text in (("0", labels[i]), ("baseline", labels[(i + 1) % n_features])):
             eid = f"{fid}#{kind}"
