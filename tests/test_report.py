@@ -203,6 +203,18 @@ def test_run_without_explanations_says_what_is_missing(tmp_path: Path) -> None:
     build_report(run.path)
 
 
+def test_cli_names_what_a_run_without_explanations_lacks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from autointerp.cli import main
+
+    run = write_synthetic_run(tmp_path / "run", n_features=2)
+    for name in ("explanations.jsonl", "simulations.jsonl", "scores.jsonl"):
+        run.file(name).unlink()
+    main(["report", str(run.path)])
+    err = " ".join(capsys.readouterr().err.split())
+    assert "no explanations yet" in err and "autointerp explain" in err
+    assert (run.path / "report.html").is_file()
+
+
 @pytest.mark.parametrize("fmt", ["parquet", "jsonl", "csv"])
 def test_an_exported_dataset_opens_like_a_run(tmp_path: Path, fmt: str) -> None:
     from autointerp.export import export_run

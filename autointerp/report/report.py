@@ -56,6 +56,8 @@ from autointerp.rundir import (
     atomic_write_text,
 )
 
+log = logging.getLogger(__name__)
+
 Layout = Literal["auto", "file", "folder"]
 
 SINGLE_FILE_MAX = 1000
@@ -398,7 +400,12 @@ def _overview(run: RunData, c: _Columns, warnings: list[str]) -> dict[str, Any]:
     present = {name: run.path.joinpath(name).exists() for name in _RUN_FILES} if run.path.is_dir() else {}
     n_explained = sum(1 for x in c.label if x is not None)
     missing: list[str] = []
-    if not c.ids:
+    if not c.ids and run.path.joinpath("records").is_dir():
+        missing.append(
+            f"a sampling run (records/) with no explanations yet: label it with "
+            f"`autointerp explain --cache-run {run.path}`, then report that run"
+        )
+    elif not c.ids:
         missing.append("no features: the run holds no records and no explanations yet")
     elif not run.explanations:
         missing.append(
@@ -597,4 +604,6 @@ def build_report(
     else:
         raise UserError(f"unknown report layout {layout!r}; use auto, file or folder")
     data = report_data(run, max_examples=max_examples, compare=other, warnings=warnings)
+    for message in data["index"]["overview"]["missing"]:
+        log.warning("%s: %s", run.path, message)
     return write_report(data, Path(out) if out is not None else default_out(Path(run_dir), chosen), chosen)
