@@ -107,3 +107,46 @@ async def test_generation_and_make_client(backend: TransformersBackend, tmp_path
     assert lp.logprobs[0].top == pytest.approx(reference(backend, "the cat", 0, 2), abs=1e-5)
     assert client.meter.cost_usd() == (0.0, "")
     await client.aclose()
+
+
+# -- the shared micro-batcher (also used by the vLLM backend) ---------------------------------------------
+
+
+async def test_micro_batcher_groups_concurrent_calls_up_to_max_batch_and_answers_each_caller() -> None:
+    from autointerp.llm.batching import MicroBatcher
+
+    seen: list[list[int]] = []
+
+    def run(items: list[int]) -> list[int | BaseException]:
+        seen.append(items)
+        return [ValueError(f"odd {i}") if i % 7 == 6 else i * 10 for i in items]
+
+    batcher: MicroBatcher[int, int] = MicroBatcher(run, max_batch=8, wait_s=0.01)
+    got = await asyncio.gather(*(batcher.submit(i) for i in range(20)), return_exceptions=True)
+    assert [len(b) for b in seen] == [8, 8, 4] and sorted(i for b in seen for i in b) == list(range(20))
+    for i, g in enumerate(got):  # a per-item error fails that caller only
+        assert (isinstance(g, ValueError) and str(g) == f"odd {i}") if i % 7 == 6 else g == i * 10
+
+
+async def test_micro_batcher_fails_a_whole_batch_on_an_engine_error_and_skips_callers_gone() -> None:
+    from autointerp.llm.batching import MicroBatcher
+
+    def boom(items: list[int]) -> list[int | BaseException]:
+        raise RuntimeError("engine died")
+
+    batcher: MicroBatcher[int, int] = MicroBatcher(boom, max_batch=4)
+    got = await asyncio.gather(*(batcher.submit(i) for i in range(3)), return_exceptions=True)
+    assert all(isinstance(g, RuntimeError) and "engine died" in str(g) for g in got)
+
+    sizes: list[int] = []
+
+    def ok(items: list[int]) -> list[int | BaseException]:
+        sizes.append(len(items))
+        return list(items)
+
+    later: MicroBatcher[int, int] = MicroBatcher(ok, max_batch=4, wait_s=0.05)
+    gone = asyncio.ensure_future(later.submit(1))
+    stays = asyncio.ensure_future(later.submit(2))
+    await asyncio.sleep(0)
+    gone.cancel()
+    assert await stays == 2 and sizes == [1]  # the cancelled caller was not sent to the engine

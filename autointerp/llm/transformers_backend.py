@@ -1,8 +1,9 @@
 """``transformers:<name-or-path>``: a local Hugging Face causal LM in this process.
 
 ``top_logprobs`` is the reason to use it: the prompt is tokenized once with character offsets, ONE forward
-pass reads the next-token distribution at every requested position (several concurrent requests are
-padded into one batch), and only the logits of those positions are computed (``logits_to_keep``).
+pass reads the next-token distribution at every requested position (concurrent requests are padded into
+one batch by the shared :class:`~autointerp.llm.batching.MicroBatcher`, up to ``max_batch``), and only the
+logits of those positions are computed (``logits_to_keep``).
 Position p must be a token boundary of the tokenized prompt: some token ends exactly at p and the next
 one starts at or after p; otherwise the request fails naming the position (there is no token "after
 ``prompt[:p]``" inside a token).
@@ -31,6 +32,7 @@ from autointerp.llm.base import (
     TokenLogprobs,
     TopLogprobsRequest,
 )
+from autointerp.llm.batching import MicroBatcher
 from autointerp.llm.openai_backend import check_positions
 from autointerp.records import Usage
 
@@ -65,8 +67,9 @@ class TransformersBackend:
         self.device = device
         self.max_batch = max_batch
         self._lock = threading.Lock()
-        self._queue: list[tuple[TopLogprobsRequest, asyncio.Future[LLMResponse]]] = []
-        self._worker: asyncio.Task[None] | None = None
+        self.batcher: MicroBatcher[TopLogprobsRequest, LLMResponse] = MicroBatcher(
+            self._forward_batch, max_batch=max_batch, describe=f"{spec} forward pass"
+        )
         self.forward_passes = 0
         """Forward passes run for top_logprobs (a batch of requests counts once)."""
 
@@ -106,31 +109,15 @@ class TransformersBackend:
 
     async def top_logprobs(self, request: TopLogprobsRequest) -> LLMResponse:
         check_positions(request)
-        fut: asyncio.Future[LLMResponse] = asyncio.get_running_loop().create_future()
-        self._queue.append((request, fut))
-        if self._worker is None or self._worker.done():
-            self._worker = asyncio.ensure_future(self._drain())
-        return await fut
+        return await self.batcher.submit(request)
 
-    async def _drain(self) -> None:
-        await asyncio.sleep(0)  # let concurrent callers enqueue
-        while self._queue:
-            batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
-            live = [(r, f) for r, f in batch if not f.done()]
-            if not live:
-                continue
-            try:
-                results = await asyncio.to_thread(self._forward, [r for r, _ in live])
-            except Exception as e:  # the whole pass failed: every request in it fails with the reason
-                err = e if isinstance(e, LLMError) else LLMError(f"{self.spec}: forward pass failed: {e}")
-                results = [err] * len(live)
-            for (_, f), res in zip(live, results, strict=True):
-                if f.done():
-                    continue
-                if isinstance(res, BaseException):
-                    f.set_exception(res)
-                else:
-                    f.set_result(res)
+    def _forward_batch(self, requests: list[TopLogprobsRequest]) -> list[LLMResponse | LLMError]:
+        try:
+            return self._forward(requests)
+        except LLMError:
+            raise
+        except Exception as e:  # the whole pass failed: every request in it fails with the reason
+            raise LLMError(f"{self.spec}: forward pass failed: {e}") from e
 
     def _forward(self, requests: list[TopLogprobsRequest]) -> list[LLMResponse | LLMError]:
         import torch
