@@ -29,7 +29,14 @@ from typing import Any
 
 from autointerp.corpus import Shard
 from autointerp.errors import UserError
-from autointerp.sampling import SamplingConfig, SamplingResult, SamplingSetup, merge_partials, prepare_sampling
+from autointerp.sampling import (
+    SamplingConfig,
+    SamplingResult,
+    SamplingSetup,
+    merge_shard_runs,
+    prepare_sampling,
+    source_dirs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -87,13 +94,18 @@ def _finished(setup: SamplingSetup, config: SamplingConfig, run_dir: Path) -> Sa
     from autointerp.errors import RunDirError
     from autointerp.record_store import load_records_meta
 
-    if not (Path(run_dir) / "records" / "meta.json").exists():
+    dirs = source_dirs(run_dir)
+    if not all((d / "records" / "meta.json").exists() for d in dirs):
         return None
-    meta = load_records_meta(run_dir)
-    if meta.get("config") != config_to_dict(config) or meta.get("source") != setup.address()[1]:
-        raise RunDirError(f"{run_dir}/records holds records of another configuration; use a new --run-dir")
-    return SamplingResult(Path(run_dir) / "records", int(meta["n_tokens"]), int(meta["n_windows"]),
-                          len(meta["features"]), int(meta["n_dead"]), 0.0, None, True, meta.get("content_fingerprint"))
+    metas = [load_records_meta(d) for d in dirs]
+    if any(m.get("config") != config_to_dict(config) for m in metas) or sorted(
+        str(m.get("source")) for m in metas
+    ) != sorted(setup.address()[1].split(",")):
+        raise RunDirError(f"{run_dir} holds records of another configuration; use a new --run-dir")
+    m = metas[0]
+    return SamplingResult(dirs[0] / "records", int(m["n_tokens"]), int(m["n_windows"]),
+                          sum(len(x["features"]) for x in metas), sum(int(x["n_dead"]) for x in metas), 0.0, None,
+                          True, m.get("content_fingerprint"))
 
 
 def _ray() -> Any:
@@ -128,7 +140,7 @@ def run_sharded(
     else:
         summaries = _run_ray(setup, config, run_dir, shards, execution, progress)
     parts = [shard_dir(run_dir, s) for s in shards]
-    result = merge_partials(parts, run_dir)
+    result = merge_shard_runs(parts, run_dir)
     seconds = time.perf_counter() - t0
     tokens_run = sum(int(s["n_tokens"]) for s in summaries if not s["resumed"])
     return replace(result, seconds=seconds, tokens_per_s=tokens_run / seconds if tokens_run and seconds > 0 else None)

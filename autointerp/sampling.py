@@ -41,10 +41,11 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -507,9 +508,13 @@ class Sampler:
 
     @torch.inference_mode()
     def step(self, batch: WindowBatch) -> None:
-        """Process one batch of windows."""
+        """Process one batch of windows: forward to the source's hook, then ``consume``."""
         hook = self.source.hook
-        h = self.subject.run(batch.input_ids, [hook])[hook]
+        self.consume(batch, self.subject.run(batch.input_ids, [hook])[hook])
+
+    @torch.inference_mode()
+    def consume(self, batch: WindowBatch, h: torch.Tensor) -> None:
+        """Encode the activations ``h [B, T, d]`` at the source's hook and update the state."""
         bsz, t, d = h.shape
         dtype = self.subject.dtype
         _check_finite(h, self.source, "model activations", dtype)
@@ -559,9 +564,23 @@ def _records_meta(source: FeatureSource, subject: Subject, windows: TokenWindows
     }
 
 
+def source_slug(address: str) -> str:
+    """The folder name of a source in a run holding several (``<run>/sources/<slug>``)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", address).strip("_") or "source"
+
+
+def source_dirs(run_dir: Path) -> list[Path]:
+    """The sample-run folders of ``run_dir``: itself for one source, ``sources/<slug>`` for several."""
+    run_dir = Path(run_dir)
+    multi = run_dir / "sources"
+    if multi.is_dir() and not (run_dir / "records").exists():
+        return sorted(p for p in multi.iterdir() if p.is_dir())
+    return [run_dir]
+
+
 def run_sampling(
     subject: Subject,
-    source: FeatureSource,
+    source: FeatureSource | Sequence[FeatureSource],
     windows: TokenWindows,
     config: SamplingConfig,
     run_dir: Path,
@@ -569,28 +588,43 @@ def run_sampling(
     shard: Shard | None = None,
 ) -> SamplingResult:
     """Run the sampling pass and write ``run_dir/records`` (with ``shard``: its mergeable partial state);
-    resumes from a checkpoint there if one exists, and returns at once when the output is already complete."""
+    resumes from a checkpoint there if one exists, and returns at once when the output is already complete.
+
+    Several sources (a sequence) share one forward pass, stopped after the deepest hook; each gets its own
+    records in ``run_dir/sources/<slug>/records`` (its feature ids keep its address). The result is the first
+    source's, with ``n_features`` and ``n_dead`` summed over the sources."""
     config.validate()
     if windows.window != config.window:
         raise UserError(f"corpus windows have {windows.window} tokens but the config says {config.window}")
-    rec_dir = Path(run_dir) / "records"
-    rec_dir.mkdir(parents=True, exist_ok=True)
-    fingerprint = _fingerprint(config, source, subject, windows, shard)
-    done = _already_done(rec_dir, fingerprint, shard)
-    if done is not None:
-        return done
+    sources = list(source) if isinstance(source, Sequence) else [source]
+    if not sources:
+        raise UserError("no source to sample; give --hook or --sae")
+    dupes = sorted({s.address for s in sources if [t.address for t in sources].count(s.address) > 1})
+    if dupes:
+        raise UserError(f"source {dupes[0]} is given twice; give each hook or SAE once")
+    multi = len(sources) > 1
+    outs = [Path(run_dir) / "sources" / source_slug(s.address) if multi else Path(run_dir) for s in sources]
+    rec_dirs = [o / "records" for o in outs]
+    for r in rec_dirs:
+        r.mkdir(parents=True, exist_ok=True)
+    fingerprints = [_fingerprint(config, s, subject, windows, shard) for s in sources]
+    done = [_already_done(r, fp, shard) for r, fp in zip(rec_dirs, fingerprints, strict=True)]
+    if all(d is not None for d in done):
+        return _combined([d for d in done if d is not None])
 
-    sampler = Sampler(subject, source, config)
-    state = sampler.state
-    ckpt = rec_dir / ".checkpoint.pt"
+    samplers = [Sampler(subject, s, config) for s in sources]
+    hooks = list(dict.fromkeys(s.source.hook for s in samplers))
+    state = samplers[0].state  # the counters (tokens, windows, batches) are the same in every state
+    ckpt = (Path(run_dir) / "sources" if multi else rec_dirs[0]) / ".checkpoint.pt"
     digest = ContentDigest()
     resumed = False
     expect: str | None = None
     if ckpt.exists():
         d = torch.load(ckpt, map_location="cpu", weights_only=False)
-        if d.get("fingerprint") != fingerprint:
+        if d.get("fingerprint") != fingerprints:
             raise RunDirError(f"{ckpt} is a checkpoint of another configuration; use a new --run-dir")
-        state.load_dict(d["state"], subject.device)
+        for smp, st in zip(samplers, d["states"], strict=True):
+            smp.state.load_dict(st, subject.device)
         expect = str(d["content"])
         resumed = True
         log.info("resuming sampling at window %d (%d tokens done)", state.next_window, state.n_tokens)
@@ -598,7 +632,7 @@ def run_sampling(
     def check_content() -> None:
         if expect is not None and digest.hexdigest() != expect:
             raise RunDirError(
-                f"corpus {windows.name} changed since the checkpoint in {rec_dir} (its content fingerprint "
+                f"corpus {windows.name} changed since the checkpoint in {ckpt.parent} (its content fingerprint "
                 "differs); restore the corpus or sample into a new --run-dir"
             )
 
@@ -612,12 +646,20 @@ def run_sampling(
             checked = True
         if state.n_tokens >= config.tokens:
             break
-        sampler.step(batch)
+        if multi:
+            with torch.inference_mode():
+                acts = subject.run(batch.input_ids, hooks)  # one forward pass for every source
+            for smp in samplers:
+                smp.consume(batch, acts[smp.source.hook])
+        else:
+            samplers[0].step(batch)
         digest.update_batch(batch)
         tokens_run += batch.n_tokens
         if state.batches % config.checkpoint_every == 0:
-            state.prune_tokens()
-            _save_torch(ckpt, {"fingerprint": fingerprint, "state": state.to_dict(), "content": digest.hexdigest()})
+            for smp in samplers:
+                smp.state.prune_tokens()
+            _save_torch(ckpt, {"fingerprint": fingerprints, "states": [smp.state.to_dict() for smp in samplers],
+                               "content": digest.hexdigest()})
         if progress is not None:
             progress(state.n_tokens, config.tokens)
     if not checked:
@@ -626,6 +668,25 @@ def run_sampling(
     rate = tokens_run / seconds if tokens_run and seconds > 0 else None
     if state.n_windows == 0 and shard is None:
         raise UserError(f"corpus {windows.name} produced no windows; pass a corpus with text in it")
+    results = [_finish(smp, rec_dir, fp, subject, windows, config, digest, shard, seconds, rate, resumed)
+               for smp, rec_dir, fp in zip(samplers, rec_dirs, fingerprints, strict=True)]
+    ckpt.unlink(missing_ok=True)
+    return _combined(results)
+
+
+def _combined(results: list[SamplingResult]) -> SamplingResult:
+    if len(results) == 1:
+        return results[0]
+    dead = [r.n_dead for r in results]
+    return replace(results[0], n_features=sum(r.n_features for r in results),
+                   n_dead=None if any(d is None for d in dead) else sum(d for d in dead if d is not None))
+
+
+def _finish(sampler: Sampler, rec_dir: Path, fingerprint: dict[str, Any], subject: Subject, windows: TokenWindows,
+            config: SamplingConfig, digest: ContentDigest, shard: Shard | None, seconds: float, rate: float | None,
+            resumed: bool) -> SamplingResult:
+    """Write one source's records (or, for a shard, its partial state)."""
+    state, source = sampler.state, sampler.source
     meta = _records_meta(source, subject, windows, config, digest.hexdigest())
     if shard is not None:
         state.prune_tokens()
@@ -634,12 +695,10 @@ def run_sampling(
         _save_torch(rec_dir / PARTIAL, {"fingerprint": fingerprint, "state": state.to_dict(), "meta": meta,
                                         "features": sampler.features, "content": digest.hexdigest(),
                                         "content_start": windows.content_start, "vocab": vocab})
-        ckpt.unlink(missing_ok=True)
         return SamplingResult(rec_dir, state.n_tokens, state.n_windows, len(sampler.features), None, seconds,
                               rate, resumed, digest.hexdigest())
     n_dead = write_records(rec_dir, state.finished(), sampler.features, config.split_sizes(), config.window,
                            windows.content_start, _decoder(subject.tokenizer), meta)
-    ckpt.unlink(missing_ok=True)
     return SamplingResult(rec_dir, state.n_tokens, state.n_windows, len(sampler.features), n_dead, seconds, rate,
                           resumed, digest.hexdigest())
 
@@ -769,6 +828,39 @@ def merge_partials(parts: Sequence[Path], out: Path, loaded: list[dict[str, Any]
                           time.perf_counter() - t0, None, False, content.hexdigest())
 
 
+def _shard_sources(parts: Sequence[Path]) -> list[str] | None:
+    """The source folders shared by every shard of a several-source pass; None for one-source shards."""
+    kinds = [(Path(p) / "sources").is_dir() and not (Path(p) / "records").exists() for p in parts]
+    if not any(kinds):
+        return None
+    if not all(kinds):
+        raise UserError("some shards hold several sources and some one; merge shards of one `sample --shard` run")
+    names = [sorted(d.name for d in (Path(p) / "sources").iterdir() if d.is_dir()) for p in parts]
+    for p, n in zip(parts, names, strict=True):
+        if n != names[0]:
+            raise UserError(f"{p} holds other sources than {parts[0]}; merge shards of one `sample --shard` run")
+    return names[0]
+
+
+def check_shard_runs(parts: Sequence[Path]) -> list[list[dict[str, Any]]]:
+    """``check_partials`` for every source of the shard runs ``parts`` (one or several sources each)."""
+    names = _shard_sources(parts)
+    if names is None:
+        return [check_partials(parts)]
+    return [check_partials([Path(p) / "sources" / n for p in parts]) for n in names]
+
+
+def merge_shard_runs(parts: Sequence[Path], out: Path) -> SamplingResult:
+    """Merge shard runs (of one or several sources) into ``out``; everything is checked before writing."""
+    loaded = check_shard_runs(parts)
+    names = _shard_sources(parts)
+    if names is None:
+        return merge_partials(parts, out, loaded[0])
+    results = [merge_partials([Path(p) / "sources" / n for p in parts], Path(out) / "sources" / n, lo)
+               for n, lo in zip(names, loaded, strict=True)]
+    return _combined(results)
+
+
 # -- the one library call ------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class SamplingSetup:
@@ -778,9 +870,11 @@ class SamplingSetup:
     """Subject model: embedded gemma3-270m (default) or smollm2-135m, a local folder, or a Hugging Face id.
     With --sae, defaults to the SAE's model."""
     hook: str | None = None
-    """Hook point for neurons, e.g. L6/mlp_neurons or L6/resid_post."""
+    """Hook point for neurons, e.g. L6/mlp_neurons or L6/resid_post; a comma list (L3/mlp_neurons,L6/mlp_neurons)
+    samples them all in one forward pass."""
     sae: str | None = None
-    """SAE registry address (see `autointerp sources`) or the path of a local SAE file or folder."""
+    """SAE registry address (see `autointerp sources`) or the path of a local SAE file or folder; a comma list of
+    addresses samples them all in one forward pass."""
     sae_dir: Path | None = None
     """Local folder laid out like the SAE's hub repo (files of a registry --sae address)."""
     corpus: str = "wiki"
@@ -795,9 +889,27 @@ class SamplingSetup:
     """CPU threads for torch."""
 
     def address(self) -> tuple[str, str]:
-        """(subject model name, source address) without loading the model; UserError on bad options."""
-        name, address, _ = self.resolve()
-        return name, address
+        """(subject model name, source address(es), comma-separated) without loading the model; UserError on
+        bad options."""
+        name, addresses, _ = self.resolve_all()
+        return name, ",".join(addresses)
+
+    def resolve_all(self) -> tuple[str, list[str], list[Callable[[Subject], FeatureSource]]]:
+        """Like ``resolve`` for comma-separated lists of hooks (``--hook L3/mlp_neurons,L6/mlp_neurons``) or
+        SAEs (``--sae a,b``): several sources of one subject model, sampled in one forward pass."""
+        if self.sae and "," in self.sae:
+            parts = [replace(self, sae=a.strip(), hook=None) for a in self.sae.split(",") if a.strip()]
+        elif not self.sae and self.hook and "," in self.hook:
+            parts = [replace(self, hook=h.strip()) for h in self.hook.split(",") if h.strip()]
+        else:
+            parts = [self]
+        resolved = [p.resolve() for p in parts]
+        models = sorted({r[0] for r in resolved})
+        if len(models) > 1:
+            raise UserError(
+                f"the sources read different models ({', '.join(models)}); sample one model's sources per run"
+            )
+        return models[0], [r[1] for r in resolved], [r[2] for r in resolved]
 
     def resolve(self) -> tuple[str, str, Callable[[Subject], FeatureSource]]:
         """(subject model name, source address, source loader given the subject); nothing heavy is loaded.
@@ -865,18 +977,26 @@ class SamplingJob:
     setup: SamplingSetup
     config: SamplingConfig
     subject: Subject
-    source: FeatureSource
+    sources: list[FeatureSource]
+    """One or several sources (several share one forward pass)."""
     windows: TokenWindows
+
+    @property
+    def source(self) -> FeatureSource:
+        """The first source."""
+        return self.sources[0]
 
     def describe(self) -> dict[str, Any]:
         """Manifest entries of the job."""
-        return {"model": self.subject.name, "source": self.source.address, "hook": str(self.source.hook),
+        return {"model": self.subject.name, "source": ",".join(s.address for s in self.sources),
+                "hook": ",".join(str(s.hook) for s in self.sources),
                 "corpus": self.windows.describe(), "seeds": {"sampling": self.config.seed},
                 "device": self.setup.device, "dtype": self.setup.dtype, "threads": self.setup.threads}
 
     def run(self, run_dir: Path, progress: ProgressCallback | None = None, shard: Shard | None = None
             ) -> SamplingResult:
-        return run_sampling(self.subject, self.source, self.windows, self.config, run_dir, progress, shard)
+        target: FeatureSource | list[FeatureSource] = self.sources if len(self.sources) > 1 else self.sources[0]
+        return run_sampling(self.subject, target, self.windows, self.config, run_dir, progress, shard)
 
 
 def prepare_sampling(setup: SamplingSetup, config: SamplingConfig) -> SamplingJob:
@@ -887,12 +1007,15 @@ def prepare_sampling(setup: SamplingSetup, config: SamplingConfig) -> SamplingJo
     from autointerp.subject import load_subject
 
     config.validate()
-    subject_name, _, load_source = setup.resolve()
+    subject_name, _, loaders = setup.resolve_all()
     subject = load_subject(subject_name, device=setup.device, dtype=setup.dtype, threads=setup.threads)
-    source = load_source(subject)
-    subject.check_hook(source.hook)
-    source = source.to(subject.device, subject.dtype)
+    sources = []
+    for load_source in loaders:
+        source = load_source(subject)
+        subject.check_hook(source.hook)
+        sources.append(source.to(subject.device, subject.dtype))
     windows = load_corpus(setup.corpus, subject.tokenizer, config.window, max_tokens=config.tokens,
                           seed=config.seed, text_field=setup.text_field)
-    check_source(source, selected_features(config, source))
-    return SamplingJob(setup, config, subject, source, windows)
+    for source in sources:
+        check_source(source, selected_features(config, source))
+    return SamplingJob(setup, config, subject, sources, windows)

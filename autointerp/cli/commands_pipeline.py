@@ -49,7 +49,7 @@ def _prepare_sampling(
     :class:`~autointerp.scorers.base.Models`) so scorers that need them (steering) check them now and reuse
     them later."""
     from autointerp.record_store import load_feature_records
-    from autointerp.sampling import SamplingConfig, SamplingSetup, parse_feature_ranges, prepare_sampling
+    from autointerp.sampling import SamplingConfig, SamplingSetup, parse_feature_ranges, prepare_sampling, source_dirs
 
     if not (sae or hook):
         raise UserError(
@@ -67,19 +67,20 @@ def _prepare_sampling(
 
     def sample(run_dir: Path) -> Any:
         sample_run = run_dir / "sample"
-        console.print(f"sampling {tokens} tokens of {corpus} through {escape(job.source.address)} ...")
+        names = ", ".join(s.address for s in job.sources)
+        console.print(f"sampling {tokens} tokens of {corpus} through {escape(names)} ...")
         job.run(sample_run)
-        return load_feature_records(sample_run)
+        return [r for d in source_dirs(sample_run) for r in load_feature_records(d)]
 
     return sample
 
 
 def _load_sample_run(sample_run: Path, features: str | None) -> Any:
     from autointerp.record_store import load_feature_records
-    from autointerp.sampling import parse_feature_ranges
+    from autointerp.sampling import parse_feature_ranges, source_dirs
 
     feats = parse_feature_ranges(features) if features else None
-    return load_feature_records(sample_run, feats)
+    return [r for d in source_dirs(sample_run) for r in load_feature_records(d, feats)]
 
 
 def _print_usage(usage: dict[str, Any]) -> None:

@@ -156,19 +156,21 @@ def merge(
 ) -> None:
     """Merge the shards of one sampling pass into records identical to an unsharded run's."""
     from autointerp.rundir import RunDir
-    from autointerp.sampling import check_partials, config_from_dict, merge_partials
+    from autointerp.sampling import check_shard_runs, config_from_dict, merge_shard_runs
 
-    loaded = check_partials(parts)  # every check before anything is written
+    per_source = check_shard_runs(parts)  # every check before anything is written
+    loaded = per_source[0]
     fp = loaded[0]["fingerprint"]
     cfg = config_from_dict(fp["config"])
-    manifest_cfg = {"model": fp["model"], "source": fp["source"], "corpus": fp["corpus"]["corpus"],
+    source = ",".join(lo[0]["fingerprint"]["source"] for lo in per_source)
+    manifest_cfg = {"model": fp["model"], "source": source, "corpus": fp["corpus"]["corpus"],
                     "sampling": config_to_dict(cfg), "shards": len(loaded)}
     run = RunDir.create(out, STAGE, manifest_cfg)
     run.set_stage(STAGE, "running")
-    result = merge_partials(parts, run.path, loaded)
-    run.update_manifest({"model": fp["model"], "source": fp["source"], "corpus": fp["corpus"],
+    result = merge_shard_runs(parts, run.path)
+    run.update_manifest({"model": fp["model"], "source": source, "corpus": fp["corpus"],
                          "content_fingerprint": result.content_fingerprint,
                          "merged_from": [str(p) for p in parts]})
     run.set_stage(STAGE, "done", tokens=result.n_tokens, windows=result.n_windows, features=result.n_features,
                   dead=result.n_dead, merged_shards=len(loaded))
-    _print_result(f"merged {len(loaded)} shards: {fp['source']}", result, cfg.window)
+    _print_result(f"merged {len(loaded)} shards: {source}", result, cfg.window)
