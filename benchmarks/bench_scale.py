@@ -1,0 +1,141 @@
+"""Scaling numbers: Ray overhead (2 shards vs one process) and memory at SAE scale (16,384 latents).
+
+- ``ray``: ``autointerp sample`` on the embedded gemma3-270m, all 2,048 L6 MLP neurons, the same 20,000 wiki
+  tokens (batches of 32 windows of 64 tokens): one process with 2 torch threads, then ``--executor ray
+  --workers 2 --threads 1`` (2 shards on a local Ray cluster started in-process). Both are whole commands
+  (subprocesses), timed end to end; the merged records are checked equal to the one-process records. On 2
+  cores this measures overhead, not speed-up. Goal: Ray wall time at most 1.15x.
+- ``memory``: a random-weight dense ReLU SAE with 16,384 latents at L6/resid_post of gemma3-270m
+  (``sources.sae.random_sae``), every latent sampled over ``--sae-tokens`` tokens in a fresh process; then,
+  in two more fresh processes, all records read at once (``load_feature_records``) vs streamed 1,024 features
+  at a time (``iter_feature_records``). Peak RSS is the kernel's high-water mark (``VmHWM``).
+
+    flock /tmp/autointerp-heavy.lock .venv/bin/python benchmarks/bench_scale.py [--only ray|memory]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+SAMPLE = ["--model", "gemma3-270m", "--hook", "L6/mlp_neurons", "--tokens", "20000", "--batch-size", "32",
+          "--window", "64", "--checkpoint-every", "1000"]
+
+
+def _vmhwm_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _cli(args: list[str]) -> float:
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "autointerp", *args], check=True, env=env, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+def _arrays(run: Path) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    for f in sorted((run / "records").glob("*.npz")):
+        with np.load(f) as z:
+            out.update({f"{f.name}/{k}": z[k] for k in z.files})
+    return out
+
+
+def bench_ray(tmp: Path) -> None:
+    one = _cli(["sample", *SAMPLE, "--threads", "2", "--run-dir", str(tmp / "one")])
+    ray = _cli(["sample", *SAMPLE, "--threads", "1", "--executor", "ray", "--workers", "2",
+                "--run-dir", str(tmp / "ray")])
+    a, b = _arrays(tmp / "one"), _arrays(tmp / "ray")
+    same = a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    print(f"ray: one process (2 threads) {one:.1f} s; 2 Ray shards (1 thread each) {ray:.1f} s; "
+          f"ratio {ray / one:.3f} (goal <= 1.15); merged records equal: {same}")
+
+
+def _child_sample(out: str, tokens: int) -> None:
+    import torch
+
+    from autointerp.corpus import load_corpus
+    from autointerp.hooks import HookPoint
+    from autointerp.sampling import SamplingConfig, run_sampling
+    from autointerp.sources.sae import random_sae
+    from autointerp.subject import load_subject
+
+    torch.set_num_threads(2)
+    subject = load_subject("gemma3-270m", threads=2)
+    hook = HookPoint(6, "resid_post")
+    sae = random_sae(hook, subject.d_model, 16_384, seed=0, model_name="gemma3-270m")
+    cfg = SamplingConfig(tokens=tokens, checkpoint_every=1000)
+    windows = load_corpus("wiki", subject.tokenizer, cfg.window, max_tokens=cfg.tokens, seed=0)
+    t0 = time.perf_counter()
+    res = run_sampling(subject, sae, windows, cfg, Path(out))
+    print(json.dumps({"peak_rss_mb": _vmhwm_mb(), "seconds": time.perf_counter() - t0, "tokens": res.n_tokens,
+                      "features": res.n_features, "dead": res.n_dead}))
+
+
+def _child_read(out: str, mode: str) -> None:
+    from autointerp.record_store import iter_feature_records, load_feature_records
+
+    t0 = time.perf_counter()
+    n = 0
+    if mode == "all":
+        n = len(load_feature_records(Path(out)))
+    else:
+        for chunk in iter_feature_records(Path(out)):
+            n += len(chunk)
+    print(json.dumps({"peak_rss_mb": _vmhwm_mb(), "seconds": time.perf_counter() - t0, "records": n}))
+
+
+def _child(args: list[str]) -> dict[str, float]:
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    out = subprocess.run([sys.executable, __file__, "--child", *args], check=True, env=env, capture_output=True,
+                         text=True).stdout
+    return dict(json.loads(out.strip().splitlines()[-1]))
+
+
+def bench_memory(tmp: Path, tokens: int) -> None:
+    run = str(tmp / "sae16k")
+    s = _child(["sample", run, str(tokens)])
+    print(f"memory: sampling 16,384 random latents over {s['tokens']:.0f} tokens: peak RSS {s['peak_rss_mb']:.0f} MB "
+          f"({s['seconds']:.0f} s, {s['dead']:.0f} dead)")
+    size = sum(f.stat().st_size for f in (Path(run) / "records").iterdir()) / 2**20
+    a = _child(["read", run, "all"])
+    b = _child(["read", run, "stream"])
+    print(f"memory: records store {size:.0f} MB on disk; reading all {a['records']:.0f} records at once: peak RSS "
+          f"{a['peak_rss_mb']:.0f} MB ({a['seconds']:.1f} s); streamed 1,024 at a time: {b['peak_rss_mb']:.0f} MB "
+          f"({b['seconds']:.1f} s)")
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        kind, out, arg = sys.argv[2:5]
+        if kind == "sample":
+            _child_sample(out, int(arg))
+        else:
+            _child_read(out, arg)
+        return
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", choices=["ray", "memory"])
+    ap.add_argument("--sae-tokens", type=int, default=4096)
+    args = ap.parse_args()
+    print(f"load before: {os.getloadavg()}")
+    with tempfile.TemporaryDirectory(prefix="autointerp-bench-scale-") as tmp:
+        if args.only in (None, "ray"):
+            bench_ray(Path(tmp))
+        if args.only in (None, "memory"):
+            bench_memory(Path(tmp), args.sae_tokens)
+    print(f"load after: {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()
