@@ -5,12 +5,15 @@
   --workers 2 --threads 1`` (2 shards on a local Ray cluster started in-process). Both are whole commands
   (subprocesses), timed end to end; the merged records are checked equal to the one-process records. On 2
   cores this measures overhead, not speed-up. Goal: Ray wall time at most 1.15x.
+- ``multihook``: L3, L6 and L9 MLP neurons of gemma3-270m (all 2,048 each) over the same ``--hook-tokens``
+  wiki tokens: one pass with the 3 hooks, one pass with L9 alone, and L3 and L6 alone, all in one process
+  (``run_sampling``, 2 threads), timed by wall clock. Goal: the 3-hook pass at most 1.3x the L9 pass.
 - ``memory``: a random-weight dense ReLU SAE with 16,384 latents at L6/resid_post of gemma3-270m
   (``sources.sae.random_sae``), every latent sampled over ``--sae-tokens`` tokens in a fresh process; then,
   in two more fresh processes, all records read at once (``load_feature_records``) vs streamed 1,024 features
   at a time (``iter_feature_records``). Peak RSS is the kernel's high-water mark (``VmHWM``).
 
-    flock /tmp/autointerp-heavy.lock .venv/bin/python benchmarks/bench_scale.py [--only ray|memory]
+    flock /tmp/autointerp-heavy.lock .venv/bin/python benchmarks/bench_scale.py [--only ray|multihook|memory]
 """
 
 from __future__ import annotations
@@ -60,6 +63,36 @@ def bench_ray(tmp: Path) -> None:
     same = a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     print(f"ray: one process (2 threads) {one:.1f} s; 2 Ray shards (1 thread each) {ray:.1f} s; "
           f"ratio {ray / one:.3f} (goal <= 1.15); merged records equal: {same}")
+
+
+def bench_multihook(tmp: Path, tokens: int) -> None:
+    import torch
+
+    from autointerp.corpus import load_corpus
+    from autointerp.hooks import HookPoint
+    from autointerp.sampling import SamplingConfig, run_sampling
+    from autointerp.sources.neurons import neuron_source
+    from autointerp.subject import load_subject
+
+    torch.set_num_threads(2)
+    subject = load_subject("gemma3-270m", threads=2)
+    hooks = [HookPoint(layer, "mlp_neurons") for layer in (3, 6, 9)]
+    sources = [neuron_source(subject.name, h, subject.hook_dim(h)) for h in hooks]
+    cfg = SamplingConfig(tokens=tokens, checkpoint_every=1000)
+
+    def timed(name: str, src: object) -> float:
+        windows = load_corpus("wiki", subject.tokenizer, cfg.window, max_tokens=cfg.tokens, seed=0)
+        t0 = time.perf_counter()
+        run_sampling(subject, src, windows, cfg, tmp / name)  # type: ignore[arg-type]
+        return time.perf_counter() - t0
+
+    timed("warmup", sources[0])  # first-use costs (allocator, tokenizer) out of the timed runs
+    t9 = timed("l9", sources[2])
+    t3 = timed("all3", sources)
+    t_3 = timed("l3", sources[0])
+    t_6 = timed("l6", sources[1])
+    print(f"multihook: {tokens:,} tokens; L9 alone {t9:.1f} s; L3+L6+L9 in one pass {t3:.1f} s (ratio {t3 / t9:.2f}, "
+          f"goal <= 1.3); three single passes {t_3 + t_6 + t9:.1f} s (L3 {t_3:.1f}, L6 {t_6:.1f}, L9 {t9:.1f})")
 
 
 def _child_sample(out: str, tokens: int) -> None:
@@ -125,13 +158,16 @@ def main() -> None:
             _child_read(out, arg)
         return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", choices=["ray", "memory"])
+    ap.add_argument("--only", choices=["ray", "multihook", "memory"])
     ap.add_argument("--sae-tokens", type=int, default=4096)
+    ap.add_argument("--hook-tokens", type=int, default=8192)
     args = ap.parse_args()
     print(f"load before: {os.getloadavg()}")
     with tempfile.TemporaryDirectory(prefix="autointerp-bench-scale-") as tmp:
         if args.only in (None, "ray"):
             bench_ray(Path(tmp))
+        if args.only in (None, "multihook"):
+            bench_multihook(Path(tmp), args.hook_tokens)
         if args.only in (None, "memory"):
             bench_memory(Path(tmp), args.sae_tokens)
     print(f"load after: {os.getloadavg()}")
