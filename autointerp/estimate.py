@@ -103,7 +103,8 @@ def estimate_run(
     (prefix-list, echo, prompt-logprobs, forward-pass, none); ``chars_per_token``: per role, the ratio and
     where it comes from."""
     from autointerp.explain import Explainer, ExplainerSettings, select_train_examples
-    from autointerp.pipeline import TEST_SPLITS, ExplainConfig
+    from autointerp.pipeline import ExplainConfig
+    from autointerp.records import TEST_SPLITS
     from autointerp.score import ClassifierSettings, DetectionScorer, FuzzingScorer
     from autointerp.scorers.base import limit_records as _limit
 

@@ -49,7 +49,7 @@ from autointerp.llm.base import (
 )
 from autointerp.llm.usage import ROLES, MeteredClient, PriceTable, UsageLog, UsageMeter, usage_from_log
 from autointerp.prompts import load_template
-from autointerp.records import Explanation, FeatureRecord, Score, Simulation, Usage
+from autointerp.records import TEST_SPLITS, Explanation, FeatureRecord, Score, Simulation, Usage
 from autointerp.rundir import (
     USAGE,
     USAGE_LOG,
@@ -77,7 +77,6 @@ from autointerp.simulate import SIMULATOR_KINDS, make_simulator
 log = logging.getLogger(__name__)
 
 DEFAULT_LLM = "local:qwen2.5-coder-1.5b"
-TEST_SPLITS = ("test_top", "test_random", "test_quantiles")
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from autointerp.errors import UserError
-from autointerp.sweep import BASELINE_PREFIX, SCORE_PREFIX, read_tables, score_names
+from autointerp.sweep_tables import BASELINE_PREFIX, SCORE_PREFIX, read_tables, score_names
 
 log = logging.getLogger(__name__)
 

@@ -31,11 +31,10 @@ from typing import Any
 import numpy as np
 
 from autointerp.errors import RunDirError, UserError
-from autointerp.records import ActivationRecord, FeatureId, FeatureRecord, FeatureStats
+from autointerp.records import SPLITS, ActivationRecord, FeatureId, FeatureRecord, FeatureStats
 from autointerp.rundir import atomic_write_json
 
 FORMAT_VERSION = 2
-SPLITS = ("train", "valid", "test_top", "test_quantiles", "test_random")
 _SHARD = 1024
 
 

@@ -108,6 +108,14 @@ class FeatureStats:
         return cls(**d)
 
 
+SPLITS = ("train", "valid", "test_top", "test_quantiles", "test_random")
+"""The example splits of a :class:`FeatureRecord` (disjoint windows): ``train`` for the explainer, ``valid``
+for best-of-N selection and calibration, ``test_*`` for scoring. The one list of split names."""
+
+TEST_SPLITS = ("test_top", "test_random", "test_quantiles")
+"""The scored splits, in the order their simulations are requested."""
+
+
 @dataclass
 class FeatureRecord:
     """Everything sampled for one feature. ``train`` is for explainers only; ``test_*`` for scorers only.

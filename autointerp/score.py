@@ -372,14 +372,25 @@ def pooled_classifier_metrics(scores: Sequence[Score]) -> tuple[dict[str, float 
 
 
 def bootstrap_ci(
-    values: Sequence[float | None], n: int = 1000, seed: int = 0, level: float = 0.95
+    values: Sequence[float | None],
+    n: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    *,
+    rng: np.random.Generator | None = None,
 ) -> tuple[float, float, float] | None:
-    """(mean, low, high) of the mean of the defined ``values`` by percentile bootstrap; None if none."""
+    """(mean, low, high) of the mean of the defined ``values`` by percentile bootstrap (``n`` resamples with
+    replacement, drawn from ``rng``, else from a generator seeded with ``seed``); None if none is defined.
+    The one bootstrap of the project: the run summary, the report and the sweep tables use it."""
     v = np.asarray([x for x in values if x is not None], dtype=np.float64)
     if len(v) == 0:
         return None
-    rng = np.random.default_rng(seed)
-    means = v[rng.integers(0, len(v), size=(n, len(v)))].mean(axis=1)
+    rng = rng if rng is not None else np.random.default_rng(seed)
+    means = np.empty(n)
+    chunk = max(1, 4_000_000 // len(v))  # bounded memory for long value lists
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        means[start:stop] = v[rng.integers(0, len(v), size=(stop - start, len(v)))].mean(axis=1)
     alpha = (1 - level) / 2
     return float(v.mean()), float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
 

@@ -116,15 +116,8 @@ def measure(page: Path, workdir: Path, n: int) -> dict[str, Any]:
 
 def sweep_tables(root: Path, n: int) -> None:
     """tidy_table + aggregate_table + paired_table (2000 bootstrap resamples) over 4 cells x n features."""
-    from autointerp.sweep import (
-        aggregate_table,
-        cell_dir,
-        expand_grid,
-        paired_table,
-        spec_from_dict,
-        tidy_table,
-        write_index,
-    )
+    from autointerp.sweep import cell_dir, expand_grid, spec_from_dict, write_index
+    from autointerp.sweep_tables import aggregate_table, paired_table, tidy_table
 
     spec = spec_from_dict({"grid": {"explainer": ["a", "b"], "n_top_examples": [5, 10]}})
     cells = expand_grid(spec)

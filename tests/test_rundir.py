@@ -15,7 +15,7 @@ from autointerp.pipeline import Clients, ExplainConfig, run_explain, run_score, 
 from autointerp.records import Explanation, FeatureId, Score
 from autointerp.report import load_run, report_data
 from autointerp.rundir import RunDir, append_jsonl
-from autointerp.sweep import run_table
+from autointerp.sweep_tables import run_table
 
 KEYWORDS = [" cat", " dog", " bird", " mat"]
 

@@ -13,7 +13,8 @@ import torch
 from autointerp.corpus import TokenWindows, load_corpus
 from autointerp.errors import UserError
 from autointerp.hooks import HookPoint
-from autointerp.record_store import SPLITS, load_feature_records
+from autointerp.record_store import load_feature_records
+from autointerp.records import SPLITS
 from autointerp.sampling import (
     SamplingConfig,
     _State,

@@ -14,7 +14,8 @@ import torch
 from autointerp.corpus import load_corpus
 from autointerp.errors import RunDirError, UserError
 from autointerp.hooks import HookPoint
-from autointerp.record_store import SPLITS, load_feature_records, load_records_meta, normalise_text
+from autointerp.record_store import load_feature_records, load_records_meta, normalise_text
+from autointerp.records import SPLITS
 from autointerp.sampling import SamplingConfig, SamplingSetup, prepare_sampling, run_sampling
 from autointerp.sources.base import DenseActs
 from autointerp.sources.neurons import NeuronSource

@@ -24,22 +24,18 @@ from autointerp.sweep import (
     Cell,
     PipelineRunner,
     SweepSpec,
-    aggregate_table,
-    bootstrap_mean_ci,
     cell_dir,
     check_cache_settings,
     expand_grid,
     explain_settings,
     load_spec,
     read_index,
-    read_tables,
     run_sweep,
     sample_once,
     spec_from_dict,
-    tidy_table,
     write_index,
-    write_tables,
 )
+from autointerp.sweep_tables import aggregate_table, mean_ci, read_tables, tidy_table, write_tables
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "sweep.yaml"
 
@@ -109,15 +105,15 @@ def test_expand_grid_names_and_validation() -> None:
         expand_grid(spec_from_dict({"grid": {"n_exmaples": [1, 2]}}), explain_settings())
 
 
-def test_bootstrap_mean_ci() -> None:
+def test_mean_ci_has_no_interval_below_two_values_and_is_seeded() -> None:
     rng = np.random.default_rng(0)
-    assert bootstrap_mean_ci(np.array([]), n_boot=100, rng=rng) == (None, None, None)
-    assert bootstrap_mean_ci(np.array([0.4]), n_boot=100, rng=rng) == (0.4, None, None)
+    assert mean_ci(np.array([]), n_boot=100, rng=rng) == (None, None, None)
+    assert mean_ci(np.array([0.4]), n_boot=100, rng=rng) == (0.4, None, None)
     x = np.random.default_rng(1).normal(0.5, 0.1, 200)
-    m, lo, hi = bootstrap_mean_ci(x, n_boot=1000, rng=np.random.default_rng(2))
+    m, lo, hi = mean_ci(x, n_boot=1000, rng=np.random.default_rng(2))
     assert m is not None and lo is not None and hi is not None
     assert lo < m < hi and hi - lo < 0.06 and abs(m - 0.5) < 0.03
-    again = bootstrap_mean_ci(x, n_boot=1000, rng=np.random.default_rng(2))
+    again = mean_ci(x, n_boot=1000, rng=np.random.default_rng(2))
     assert again == (m, lo, hi), "seeded: reproducible"
 
 

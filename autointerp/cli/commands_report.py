@@ -14,7 +14,7 @@ from autointerp.cli.app import app
 if TYPE_CHECKING:
     import pandas as pd
 
-    from autointerp.sweep import SweepTables
+    from autointerp.sweep_tables import SweepTables
 
 console = Console()
 
@@ -167,7 +167,8 @@ def sweep(
     from autointerp.checks import check_run_dir
     from autointerp.paths import runs_root
     from autointerp.plots import cell_label, plot_sweep
-    from autointerp.sweep import PipelineRunner, SweepEvent, explain_settings, load_spec, read_tables, run_sweep
+    from autointerp.sweep import PipelineRunner, SweepEvent, explain_settings, load_spec, run_sweep
+    from autointerp.sweep_tables import read_tables
 
     spec = load_spec(sweep_file)
     out = sweep_dir or runs_root() / f"sweep-{spec.name}"
@@ -216,7 +217,7 @@ def plot(
     """Plot a sweep's results (PNG and SVG): score distributions vs the baseline, score vs firing
     frequency, and a comparison of cells with bootstrap intervals."""
     from autointerp.plots import plot_sweep
-    from autointerp.sweep import read_tables
+    from autointerp.sweep_tables import read_tables
 
     render_tables(read_tables(sweep_dir))
     names = [s.strip() for s in scores.split(",") if s.strip()] or None

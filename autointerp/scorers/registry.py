@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from autointerp.errors import UserError
-from autointerp.records import ActivationRecord, FeatureRecord, Score, Simulation, Usage
+from autointerp.records import TEST_SPLITS, ActivationRecord, FeatureRecord, Score, Simulation, Usage
 from autointerp.scorers.base import Models, ScoreContext, Scored, Scorer, limit_records, usage_of
 
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ class _SimulationScorer:
         cfg = self.ctx.config
         usage = Usage()
         splits: dict[str, tuple[Sequence[ActivationRecord], Sequence[Simulation]]] = {}
-        for split in ("test_top", "test_random", "test_quantiles"):
+        for split in TEST_SPLITS:
             if split == "test_quantiles" and not cfg.score_quantiles:
                 continue
             recs = limit_records(getattr(record, split), cfg.max_records_per_split)
