@@ -47,7 +47,7 @@ from autointerp.llm.base import (
     LLMResponse,
     TopLogprobsRequest,
 )
-from autointerp.llm.usage import ROLES, MeteredClient, PriceTable, UsageLog, UsageMeter, usage_from_log
+from autointerp.llm.usage import ROLES, MeteredClient, PriceTable, UsageLog, UsageMeter
 from autointerp.prompts import load_template
 from autointerp.records import TEST_SPLITS, Explanation, FeatureRecord, Score, Simulation, Usage
 from autointerp.rundir import (
@@ -58,7 +58,7 @@ from autointerp.rundir import (
     RunDir,
     atomic_write_json,
     load_run,
-    read_jsonl,
+    load_run_usage,
 )
 from autointerp.score import (
     CALIBRATION_REFUSED,
@@ -344,8 +344,7 @@ class _Session:
         if counters:
             self.log.append({"clients": counters})
         self.log.close()
-        usage = usage_from_log(read_jsonl(self.data.run.file(USAGE_LOG)))
-        atomic_write_json(self.data.run.file(USAGE), usage)
+        atomic_write_json(self.data.run.file(USAGE), load_run_usage(self.data.path))
 
 
 class _Counters:
