@@ -58,7 +58,7 @@ def simulation_chars(texts: Sequence[Sequence[str]], strategy: str, simulator_ki
 
     chars = 0
     if simulator_kind == "json" or strategy == "none":
-        json_sim = JsonSimulator(_NoClient(), _LABEL)
+        json_sim = JsonSimulator(NoClient(), _LABEL)
         for tokens in texts:
             chars += _chat_chars(json_sim.build_request(tokens))
         return chars, len(texts)
@@ -69,7 +69,7 @@ def simulation_chars(texts: Sequence[Sequence[str]], strategy: str, simulator_ki
     return chars, len(texts)
 
 
-class _NoClient:
+class NoClient:
     """A client that is never called: prompts are built, not sent."""
 
     spec = "none"
@@ -112,7 +112,7 @@ def estimate_run(
     cfg = config
     chars = {"explainer": 0, "simulator": 0, "judge": 0}
     requests = {"explainer": 0, "simulator": 0, "judge": 0}
-    client: LLMClient = _NoClient()
+    client: LLMClient = NoClient()
     explainer = Explainer(
         client,
         ExplainerSettings(

@@ -48,6 +48,8 @@ class CountingProxy(LoopbackHTTPServer):
         super().__init__()
         self.upstream = upstream.rstrip("/")
         self.sent: dict[str, int] = {"explainer": 0, "simulator": 0}
+        self.reported: dict[str, int] = {"explainer": 0, "simulator": 0}
+        """Prompt tokens the server's answers report (what a client that trusts the report records)."""
         self.requests: dict[str, int] = {"explainer": 0, "simulator": 0, "tokenize": 0, "other": 0}
         self._client: httpx.AsyncClient | None = None
 
@@ -65,12 +67,15 @@ class CountingProxy(LoopbackHTTPServer):
             self.requests["explainer"] += 1
             if r.status_code == 200:
                 self.sent["explainer"] += int(r.json()["usage"]["prompt_tokens"])
+                self.reported["explainer"] += int(r.json()["usage"]["prompt_tokens"])
         elif path.endswith("/completions"):
             self.requests["simulator"] += 1
             req = json.loads(body)
             prompts = req["prompt"] if isinstance(req["prompt"], list) else [req["prompt"]]
             for p in prompts:
                 self.sent["simulator"] += await self._count_tokens(p)
+            if r.status_code == 200:
+                self.reported["simulator"] += int(r.json().get("usage", {}).get("prompt_tokens", 0))
         elif path.endswith("/tokenize"):
             self.requests["tokenize"] += 1
         else:
@@ -85,14 +90,14 @@ def evaluated_total(base: str) -> int:
     return int(float(m.group(1)))
 
 
-def start_server(threads: int) -> tuple[Any, str]:
+def start_server(threads: int, llm: str) -> tuple[Any, str]:
     import xllamacpp
 
     from autointerp import embedded
     from autointerp.llm.local import free_port
 
     p = xllamacpp.CommonParams()
-    p.model.path = str(embedded.gguf_path("qwen2.5-coder-1.5b"))
+    p.model.path = str(embedded.gguf_path(llm))
     port = free_port()
     p.hostnames = ["127.0.0.1"]
     p.port = port
@@ -110,9 +115,7 @@ def start_server(threads: int) -> tuple[Any, str]:
 
 def path_tokens(run_dir: Path, base: str) -> dict[str, float]:
     """Prompt tokens per latent of each simulation path, for the 6 test records of each explained latent."""
-    from autointerp.prompts import load_template
     from autointerp.records import FeatureRecord
-    from autointerp.simulate import JsonSimulator, build_all_at_once_prompt
 
     records = {}
     for line in (run_dir / "records.jsonl").read_text().splitlines():
@@ -124,6 +127,17 @@ def path_tokens(run_dir: Path, base: str) -> dict[str, float]:
         row = json.loads(line) if line.strip() else {}
         if row.get("selected") and not row.get("baseline"):
             labels[row["feature"]] = row["text"]
+    return path_tokens_of([records[f] for f in labels], [labels[f] for f in labels], base)
+
+
+def path_tokens_of(records: list[Any], labels: list[str] | str, base: str) -> dict[str, float]:
+    """Prompt tokens per latent of each simulation path for the 6 test records of each of ``records``."""
+    from autointerp.estimate import NoClient
+    from autointerp.prompts import load_template
+    from autointerp.simulate import JsonSimulator, build_all_at_once_prompt
+
+    if isinstance(labels, str):
+        labels = [labels] * len(records)
     template = load_template("simulate_all_at_once.j2")
     totals = {"prefix-list": 0, "one prompt per record": 0, "json": 0}
     with httpx.Client(timeout=600) as http:
@@ -131,8 +145,7 @@ def path_tokens(run_dir: Path, base: str) -> dict[str, float]:
         def count(text: str) -> int:
             return len(http.post(base + "/tokenize", json={"content": text, "with_pieces": True}).json()["tokens"])
 
-        for fid, label in labels.items():
-            rec = records[fid]
+        for rec, label in zip(records, labels, strict=True):
             for r in [*rec.test_top[:3], *rec.test_random[:3]]:
                 prompt = build_all_at_once_prompt(template, label, r.tokens)
                 pieces = http.post(base + "/tokenize", json={"content": prompt.text, "with_pieces": True}).json()
@@ -143,10 +156,44 @@ def path_tokens(run_dir: Path, base: str) -> dict[str, float]:
                 for slot in prompt.slots:
                     totals["prefix-list"] += bisect.bisect_right(ends, len(prompt.text[:slot].encode()))
                 totals["one prompt per record"] += len(ends)
-                chat = JsonSimulator(None, label)  # type: ignore[arg-type]  (builds prompts, sends nothing)
+                chat = JsonSimulator(NoClient(), label)  # builds prompts, sends nothing
                 totals["json"] += count("\n".join(m.content for m in chat.build_request(r.tokens).messages))
     n = max(1, len(labels))
     return {k: v / n for k, v in totals.items()} | {"latents": float(len(labels))}
+
+
+def simulate_only(args: argparse.Namespace, spec: str, proxy: CountingProxy, base: str) -> None:
+    """Simulate the test records of --records under one label through the proxy, in this process (no
+    explainer); compares the proxy, the server's counter and the client's usage meter."""
+    from autointerp.llm import ClientConfig, make_client
+    from autointerp.records import FeatureRecord
+    from autointerp.simulate import LogprobSimulator
+
+    rows = [json.loads(x) for x in args.records.read_text().splitlines() if x.strip()]
+    records = [FeatureRecord.from_json(r) for r in rows]
+
+    async def go() -> Any:
+        client = make_client(spec, ClientConfig(cache=False, timeout_s=1800, max_concurrency=16))
+        strategy = await client.settle_logprob_strategy()
+        sim = LogprobSimulator(client, args.simulate_only)
+        texts = [r.tokens for rec in records for r in [*rec.test_top[:3], *rec.test_random[:3]]]
+        sims = await asyncio.gather(*(sim.simulate(t) for t in texts))
+        await client.aclose()
+        return client.meter.total, strategy, len(texts), sum(s.expected is not None for s in sims)
+
+    ev0 = evaluated_total(base)
+    t = time.time()
+    used, strategy, n, ok = asyncio.run(go())
+    evaluated = evaluated_total(base) - ev0
+    print(f"simulated {n} records ({ok} ok) under {args.simulate_only!r} with {strategy} in {time.time() - t:.0f} s")
+    sent, reported = proxy.sent["simulator"], proxy.reported["simulator"]
+    print(f"simulator prompt tokens: proxy sent {sent:,}; the server's answers report {reported:,}")
+    u = used
+    print(f"usage meter: prompt {u.prompt_tokens:,}, cached {u.cached_prompt_tokens:,}, requests {u.requests}")
+    ev, why = used.evaluated_prompt_tokens()
+    print(f"evaluated: server counter {evaluated:,}; usage meter prompt - cached {ev if ev is not None else why}")
+    paths = path_tokens_of(records, args.simulate_only, base)
+    print(f"prompt tokens per latent, 6 records, by path: {json.dumps(paths)}")
 
 
 def main() -> None:
@@ -155,11 +202,14 @@ def main() -> None:
     ap.add_argument("--features", default="0-4")
     ap.add_argument("--run-dir", type=Path, default=Path("/tmp/autointerp-token-bench"))
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--cache-run", type=Path, help="take the records of this run directory instead of sampling")
+    ap.add_argument("--llm", default="qwen2.5-coder-1.5b", help="embedded GGUF served (explainer and simulator)")
+    ap.add_argument("--records", type=Path, help="records.jsonl to explain (copied into the run dir); no sampling")
+    ap.add_argument("--simulate-only", metavar="LABEL", help="no CLI run: simulate --records' test records under LABEL")
     ap.add_argument("--timeout-s", default="1800", help="--timeout-s of the job (one slot serves 16 in flight)")
     args = ap.parse_args()
     shutil.rmtree(args.run_dir, ignore_errors=True)
-    server, base = start_server(args.threads)
+    server, base = start_server(args.threads, args.llm)
+    print(f"llm: {args.llm} behind llama.cpp, {args.threads} threads, one slot")
     proxy = CountingProxy(base)
     loop = asyncio.new_event_loop()
     ready = threading.Event()
@@ -173,11 +223,15 @@ def main() -> None:
     threading.Thread(target=serve, daemon=True).start()
     ready.wait(10)
     spec = f"openai-compatible:{proxy.url}/v1/qwen"
-    source = (
-        ["--cache-run", str(args.cache_run)]
-        if args.cache_run
-        else ["--model", "gemma3-270m", "--hook", "L6/mlp_neurons", "--tokens", "20000", "--window", "32"]
-    )
+    if args.simulate_only:
+        simulate_only(args, spec, proxy, base)
+        asyncio.run_coroutine_threadsafe(proxy.stop(), loop).result(10)
+        return
+    source = ["--model", "gemma3-270m", "--hook", "L6/mlp_neurons", "--tokens", "20000", "--window", "32"]
+    if args.records:  # a run dir holding only records.jsonl is explained as it is (no sampling)
+        args.run_dir.mkdir(parents=True)
+        shutil.copy(args.records, args.run_dir / "records.jsonl")
+        source = []
     cmd = [
         sys.executable, "-m", "autointerp", "explain", *source, "--features", args.features,
         "--explainer-kind", "highlighted", "--n-top-examples", "8", "--max-records-per-split", "3",
@@ -197,11 +251,13 @@ def main() -> None:
     print(f"exit {rc}; wall {dt / 60:.1f} min; load average before {load0[0]:.1f}, after {os.getloadavg()[0]:.1f}")
     usage = json.loads((args.run_dir / "usage.json").read_text())
     print(f"proxy requests: {proxy.requests}")
-    print(f"{'role':<10} {'proxy: sent':>12} {'usage.json: prompt':>19} {'usage.json: cached':>19}")
+    head = f"{'role':<10} {'proxy: sent':>12} {'server reports':>15} {'usage.json: prompt':>19}"
+    print(f"{head} {'usage.json: cached':>19}")
     for role in ("explainer", "simulator"):
         u = usage.get(role, {})
         cached = u.get("cached_prompt_tokens", "-")
-        print(f"{role:<10} {proxy.sent[role]:>12,} {u.get('prompt_tokens', 0):>19,} {cached:>19}")
+        row = f"{role:<10} {proxy.sent[role]:>12,} {proxy.reported[role]:>15,} {u.get('prompt_tokens', 0):>19,}"
+        print(f"{row} {cached:>19}")
     recorded = sum(int(usage.get(r, {}).get("prompt_tokens", 0)) for r in ("explainer", "simulator"))
     reads = [usage.get(r, {}).get("cached_prompt_tokens") for r in ("explainer", "simulator")]
     uncached = recorded - sum(int(c or 0) for c in reads) if all(c is not None for c in reads) else None

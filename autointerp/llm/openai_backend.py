@@ -392,8 +392,11 @@ class OpenAIBackend:
         return LLMResponse(logprobs=out, usage=usage, model=str(r.get("model") or self.model))
 
     async def settle_logprob_strategy(self) -> LogprobStrategy:
-        """Settle ``auto`` before a run with one tiny request (echo, else the prefix list), so that estimates and
-        the manifest name the way that will be used."""
+        """Settle ``auto`` before a run, so that estimates and the manifest name the way that will be used: a
+        server with llama.cpp's ``/tokenize`` takes the prefix list (llama.cpp ignores echo; tokenizing
+        evaluates nothing); others get one tiny echo request (its few tokens are not metered)."""
+        if self.logprob_strategy == "auto" and self.supports_completion and await self.tokenize_pieces("a") is not None:
+            self.logprob_strategy = "prefix-list"  # llama.cpp (it has /tokenize with pieces) ignores echo
         if self.logprob_strategy == "auto" and self.supports_completion:
             probe = "a\tb\tc"
             await self.top_logprobs(TopLogprobsRequest(prompt=probe, positions=(2, 4), top_k=1))
