@@ -210,6 +210,7 @@ class PoolBackend:
         self.supports_logprobs = bool(first.supports_logprobs)
         self._changed: asyncio.Condition | None = None
         self._started: asyncio.Task[None] | None = None
+        self._waiting = 0
 
     @property
     def capacity(self) -> int:
@@ -269,36 +270,58 @@ class PoolBackend:
             self._changed = asyncio.Condition()
         return self._changed
 
+    def _pick(self) -> _Endpoint | None:
+        """Take a slot on the healthy endpoint with the most free capacity, if any (no await: atomic in the loop);
+        start the probe of any endpoint whose cool-down is over."""
+        now = time.monotonic()
+        best: _Endpoint | None = None
+        for e in self.endpoints:
+            if e.needs_probe and now >= e.down_until and not e.probing:
+                e.probing = True
+                asyncio.get_running_loop().create_task(self._probe(e))
+            if e.healthy(now) and e.in_flight < e.capacity:
+                if best is None or (e.in_flight / e.capacity, e.last_used) < (
+                    best.in_flight / best.capacity,
+                    best.last_used,
+                ):
+                    best = e
+        if best is not None:
+            best.in_flight += 1
+            best.last_used = now
+        return best
+
     async def _acquire(self) -> _Endpoint:
         """The healthy endpoint with the most free capacity; waits while all are full or cooling down."""
         if self._started is None:
             self._started = asyncio.get_running_loop().create_task(self._start())
-        await asyncio.shield(self._started)
+        if not self._started.done():
+            await asyncio.shield(self._started)
+        got = self._pick()
+        if got is not None:
+            return got
         cond = self._condition()
         async with cond:
-            while True:
-                now = time.monotonic()
-                for e in self.endpoints:
-                    if e.needs_probe and now >= e.down_until and not e.probing:
-                        e.probing = True
-                        asyncio.get_running_loop().create_task(self._probe(e))
-                free = [e for e in self.endpoints if e.healthy(now) and e.in_flight < e.capacity]
-                if free:
-                    best = min(free, key=lambda e: (e.in_flight / e.capacity, e.last_used))
-                    best.in_flight += 1
-                    best.last_used = now
-                    return best
-                waits = [e.down_until - now for e in self.endpoints if e.down_until > now]
-                try:
-                    await asyncio.wait_for(cond.wait(), timeout=min(waits) if waits else None)
-                except TimeoutError:
-                    pass
+            self._waiting += 1
+            try:
+                while True:
+                    got = self._pick()
+                    if got is not None:
+                        return got
+                    now = time.monotonic()
+                    waits = [e.down_until - now for e in self.endpoints if e.down_until > now]
+                    try:
+                        await asyncio.wait_for(cond.wait(), timeout=min(waits) if waits else None)
+                    except TimeoutError:
+                        pass
+            finally:
+                self._waiting -= 1
 
     async def _release(self, e: _Endpoint) -> None:
-        cond = self._condition()
-        async with cond:
-            e.in_flight -= 1
-            cond.notify_all()
+        e.in_flight -= 1
+        if self._waiting:
+            cond = self._condition()
+            async with cond:
+                cond.notify()
 
     def _cool(self, e: _Endpoint, now: float) -> None:
         e.down_until = now + e.cool_down
