@@ -248,17 +248,19 @@ class OpenAIBackend:
     async def probe(self) -> None:
         """One ``GET /models``: returns when the server answers, raises otherwise (endpoint pools' health probe)."""
         try:
-            await self._client.models.list()
+            if self._direct:
+                async with self._aiohttp_session().get(self._base_url + "/models") as r:
+                    await r.read()
+                    if r.status >= 500:
+                        raise LLMError(f"{self.spec}: HTTP {r.status} on /models", status=r.status, retryable=True)
+            else:
+                await self._client.models.list()
+        except LLMError:
+            raise
         except Exception as e:
             raise map_exception(e, self.spec) from e
 
-    async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-        await self._client.close()
-
-    async def _post_direct(self, url: str, body: dict[str, Any]) -> Any:
+    def _aiohttp_session(self) -> Any:
         import aiohttp
 
         if self._session is None:
@@ -267,7 +269,16 @@ class OpenAIBackend:
                 timeout=aiohttp.ClientTimeout(total=self._timeout_s),
                 headers=self._headers,
             )
-        async with self._session.post(url, json=body) as r:
+        return self._session
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        await self._client.close()
+
+    async def _post_direct(self, url: str, body: dict[str, Any]) -> Any:
+        async with self._aiohttp_session().post(url, json=body) as r:
             content = await r.read()
             if r.status >= 400:
                 raise LLMError(
