@@ -103,9 +103,7 @@ async def test_unreachable_endpoint_at_start_is_reported_and_the_run_goes_on(
         ("model: m\nendpoints:\n  - url: http://127.0.0.1:8001/v1\n    max_concurrency: 0\n", "positive number"),
     ],
 )
-def test_bad_pool_specs_are_one_line_errors_before_any_request(
-    tmp_path: Path, spec_or_yaml: str, message: str
-) -> None:
+def test_bad_pool_specs_are_one_line_errors_before_any_request(tmp_path: Path, spec_or_yaml: str, message: str) -> None:
     spec = spec_or_yaml
     if not spec.startswith("openai-compatible:"):
         path = tmp_path / "pool.yaml"
@@ -129,3 +127,32 @@ def test_pool_yaml_gives_each_endpoint_its_limits(tmp_path: Path) -> None:
         ("http://127.0.0.1:8001/v1", 32, 600.0),
         ("http://127.0.0.1:8002/v1", None, None),
     ]
+
+
+def test_explain_with_a_bad_pool_exits_2_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from autointerp.cli import main
+
+    run = tmp_path / "run"
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("model: m\nendpoints: []\n")
+    for spec, message in (
+        ("openai-compatible:http://127.0.0.1:8001/v1,http://:8002/v1/m", "bad spec"),
+        (f"pool:{empty}", "endpoint list is empty"),
+    ):
+        with pytest.raises(SystemExit) as e:
+            main(
+                [
+                    "explain",
+                    "--model",
+                    "gemma3-270m",
+                    "--hook",
+                    "L0/mlp_neurons",
+                    "--run-dir",
+                    str(run),
+                    "--simulator",
+                    spec,
+                ]
+            )
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and message in err and "Traceback" not in err
+        assert not run.exists()
