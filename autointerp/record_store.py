@@ -309,3 +309,12 @@ def iter_feature_records(
             decoded.clear()
     if out:
         yield out
+
+
+def read_arrays(run_dir: Path) -> dict[str, np.ndarray]:
+    """Every array of a records store, keyed ``<file>/<array>`` (to compare two runs array for array)."""
+    out: dict[str, np.ndarray] = {}
+    for f in sorted((Path(run_dir) / "records").glob("*.npz")):
+        with np.load(f) as z:
+            out.update({f"{f.name}/{k}": z[k] for k in z.files})
+    return out

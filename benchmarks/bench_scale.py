@@ -47,19 +47,13 @@ def _cli(args: list[str]) -> float:
     return time.perf_counter() - t0
 
 
-def _arrays(run: Path) -> dict[str, np.ndarray]:
-    out: dict[str, np.ndarray] = {}
-    for f in sorted((run / "records").glob("*.npz")):
-        with np.load(f) as z:
-            out.update({f"{f.name}/{k}": z[k] for k in z.files})
-    return out
-
-
 def bench_ray(tmp: Path) -> None:
     one = _cli(["sample", *SAMPLE, "--threads", "2", "--run-dir", str(tmp / "one")])
     ray = _cli(["sample", *SAMPLE, "--threads", "1", "--executor", "ray", "--workers", "2",
                 "--run-dir", str(tmp / "ray")])
-    a, b = _arrays(tmp / "one"), _arrays(tmp / "ray")
+    from autointerp.record_store import read_arrays
+
+    a, b = read_arrays(tmp / "one"), read_arrays(tmp / "ray")
     same = a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     print(f"ray: one process (2 threads) {one:.1f} s; 2 Ray shards (1 thread each) {ray:.1f} s; "
           f"ratio {ray / one:.3f} (goal <= 1.15); merged records equal: {same}")

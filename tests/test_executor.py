@@ -17,6 +17,7 @@ import pytest
 from autointerp.corpus import Shard
 from autointerp.errors import UserError
 from autointerp.executor import ExecutorConfig, run_sharded, shard_dir
+from autointerp.record_store import read_arrays
 from autointerp.sampling import SamplingConfig, SamplingSetup, prepare_sampling
 
 CFG = SamplingConfig(tokens=2500, window=16, batch_size=2, n_top=10, n_train=4, n_valid=2, n_test_top=3,
@@ -27,16 +28,8 @@ def _setup(model: Path, corpus: Path) -> SamplingSetup:
     return SamplingSetup(model=str(model), hook="L1/mlp_neurons", corpus=str(corpus), threads=1)
 
 
-def _arrays(run: Path) -> dict[str, np.ndarray]:
-    out: dict[str, np.ndarray] = {}
-    for f in sorted((run / "records").glob("*.npz")):
-        with np.load(f) as z:
-            out.update({f"{f.name}/{k}": z[k] for k in z.files})
-    return out
-
-
 def _assert_same(a: Path, b: Path) -> None:
-    x, y = _arrays(a), _arrays(b)
+    x, y = read_arrays(a), read_arrays(b)
     assert x.keys() == y.keys()
     for k in x:
         np.testing.assert_array_equal(x[k], y[k], err_msg=k)

@@ -13,7 +13,7 @@ import pytest
 from autointerp.cli import main
 from autointerp.corpus import Shard, load_corpus
 from autointerp.hooks import HookPoint
-from autointerp.record_store import load_feature_records
+from autointerp.record_store import load_feature_records, read_arrays
 from autointerp.sampling import SamplingConfig, merge_shard_runs, run_sampling, source_dirs, source_slug
 from autointerp.sources.neurons import NeuronSource
 from autointerp.sources.sae import random_sae
@@ -33,10 +33,7 @@ def _windows(subject: Any, corpus: Path) -> Any:
 
 
 def _arrays(run: Path) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for f in sorted((run / "records").glob("*.npz")):
-        with np.load(f) as z:
-            out.update({f"{f.name}/{k}": z[k] for k in z.files})
+    out: dict[str, Any] = dict(read_arrays(run))
     out["stats"] = json.loads((run / "records" / "stats.json").read_text())
     return out
 

@@ -14,6 +14,7 @@ from autointerp.cli import main
 from autointerp.corpus import Shard, load_corpus
 from autointerp.errors import UserError
 from autointerp.hooks import HookPoint
+from autointerp.record_store import read_arrays
 from autointerp.sampling import SamplingConfig, merge_partials, run_sampling
 from autointerp.sources.neurons import NeuronSource
 from autointerp.sources.sae import random_sae
@@ -38,10 +39,7 @@ def _run(subject: Any, src: Any, corpus: Path, out: Path, shard: Shard | None = 
 
 
 def _files(run: Path) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for f in sorted((run / "records").glob("*.npz")):
-        with np.load(f) as z:
-            out.update({f"{f.name}/{k}": z[k] for k in z.files})
+    out: dict[str, Any] = dict(read_arrays(run))
     out["vocab"] = json.loads((run / "records" / "vocab.json").read_text())
     return out
 
