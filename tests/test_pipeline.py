@@ -206,3 +206,14 @@ async def test_label_prior_correlation_flags_a_simulator_that_ignores_the_label(
     assert summary.flags and "barely reads the label" in summary.flags[0]
     gain = summary.paired_gain["correlation"]
     assert gain is not None and gain[0] == pytest.approx(0.0, abs=1e-6)
+
+
+async def test_simulations_of_one_explanation_are_requested_together(tmp_path: Path) -> None:
+    """Requests that share a prefix (template + explanation) reach the backend one explanation after another,
+    not interleaved with other features' (so a prefix cache serves them)."""
+    fake = FakeLLM(spec="local:fake", chat_fn=smart_chat)
+    cfg = ExplainConfig(baseline=False, max_records_per_split=3, concurrency=4)
+    await run_explain(cfg, tmp_path / "run", _records(4), Clients(fake, fake, fake))
+    labels = [re.findall(r"Feature explanation: (.*)", r.prompt)[-1] for r in fake.logprob_requests]
+    runs = [lab for i, lab in enumerate(labels) if i == 0 or labels[i - 1] != lab]
+    assert len(set(labels)) == 4 and len(runs) == 4, runs

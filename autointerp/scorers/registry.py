@@ -9,6 +9,7 @@ Each :class:`ScorerEntry` names what the scorer writes (``score_names``), which 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
@@ -54,16 +55,24 @@ class _SimulationScorer:
         cfg = self.ctx.config
         usage = Usage()
         splits: dict[str, tuple[Sequence[ActivationRecord], Sequence[Simulation]]] = {}
-        for split in TEST_SPLITS:
-            if split == "test_quantiles" and not cfg.score_quantiles:
-                continue
-            recs = limit_records(getattr(record, split), cfg.max_records_per_split)
-            sims, u = await self.ctx.simulations(eid, text, record, split)
-            usage = usage + u
-            splits[split] = (recs, sims)
+        names = [s for s in TEST_SPLITS if s != "test_quantiles" or cfg.score_quantiles]
         top, rnd = calibration_indices(record, cfg.max_records_per_split)
-        cal_top, u = await self.ctx.simulations(eid, text, record, "valid", top)
-        cal_rnd, u2 = await self.ctx.simulations(eid, text, record, "test_random", rnd)
+        # Every simulation of this explanation is asked for at once, so its requests (which share the template
+        # and the explanation, the prompt's prefix) reach the backend together and reuse its prefix cache.
+        done = await asyncio.gather(
+            *(self.ctx.simulations(eid, text, record, split) for split in names),
+            self.ctx.simulations(eid, text, record, "valid", top),
+            self.ctx.simulations(eid, text, record, "test_random", rnd),
+            return_exceptions=True,
+        )
+        failed = next((d for d in done if isinstance(d, BaseException)), None)
+        if failed is not None:
+            raise failed
+        results = [d for d in done if not isinstance(d, BaseException)]
+        for split, (sims, u) in zip(names, results, strict=False):
+            usage = usage + u
+            splits[split] = (limit_records(getattr(record, split), cfg.max_records_per_split), sims)
+        (cal_top, u), (cal_rnd, u2) = results[-2], results[-1]
         usage = usage + u + u2
         cal_recs = [record.valid[i] for i in top] + [record.test_random[i] for i in rnd]
         cal = (cal_recs, cal_top + cal_rnd)
