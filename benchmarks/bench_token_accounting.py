@@ -196,6 +196,36 @@ def simulate_only(args: argparse.Namespace, spec: str, proxy: CountingProxy, bas
     print(f"prompt tokens per latent, 6 records, by path: {json.dumps(paths)}")
 
 
+def judge_only(args: argparse.Namespace, spec: str, proxy: CountingProxy, base: str) -> None:
+    """Detection and fuzzing (default settings: up to 50 + 50 examples, 5 per prompt) of --records under one
+    label through the proxy: prompt tokens sent and evaluated per latent."""
+    from autointerp.llm import ClientConfig, make_client
+    from autointerp.records import FeatureRecord
+    from autointerp.score import ClassifierSettings, DetectionScorer, FuzzingScorer
+
+    rows = [json.loads(x) for x in args.records.read_text().splitlines() if x.strip()]
+    records = [FeatureRecord.from_json(r) for r in rows]
+
+    async def go() -> Any:
+        client = make_client(spec, ClientConfig(cache=False, timeout_s=1800, max_concurrency=16))
+        for rec in records:
+            for cls in (DetectionScorer, FuzzingScorer):
+                await cls(client, ClassifierSettings(judge_probabilities=False)).score(args.simulate_only, rec)
+        await client.aclose()
+        return client.meter.total
+
+    ev0 = evaluated_total(base)
+    t = time.time()
+    used = asyncio.run(go())
+    evaluated = evaluated_total(base) - ev0
+    n = max(1, len(records))
+    print(f"detection + fuzzing of {len(records)} latent(s) in {time.time() - t:.0f} s, {used.requests} requests")
+    print(f"judge prompt tokens: proxy sent {proxy.sent['explainer']:,}; usage meter {used.prompt_tokens:,}")
+    ev, why = used.evaluated_prompt_tokens()
+    print(f"evaluated: server counter {evaluated:,}; usage meter prompt - cached {ev if ev is not None else why}")
+    print(f"per latent: sent {used.prompt_tokens / n:,.0f}, uncached {evaluated / n:,.0f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--code", type=Path, default=Path.cwd(), help="checkout whose CLI runs the job")
@@ -205,6 +235,7 @@ def main() -> None:
     ap.add_argument("--llm", default="qwen2.5-coder-1.5b", help="embedded GGUF served (explainer and simulator)")
     ap.add_argument("--records", type=Path, help="records.jsonl to explain (copied into the run dir); no sampling")
     ap.add_argument("--simulate-only", metavar="LABEL", help="no CLI run: simulate --records' test records under LABEL")
+    ap.add_argument("--judge-only", action="store_true", help="with --simulate-only's LABEL: detection + fuzzing")
     ap.add_argument("--timeout-s", default="1800", help="--timeout-s of the job (one slot serves 16 in flight)")
     args = ap.parse_args()
     shutil.rmtree(args.run_dir, ignore_errors=True)
@@ -223,6 +254,10 @@ def main() -> None:
     threading.Thread(target=serve, daemon=True).start()
     ready.wait(10)
     spec = f"openai-compatible:{proxy.url}/v1/qwen"
+    if args.simulate_only and args.judge_only:
+        judge_only(args, spec, proxy, base)
+        asyncio.run_coroutine_threadsafe(proxy.stop(), loop).result(10)
+        return
     if args.simulate_only:
         simulate_only(args, spec, proxy, base)
         asyncio.run_coroutine_threadsafe(proxy.stop(), loop).result(10)
