@@ -205,17 +205,17 @@ def test_mlp_in_hook_reads_the_input_of_the_mlp(tiny_gemma3: Any, tiny_llama: An
 
 @pytest.mark.slow
 def test_sampling_a_gemma_scope_2_sae_on_the_embedded_subject(tmp_path: Path) -> None:
-    """`autointerp cache --sae gemma3-270m/L12/gs2 --sae-dir D` runs on the embedded Gemma-3-270M with the SAE's
+    """`autointerp sample --sae gemma3-270m/L12/gs2 --sae-dir D` runs on the embedded Gemma-3-270M with the SAE's
     file where the hub repo keeps it (random weights here: no hub access on the test machine)."""
     from autointerp.cli import main
-    from autointerp.sampling import load_feature_records
+    from autointerp.record_store import load_feature_records
 
     spec = resolve_address("gemma3-270m/L12/gs2")
     sae_dir = tmp_path / "sae"
     _write_release_file(sae_dir, spec.files[0].rsplit("/", 1)[0], d_in=640, n=16384, seed=1)
     run = tmp_path / "run"
     try:
-        main(["cache", "--sae", "gemma3-270m/L12/gs2", "--sae-dir", str(sae_dir), "--tokens", "256",
+        main(["sample", "--sae", "gemma3-270m/L12/gs2", "--sae-dir", str(sae_dir), "--tokens", "256",
               "--window", "32", "--features", "0-7", "--run-dir", str(run), "--threads", "2"])
     except SystemExit as e:
         assert not e.code
