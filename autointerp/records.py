@@ -35,7 +35,7 @@ class FeatureId:
     @classmethod
     def parse(cls, text: str) -> FeatureId:
         source, sep, index = text.rpartition(":")
-        if not sep or not source or not index.isdigit():
+        if not sep or not source or not (index.isascii() and index.isdigit()):
             raise ValueError(f"not a feature id: {text!r} (expected '<source>:<index>', e.g. 'gemma2-9b/L20:12')")
         return cls(source, int(index))
 

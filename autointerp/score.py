@@ -650,7 +650,7 @@ def parse_index_list(text: str, n: int) -> set[int] | str:
     if last.lower() == "none":
         return set()
     parts = [p.strip() for p in last.split(",")]
-    if not all(p.isdigit() for p in parts):
+    if not all(p.isascii() and p.isdigit() for p in parts):
         return f"not a list of example numbers: {last[:40]!r}"
     idx = {int(p) for p in parts}
     if not all(1 <= i <= n for i in idx):

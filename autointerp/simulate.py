@@ -95,6 +95,9 @@ def build_all_at_once_prompt(
     return SlottedPrompt(text=text, slots=tuple(slots))
 
 
+_DIGITS = frozenset("0123456789")
+
+
 def digit_distribution(top: dict[str, float]) -> tuple[np.ndarray, float]:
     """Probabilities of the digits 0..9 among top-k token logprobs, and their total mass.
 
@@ -102,7 +105,7 @@ def digit_distribution(top: dict[str, float]) -> tuple[np.ndarray, float]:
     probs = np.zeros(MAX_VALUE + 1, dtype=np.float64)
     for tok, lp in top.items():
         s = tok.strip()
-        if len(s) == 1 and s.isdigit():
+        if len(s) == 1 and s in _DIGITS:  # not str.isdigit: "₀" or "²" are digits to it, not to int()
             probs[int(s)] += math.exp(lp)
     return probs, float(probs.sum())
 

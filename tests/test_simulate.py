@@ -42,6 +42,13 @@ def test_digit_distribution() -> None:
     assert probs[3] == pytest.approx(0.6)
 
 
+def test_digit_distribution_ignores_unicode_digits_int_cannot_read() -> None:
+    """Real top-k lists hold tokens such as "₀" or "²", which str.isdigit() calls digits (measured on the
+    embedded Qwen): they are not scale values and must not crash the simulation."""
+    probs, mass = digit_distribution({"₀": math.log(0.2), "²": math.log(0.1), " 7": math.log(0.5)})
+    assert mass == pytest.approx(0.5) and probs[7] == pytest.approx(0.5)
+
+
 async def test_logprob_simulator_expected_values() -> None:
     fake = FakeLLM()
     sim = await LogprobSimulator(fake, "the word cat").simulate(["a", " cat", " sat"])
