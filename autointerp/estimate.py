@@ -104,7 +104,6 @@ def estimate_run(
     where it comes from."""
     from autointerp.explain import Explainer, ExplainerSettings, select_train_examples
     from autointerp.pipeline import ExplainConfig
-    from autointerp.records import TEST_SPLITS
     from autointerp.score import ClassifierSettings, DetectionScorer, FuzzingScorer
     from autointerp.scorers.base import limit_records as _limit
 
@@ -124,7 +123,7 @@ def estimate_run(
         ),
     )
     scored = 2 if cfg.baseline else 1  # each feature's label, and a baseline label from another feature
-    splits = [s for s in TEST_SPLITS if s != "test_quantiles" or cfg.score_quantiles] + ["valid"]
+    splits = [*cfg.scored_test_splits, "valid"]
     classifiers = [
         cls(client, ClassifierSettings(cfg.classifier_examples, cfg.classifier_examples, cfg.examples_per_prompt))
         for name, cls in (("detection", DetectionScorer), ("fuzzing", FuzzingScorer))

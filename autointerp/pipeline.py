@@ -243,6 +243,12 @@ class ExplainConfig:
     def judge_spec(self) -> str:
         return self.judge or self.explainer
 
+    @property
+    def scored_test_splits(self) -> list[str]:
+        """The test splits simulated and scored: test_top and test_random, and test_quantiles with
+        ``score_quantiles``."""
+        return [s for s in TEST_SPLITS if s != "test_quantiles" or self.score_quantiles]
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ExplainConfig:
         names = {f.name for f in fields(cls)}
@@ -578,8 +584,7 @@ class _Runner:
                 continue
             keys = [
                 (split, i)
-                for split in TEST_SPLITS
-                if split != "test_quantiles" or cfg.score_quantiles
+                for split in cfg.scored_test_splits
                 for i in range(len(limit_records(getattr(record, split), cfg.max_records_per_split)))
             ]
             pairs = [

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from autointerp.errors import UserError
-from autointerp.records import TEST_SPLITS, ActivationRecord, FeatureRecord, Score, Simulation, Usage
+from autointerp.records import ActivationRecord, FeatureRecord, Score, Simulation, Usage
 from autointerp.scorers.base import Models, ScoreContext, Scored, Scorer, limit_records, usage_of
 
 if TYPE_CHECKING:
@@ -55,7 +55,7 @@ class _SimulationScorer:
         cfg = self.ctx.config
         usage = Usage()
         splits: dict[str, tuple[Sequence[ActivationRecord], Sequence[Simulation]]] = {}
-        names = [s for s in TEST_SPLITS if s != "test_quantiles" or cfg.score_quantiles]
+        names = cfg.scored_test_splits
         top, rnd = calibration_indices(record, cfg.max_records_per_split)
         # Every simulation of this explanation is asked for at once, so its requests (which share the template
         # and the explanation, the prompt's prefix) reach the backend together and reuse its prefix cache.
