@@ -78,6 +78,16 @@ log = logging.getLogger(__name__)
 
 DEFAULT_LLM = "local:qwen2.5-coder-1.5b"
 
+SCORE_SETTINGS: tuple[str, ...] = (
+    "negatives", "judge_probabilities", "embedding_model", "surprisal_model", "alpha", "steer_multiplier",
+    "steer_mode", "steer_prompts", "steer_new_tokens", "steer_prompt_tokens", "steer_corpus", "scorer_device",
+    "concurrency", "threads", "timeout_s", "llm_concurrency", "requests_per_minute", "tokens_per_minute",
+    "llm_cache", "prices",
+)
+"""Fields of :class:`ExplainConfig` that ``autointerp score`` may change for a rescoring: scorer settings and
+LLM client settings. Fields that decide which records or examples a score reads are left out, so a score
+already in the run is never recomputed on other data under the same key."""
+
 
 @dataclass(frozen=True)
 class ExplainConfig:

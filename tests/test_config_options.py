@@ -70,3 +70,43 @@ def test_explain_builds_its_config_from_the_options(monkeypatch: pytest.MonkeyPa
         main(["explain", "--no-cache", "--timeout-s", "9", "--llm-concurrency", "3"])
     assert len(seen) == 1
     assert (seen[0].cache, seen[0].timeout_s, seen[0].max_concurrency) == (False, 9.0, 3)
+
+
+def test_score_declares_each_rescoring_setting_once_from_the_config() -> None:
+    from autointerp.pipeline import SCORE_SETTINGS
+
+    opts = _options(("score",))
+    helps = field_help(ExplainConfig)
+    for name in SCORE_SETTINGS:
+        assert name in opts, f"ExplainConfig.{name} is not an option of score"
+        assert opts[name][1] == helps[name]
+    # fields that pick which records or examples a score reads are not rescoring settings
+    assert "max_records_per_split" not in opts and "classifier_examples" not in opts
+
+
+def test_score_passes_only_the_settings_given_so_the_run_keeps_its_own(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: object
+) -> None:
+    from autointerp.cli import main
+
+    seen: list[dict[str, object]] = []
+
+    async def fake_run_score(run_dir: object, scorers: str, **kw: object) -> None:
+        seen.append(dict(kw["settings"]))  # type: ignore[call-overload]
+        raise SystemExit(0)
+
+    monkeypatch.setattr("autointerp.pipeline.run_score", fake_run_score)
+    with pytest.raises(SystemExit):
+        main(["score", str(tmp_path), "--negatives", "hard", "--no-judge-probabilities", "--steer-prompts", "3"])
+    with pytest.raises(SystemExit):
+        main(["score", str(tmp_path)])
+    assert seen == [{"negatives": "hard", "judge_probabilities": False, "steer_prompts": 3}, {}]
+
+
+def test_score_refuses_a_bad_setting_with_exit_2(tmp_path: object, capsys: pytest.CaptureFixture[str]) -> None:
+    from test_bad_input import assert_one_line_error, run_cli
+
+    assert run_cli(["score", str(tmp_path), "--alpha", "strong"]) == 2
+    err = capsys.readouterr().err
+    assert_one_line_error(err)
+    assert "alpha" in err

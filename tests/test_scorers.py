@@ -26,22 +26,13 @@ from autointerp.scorers.intervention import (
 )
 from autointerp.scorers.registry import SCORERS, scorer_entries
 from autointerp.scorers.surprisal import SurprisalScorer
-from autointerp.sources.sae import LinearSae, SaeWeights
+from autointerp.sources.sae import LinearSae, random_sae
 
 SOURCE = "toy/L0"
 
 
 def _sae(d: int, n: int = 4, with_decoder: bool = True) -> LinearSae:
-    g = torch.Generator().manual_seed(1)
-    tensors = {"W_enc": torch.randn(d, n, generator=g), "b_enc": torch.zeros(n)}
-    if with_decoder:
-        tensors["W_dec"] = torch.randn(n, d, generator=g)
-    weights = SaeWeights(
-        loaders={k: (lambda v=v: v) for k, v in tensors.items()},
-        shapes={k: tuple(v.shape) for k, v in tensors.items()},
-        origin="toy.npz",
-    )
-    return LinearSae(SOURCE, HookPoint(0, "resid_post"), d, n, "tiny", weights, "relu", "test")
+    return random_sae(HookPoint(0, "resid_post"), d, n, seed=1, model_name="tiny", decoder=with_decoder)
 
 
 def _words_record(tok: Any, index: int, active: str = "cat") -> FeatureRecord:

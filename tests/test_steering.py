@@ -12,21 +12,12 @@ from autointerp.errors import UserError
 from autointerp.hooks import HookPoint
 from autointerp.records import FeatureRecord
 from autointerp.sources.neurons import NeuronSource
-from autointerp.sources.sae import LinearSae, SaeWeights
+from autointerp.sources.sae import LinearSae, random_sae
 from autointerp.steering import VocabProjection, require_decoder, residual_directions, steer, vocab_projection
 
 
 def _sae(hook: HookPoint, d: int, n: int = 6, with_decoder: bool = True) -> LinearSae:
-    g = torch.Generator().manual_seed(0)
-    tensors = {"W_enc": torch.randn(d, n, generator=g), "b_enc": torch.zeros(n)}
-    if with_decoder:
-        tensors["W_dec"] = torch.randn(n, d, generator=g)
-    weights = SaeWeights(
-        loaders={k: (lambda v=v: v) for k, v in tensors.items()},
-        shapes={k: tuple(v.shape) for k, v in tensors.items()},
-        origin="test.npz",
-    )
-    return LinearSae("toy/sae", hook, d, n, "tiny", weights, "relu", "test")
+    return random_sae(hook, d, n, model_name="tiny", decoder=with_decoder)
 
 
 def test_sae_decoder_rows_and_missing_decoder_is_one_line_error() -> None:

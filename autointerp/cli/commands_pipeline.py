@@ -17,7 +17,7 @@ from autointerp.cli.commands_sample import SAE_DIR_HELP, SAE_HELP
 from autointerp.cli.options import config_options
 from autointerp.config import field_help
 from autointerp.errors import UserError
-from autointerp.pipeline import ExplainConfig
+from autointerp.pipeline import SCORE_SETTINGS, ExplainConfig
 
 console = Console()
 log = logging.getLogger(__name__)
@@ -227,25 +227,17 @@ def explain(
 
 
 @app.command()
+@config_options(ExplainConfig, include=SCORE_SETTINGS, overrides=True, param="settings")
 def score(
+    settings: dict[str, Any],
     run_dir: Path = typer.Argument(..., help="A run directory written by `autointerp explain`."),
     scorers: str = typer.Option("detection,fuzzing", "--scorers", help=_H["scorers"]),
     judge: str | None = typer.Option(None, "--judge", help="Judge LLM spec; default: the run's."),
     simulator: str | None = typer.Option(None, "--simulator", help="Simulator LLM spec; default: the run's."),
-    # scorer settings: unset (None) keeps the run's own
-    negatives: str | None = typer.Option(None, "--negatives", help=_H["negatives"]),
-    judge_probabilities: bool | None = typer.Option(
-        None, "--judge-probabilities/--no-judge-probabilities", help=_H["judge_probabilities"]
-    ),
-    embedding_model: str | None = typer.Option(None, "--embedding-model", help=_H["embedding_model"]),
-    surprisal_model: str | None = typer.Option(None, "--surprisal-model", help=_H["surprisal_model"]),
-    alpha: str | None = typer.Option(None, "--alpha", help=_H["alpha"]),
-    steer_mode: str | None = typer.Option(None, "--steer-mode", help=_H["steer_mode"]),
-    steer_prompts: int | None = typer.Option(None, "--steer-prompts", help=_H["steer_prompts"]),
-    scorer_device: str | None = typer.Option(None, "--scorer-device", help=_H["scorer_device"]),
     retry_failed: bool = typer.Option(False, "--retry-failed", help=RETRY_FAILED_HELP),
 ) -> None:
-    """Score the explanations of an existing run with (other) scorers; adds rows to scores.jsonl.
+    """Score the explanations of an existing run with (other) scorers; adds rows to scores.jsonl. Scorer and
+    LLM client settings not given keep the run's own.
 
     Exit status as `explain`: 0 all done, 1 with failed features (rerun to retry), 2 bad input."""
     from autointerp.checks import check_llm_settings, probe_llms
@@ -255,12 +247,6 @@ def score(
     specs = [s for s in (judge, simulator) if s]
     check_llm_settings(specs, ClientConfig())
     probe_llms(specs)
-    given = {
-        "negatives": negatives, "judge_probabilities": judge_probabilities, "embedding_model": embedding_model,
-        "surprisal_model": surprisal_model, "alpha": alpha, "steer_mode": steer_mode,
-        "steer_prompts": steer_prompts, "scorer_device": scorer_device,
-    }
-    settings = {k: v for k, v in given.items() if v is not None}  # unset: the run's own settings
     ExplainConfig.from_dict({**settings, "scorers": scorers})  # bad values (alpha, negatives, scorers): exit 2 now
     summary = asyncio.run(
         run_score(run_dir, scorers, judge=judge, simulator=simulator, settings=settings, retry_failed=retry_failed)

@@ -328,13 +328,16 @@ def random_sae(
     k: int | None = None,
     seed: int = 0,
     model_name: str | None = None,
+    decoder: bool = True,
 ) -> LinearSae:
     """A random-weight SAE for tests and benchmarks (never for results): ``W_enc ~ N(0, 1/d_in)`` [d_in, F],
-    ``b_enc = 0``, decoder the encoder's transpose. ``activation`` relu (dense) or topk (with ``k``)."""
+    ``b_enc = 0``, decoder the encoder's transpose. ``activation`` relu (dense) or topk (with ``k``);
+    ``decoder=False`` leaves ``W_dec`` and ``b_dec`` out (an encoder-only file)."""
     g = torch.Generator().manual_seed(seed)
     w_enc = torch.randn(d_in, n_features, generator=g) / d_in**0.5
-    tensors = {"W_enc": w_enc, "b_enc": torch.zeros(n_features), "W_dec": w_enc.T.contiguous(),
-               "b_dec": torch.zeros(d_in)}
+    tensors = {"W_enc": w_enc, "b_enc": torch.zeros(n_features)}
+    if decoder:
+        tensors |= {"W_dec": w_enc.T.contiguous(), "b_dec": torch.zeros(d_in)}
     origin = f"random-{activation}-{n_features}"
     return LinearSae(
         address=f"{origin}@{hook}",
