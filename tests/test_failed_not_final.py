@@ -168,3 +168,23 @@ async def test_a_dead_feature_is_not_a_failure(tmp_path: Path) -> None:
     llm = Switchable(down=False)
     s = await run_explain(ExplainConfig(baseline=False), tmp_path / "run", recs, Clients(llm, llm, llm))
     assert s.n_explained == 2 and s.failed_features == [] and _stage(tmp_path / "run")["status"] == "done"
+
+
+def test_sweep_exits_1_while_a_cell_has_failed_features_then_0_after_a_rerun(
+    cache_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import autointerp.sweep
+
+    llm = Switchable(down=True)
+    monkeypatch.setattr(autointerp.sweep.PipelineRunner, "clients_for", lambda self, config: Clients(llm, llm, llm))
+    spec = tmp_path / "sweep.yaml"
+    spec.write_text(
+        f"name: down\nsample_run: {cache_run}\nfeatures: [0, 1]\n"
+        "base: {max_records_per_split: 2, baseline: false}\ngrid: {n_top_examples: [3]}\nn_boot: 50\n"
+    )
+    args = ["sweep", str(spec), "--sweep-dir", str(tmp_path / "sw"), "--no-plots"]
+    assert run_cli(args) == 1
+    out = " ".join(capsys.readouterr().out.split())
+    assert "1 of 1 cells have failed features" in out and "rerun" in out
+    llm.down = False
+    assert run_cli(args) == 0

@@ -159,7 +159,9 @@ def sweep(
         "rerun with the same folder to resume."),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write the plots at the end."),
 ) -> None:
-    """Run a grid of explain configurations on one feature set, then tabulate, compare and plot them."""
+    """Run a grid of explain configurations on one feature set, then tabulate, compare and plot them.
+
+    Exit status as `explain`: 0 all done, 1 when a cell has failed features (rerun to retry), 2 bad input."""
     import asyncio
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -167,7 +169,16 @@ def sweep(
     from autointerp.checks import check_run_dir
     from autointerp.paths import runs_root
     from autointerp.plots import cell_label, plot_sweep
-    from autointerp.sweep import PipelineRunner, SweepEvent, explain_settings, load_spec, run_sweep
+    from autointerp.sweep import (
+        Cell,
+        PipelineRunner,
+        SweepEvent,
+        cell_dir,
+        cell_finished,
+        explain_settings,
+        load_spec,
+        run_sweep,
+    )
     from autointerp.sweep_tables import read_tables
 
     spec = load_spec(sweep_file)
@@ -191,14 +202,14 @@ def sweep(
             elif e.kind == "feature":
                 bar.update(feat_task, completed=e.n_features)
 
-        async def go() -> None:
+        async def go() -> list[Cell]:
             runner = PipelineRunner(progress=on_event)
             try:
-                await run_sweep(spec, out, runner, progress=on_event, allowed=explain_settings())
+                return await run_sweep(spec, out, runner, progress=on_event, allowed=explain_settings())
             finally:
                 await runner.aclose()
 
-        asyncio.run(go())
+        cells = asyncio.run(go())
     render_tables(read_tables(out))
     if plots:
         paths = plot_sweep(out)
@@ -206,6 +217,13 @@ def sweep(
     console.print(
         f"sweep tables in [bold]{out}[/] (tidy.parquet, aggregate.csv, paired.csv, usage.csv)", highlight=False
     )
+    unfinished = [c.name for c in cells if not cell_finished(cell_dir(out, c))]
+    if unfinished:  # exit status as `explain`: 1 while features failed; a rerun resumes these cells
+        console.print(
+            f"{len(unfinished)} of {len(cells)} cells have failed features ({', '.join(unfinished)}); rerun the "
+            "same command to retry them (their failed features have no scores yet)", highlight=False
+        )
+        raise typer.Exit(1)
 
 
 @app.command()
