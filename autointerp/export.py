@@ -7,7 +7,10 @@ when no usable label was produced), activation statistics (``frequency``, ``max_
 feature's output direction promotes / suppresses, its vocabulary projection; empty when not computed), then
 per score name ``score_<name>`` (value or empty),
 ``score_<name>_reason`` (why undefined), ``baseline_<name>`` (the shuffled-label baseline's value), and
-``score_settings`` (JSON: name -> {judge spec, settings}). Score names are the run's score labels (see
+``score_settings`` (JSON: name -> {judge spec, side, settings}; ``side`` is ``input`` for scores of what makes
+the feature fire (correlation, detection, fuzzing, embedding, surprisal), ``output`` for scores of what it
+does to the model's output (intervention, intervention_kl, intervention_logit_shift), from the scorer
+registry, null for a diagnostic such as ``label_prior_correlation``). Score names are the run's score labels (see
 :mod:`autointerp.rundir`): ``detection``, or ``detection@<judge>`` for each judge when a run was rescored by
 another judge. The explanation is the run's selected one (the rule of :meth:`RunData.selected`).
 
@@ -44,6 +47,7 @@ from typing import Any
 from autointerp.errors import UserError
 from autointerp.records import FeatureId
 from autointerp.rundir import atomic_write_text, load_run, short_hash
+from autointerp.scorers.registry import score_side
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +87,7 @@ def feature_rows(run_dir: Path) -> list[dict[str, Any]]:
         for name, sc in sorted(run.scores_of(sel).items()):
             row[f"score_{name}"] = sc.value
             row[f"score_{name}_reason"] = sc.reason
-            settings[name] = {"judge": judges.get(name, ""), **sc.settings}
+            settings[name] = {"judge": judges.get(name, ""), "side": score_side(name), **sc.settings}
         for name, sc in sorted(run.scores_of(run.baseline(f)).items()):
             row[f"baseline_{name}"] = sc.value
         row["score_settings"] = json.dumps(settings, sort_keys=True, default=str)

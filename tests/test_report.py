@@ -323,3 +323,46 @@ async def test_card_shows_the_exact_prompt_the_explainer_was_sent(tmp_path: Path
                     encoding="utf-8")
     (card,) = report_data(load_run(run))["cards"]
     assert card["prompt"]["messages"] is None and "template changed" in card["prompt"]["reason"]
+
+
+def test_scatter_pairs_input_and_output_scores_per_feature_with_spearman(tmp_path: Path) -> None:
+    """The overview's input-vs-output view: sides come from the scorer registry, the default pair is
+    correlation against intervention_kl, and rho is Spearman's over the features with both scores (feature
+    1's correlation is undefined, so it is left out, not counted as 0)."""
+    from scipy.stats import spearmanr
+
+    run = write_synthetic_run(tmp_path / "run", n_features=6, output_scores=True)
+    index = report_data(load_run(run.path))["index"]
+    sc = index["scatter"]
+    assert sc["inputs"] == ["correlation", "detection"] and sc["outputs"] == ["intervention_kl"]
+    assert (sc["x"], sc["y"]) == ("correlation", "intervention_kl")
+    corr, kl = index["list"]["scores"]["correlation"], index["list"]["scores"]["intervention_kl"]
+    both = [(a, b) for a, b in zip(corr, kl, strict=True) if a is not None and b is not None]
+    assert len(both) == 5
+    cell = sc["spearman"]["correlation"]["intervention_kl"]
+    assert cell["n"] == 5 and cell["reason"] is None
+    assert cell["rho"] == pytest.approx(spearmanr([a for a, _ in both], [b for _, b in both]).statistic, abs=1e-3)
+
+
+def test_scatter_without_an_output_score_says_so_and_undefined_rho_has_a_reason(tmp_path: Path) -> None:
+    run = write_synthetic_run(tmp_path / "run", n_features=6)
+    sc = report_data(load_run(run.path))["index"]["scatter"]
+    assert sc["outputs"] == [] and sc["y"] is None and sc["spearman"]["correlation"] == {}
+    two = write_synthetic_run(tmp_path / "two", n_features=2, output_scores=True)
+    cell = report_data(load_run(two.path))["index"]["scatter"]["spearman"]["detection"]["intervention_kl"]
+    assert cell["rho"] is None and "needs 3" in cell["reason"]
+
+
+def test_export_rows_carry_input_and_output_scores_with_their_side(tmp_path: Path) -> None:
+    from autointerp.export import export_run
+
+    run = write_synthetic_run(tmp_path / "run", n_features=4, output_scores=True)
+    out = tmp_path / "features.jsonl"
+    assert export_run(run.path, "jsonl", out) == 4
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    for row in rows:
+        settings = json.loads(row["score_settings"])
+        assert settings["intervention_kl"]["side"] == "output" and isinstance(row["score_intervention_kl"], float)
+        assert settings["detection"]["side"] == "input" and isinstance(row["score_detection"], float)
+        assert settings["correlation"]["side"] == "input" and "score_correlation" in row
+        assert row["baseline_intervention_kl"] == row["score_intervention_kl"]  # steering does not read the label

@@ -63,7 +63,7 @@ def _col(browser: Cdp, key: str) -> int:
 
 
 def test_report_in_chromium(browser: Cdp, tmp_path: Path) -> None:
-    run = write_synthetic_run(tmp_path / "run", n_features=6, evil_tokens=True, vocab=True)
+    run = write_synthetic_run(tmp_path / "run", n_features=6, evil_tokens=True, vocab=True, output_scores=True)
     other = write_synthetic_run(tmp_path / "other", n_features=6, seed=3, quality=0.2)
     page = build_report(run.path, tmp_path / "report.html", compare=other.path)
     _open(browser, page.resolve().as_uri())
@@ -128,10 +128,23 @@ def test_report_in_chromium(browser: Cdp, tmp_path: Path) -> None:
 
     # Overview: one histogram per score, explained vs baseline, undefined reasons, usage per role.
     browser.eval("window.__report.show('overview')")
-    assert browser.eval("document.querySelectorAll('#view-overview .ov-score').length") == 2
-    assert browser.eval("document.querySelectorAll('#view-overview .ov-score .bin').length") == 2 * 24
+    assert browser.eval("document.querySelectorAll('#view-overview .ov-score').length") == 3
+    assert browser.eval("document.querySelectorAll('#view-overview .ov-score .bin').length") == 3 * 24
     ov = browser.eval("document.getElementById('view-overview').textContent")
     assert "1 × true activations are constant" in ov and "failed simulations" in ov
+    # Input against output score: one point per feature with both (feature 1's correlation is undefined);
+    # the x selector switches to detection, defined for all 6; a point opens its feature.
+    assert browser.eval("document.querySelectorAll('#view-overview svg.scatter circle.pt').length") == 5
+    assert "5 of 6 features have both scores; Spearman rho" in browser.eval(
+        "document.querySelector('#view-overview .scatter-box').textContent")
+    browser.eval("(() => { const s = document.getElementById('scatter-x'); s.value = 'detection';"
+                 " s.dispatchEvent(new Event('change')); })()")
+    assert browser.eval("document.querySelectorAll('#view-overview svg.scatter circle.pt').length") == 6
+    browser.eval("document.querySelector('#view-overview svg.scatter circle.pt')"
+                 ".dispatchEvent(new MouseEvent('click'))")
+    browser.eval("new Promise(r => setTimeout(r, 100))")
+    assert browser.eval("document.querySelector('#card .feature-id').textContent").startswith("synthetic/L0/")
+    browser.eval("window.__report.show('overview')")
     # Compare: paired differences and both labels side by side.
     browser.eval("window.__report.show('compare')")
     cmp_text = browser.eval("document.getElementById('view-compare').textContent")

@@ -556,6 +556,83 @@
     if (!roles.length) { var none = el("tr"); none.appendChild(el("td", "missing", "no LLM usage recorded")); t.appendChild(none); }
     return t;
   }
+  /* Input vs output: one point per feature with both scores; the selectors pick the pair. */
+  var SVGNS = "http://www.w3.org/2000/svg";
+  function svgEl(tag, attrs) {
+    var e = document.createElementNS(SVGNS, tag);
+    Object.keys(attrs || {}).forEach(function (k) { e.setAttribute(k, String(attrs[k])); });
+    return e;
+  }
+  function scatterPlot(x, y) {
+    var W = 420, H = 300, M = 40;
+    var idx = [];
+    for (var i = 0; i < N; i++) { if (L.scores[x][i] !== null && L.scores[y][i] !== null) { idx.push(i); } }
+    var svg = svgEl("svg", { width: W, height: H, viewBox: "0 0 " + W + " " + H, "class": "scatter", role: "img" });
+    svg.appendChild(svgEl("title")).textContent = y + " against " + x + ", one point per feature";
+    function range(vals) {
+      var lo = Math.min.apply(null, vals), hi = Math.max.apply(null, vals);
+      if (!(hi - lo > 1e-12)) { lo -= 0.5; hi += 0.5; }
+      return [lo, hi];
+    }
+    var xs = idx.map(function (i) { return L.scores[x][i]; }), ys = idx.map(function (i) { return L.scores[y][i]; });
+    var rx = idx.length ? range(xs) : [0, 1], ry = idx.length ? range(ys) : [0, 1];
+    function px(v) { return M + (W - 2 * M) * (v - rx[0]) / (rx[1] - rx[0]); }
+    function py(v) { return H - M - (H - 2 * M) * (v - ry[0]) / (ry[1] - ry[0]); }
+    svg.appendChild(svgEl("line", { x1: M, y1: H - M, x2: W - M, y2: H - M, "class": "axis-line" }));
+    svg.appendChild(svgEl("line", { x1: M, y1: M, x2: M, y2: H - M, "class": "axis-line" }));
+    [[fmt(rx[0]), M, H - M + 14, "start"], [fmt(rx[1]), W - M, H - M + 14, "end"], [x, W / 2, H - 6, "middle"]].forEach(function (t) {
+      svg.appendChild(svgEl("text", { x: t[1], y: t[2], "text-anchor": t[3] })).textContent = t[0];
+    });
+    [[fmt(ry[0]), H - M], [fmt(ry[1]), M + 4]].forEach(function (t) {
+      svg.appendChild(svgEl("text", { x: M - 4, y: t[1], "text-anchor": "end" })).textContent = t[0];
+    });
+    svg.appendChild(svgEl("text", { x: 12, y: H / 2, "text-anchor": "middle", transform: "rotate(-90 12 " + H / 2 + ")" })).textContent = y;
+    idx.forEach(function (i) {
+      var c = svgEl("circle", { cx: px(L.scores[x][i]).toFixed(1), cy: py(L.scores[y][i]).toFixed(1), r: 4, "class": "pt", tabindex: 0 });
+      c.dataset.feature = L.id[i];
+      c.appendChild(svgEl("title")).textContent = L.id[i] + ": " + (L.label[i] || "") + " (" + x + " " + fmt(L.scores[x][i]) + ", " + y + " " + fmt(L.scores[y][i]) + ")";
+      c.addEventListener("click", function () { showView("features"); openFeature(i); });
+      svg.appendChild(c);
+    });
+    return svg;
+  }
+  function scatterSection() {
+    var S = DATA.scatter;
+    var box = el("div", "scatter-box");
+    box.appendChild(el("h3", null, "Input against output score, per feature"));
+    if (!S || !S.inputs.length || !S.outputs.length) {
+      box.appendChild(el("p", "missing", "Needs an input-side score (correlation, detection, fuzzing, embedding, surprisal) and an output-side one " +
+        "(intervention, intervention_kl): score the run with both, e.g. autointerp score RUN --scorers detection,intervention_kl."));
+      return box;
+    }
+    var st = { x: S.x, y: S.y };
+    var controls = el("div", "controls");
+    var plot = el("div", "scatter-plot");
+    var note = el("p", "num-line");
+    function selector(label, names, key) {
+      var lab = el("label", null, label + " ");
+      var s = el("select");
+      s.id = "scatter-" + key;
+      names.forEach(function (n) { var o = el("option", null, n); o.value = n; o.selected = n === st[key]; s.appendChild(o); });
+      s.addEventListener("change", function () { st[key] = s.value; draw(); });
+      lab.appendChild(s);
+      return lab;
+    }
+    controls.appendChild(selector("input (x)", S.inputs, "x"));
+    controls.appendChild(selector("output (y)", S.outputs, "y"));
+    function draw() {
+      plot.textContent = "";
+      plot.appendChild(scatterPlot(st.x, st.y));
+      var r = S.spearman[st.x][st.y];
+      note.textContent = r.n + " of " + N + " features have both scores; Spearman rho " +
+        (r.rho === null ? "undefined (" + r.reason + ")" : fmt(r.rho, 3)) + ". Click a point to open its feature.";
+    }
+    box.appendChild(controls);
+    box.appendChild(plot);
+    box.appendChild(note);
+    draw();
+    return box;
+  }
   function renderOverview() {
     var o = DATA.overview;
     var v = document.getElementById("view-overview");
@@ -595,6 +672,7 @@
       grid.appendChild(box);
     });
     v.appendChild(grid);
+    v.appendChild(scatterSection());
     var fails = el("div", "overview-grid");
     fails.appendChild(reasonList("failed explanations", o.failed_explanations));
     fails.appendChild(reasonList("failed simulations", o.failed_simulations));

@@ -428,6 +428,52 @@ def _overview(run: RunData, c: _Columns, warnings: list[str]) -> dict[str, Any]:
     }
 
 
+def _spearman(x: list[float], y: list[float]) -> tuple[float | None, str | None]:
+    """Spearman's rank correlation (ties: average ranks), or None with the reason it is undefined."""
+    if len(x) < 3:
+        return None, f"only {len(x)} feature(s) have both scores (needs 3)"
+    from scipy.stats import rankdata
+
+    rx, ry = rankdata(x), rankdata(y)
+    if np.ptp(rx) == 0 or np.ptp(ry) == 0:
+        return None, "one of the scores is the same for every feature"
+    return float(np.corrcoef(rx, ry)[0, 1]), None
+
+
+def _default_of(names: list[str], preferred: tuple[str, ...]) -> str | None:
+    """The first of ``names`` whose score name (before any ``@judge``) comes first in ``preferred``."""
+    for p in preferred:
+        for n in names:
+            if n.split("@", 1)[0] == p:
+                return n
+    return names[0] if names else None
+
+
+SCATTER_X = ("correlation", "detection", "fuzzing", "embedding", "surprisal")
+"""Input-side scores the scatter shows first, best first (the first one the run has)."""
+SCATTER_Y = ("intervention", "intervention_kl", "intervention_logit_shift")
+"""Output-side scores the scatter shows first, best first."""
+
+
+def _scatter(c: _Columns) -> dict[str, Any]:
+    """The input-vs-output view: which score labels are input- and output-side (from the scorer registry),
+    the default pair, and Spearman's rho (with n, or the reason it is undefined) for every input x output
+    pair, over the features with both scores. The page draws the points from the list's score columns."""
+    from autointerp.scorers.registry import score_side
+
+    inputs = [n for n in c.names if score_side(n) == "input"]
+    outputs = [n for n in c.names if score_side(n) == "output"]
+    rho: dict[str, dict[str, Any]] = {}
+    for x in inputs:
+        rho[x] = {}
+        for y in outputs:
+            pairs = [(a, b) for a, b in zip(c.scores[x], c.scores[y], strict=True) if a is not None and b is not None]
+            r, why = _spearman([a for a, _ in pairs], [b for _, b in pairs])
+            rho[x][y] = {"rho": _num(r), "n": len(pairs), "reason": why}
+    return {"inputs": inputs, "outputs": outputs, "x": _default_of(inputs, SCATTER_X),
+            "y": _default_of(outputs, SCATTER_Y), "spearman": rho}
+
+
 def _compare(run: RunData, other: RunData, c: _Columns, other_name: str) -> dict[str, Any]:
     """The other run's labels and scores on this run's features, and paired differences per score."""
     from autointerp.score import bootstrap_ci
@@ -503,6 +549,7 @@ def report_data(
         "sources": list(c.sources),
         "reasons": list(c.reasons),
         "overview": _overview(run, c, warnings or []),
+        "scatter": _scatter(c),
         "compare": None if compare is None else _compare(run, compare, c, compare.path.name),
     }
     settings = _explainer_settings(run.manifest)

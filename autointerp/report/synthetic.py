@@ -65,11 +65,13 @@ def write_synthetic_run(
     config: dict[str, Any] | None = None,
     source: str = "synthetic/L0/mlp_neurons",
     vocab: bool = False,
+    output_scores: bool = False,
 ) -> RunDir:
     """Write a complete synthetic run into ``path``. ``quality`` (0..1) sets how well simulations follow
     the true activations (so sweep cells can differ); feature 1 gets an undefined correlation and a
     failed simulation, so every report path is exercised; ``vocab`` adds a vocabulary projection to every
-    record. Returns the RunDir."""
+    record; ``output_scores`` adds an output-side score (``intervention_kl``, the same for a label and its
+    baseline, as steering does not read the label). Returns the RunDir."""
     rng = np.random.default_rng(seed)
     run = RunDir.create(Path(path), "explain", config or {"synthetic": True, "seed": seed, "quality": quality})
     records, expl_rows, sim_rows, score_rows = [], [], [], []
@@ -96,6 +98,7 @@ def write_synthetic_run(
                 "method": "synthetic",
             }
         records.append(rec.to_json())
+        kl = float(rng.uniform(0.1, 5.0)) if output_scores else 0.0  # drawn only when asked: seeds stay stable
         for kind, text in (("0", labels[i]), ("baseline", labels[(i + 1) % n_features])):
             eid = f"{fid}#{kind}"
             base = kind == "baseline"
@@ -126,6 +129,8 @@ def write_synthetic_run(
                 else Score("correlation", None, reason="true activations are constant over the scored records"),
                 Score("detection", float(np.clip(0.5 + q * 0.4 + rng.normal(0, 0.05), 0, 1)), settings={"n": 10}),
             ]
+            if output_scores:
+                scores.append(Score("intervention_kl", kl, settings={"alpha": 4.0 * mx}))
             for sc in scores:
                 score_rows.append({"explanation_id": eid, "feature": str(fid), "baseline": base, "score": sc.to_json()})
     append_jsonl(run.file("records.jsonl"), records)

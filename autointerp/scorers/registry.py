@@ -296,3 +296,17 @@ def check_scorers(cfg: ExplainConfig, addresses: Sequence[str], models: Models) 
 def score_names(side: str | None = None) -> list[str]:
     """Every score name the registry's scorers write (of one side, if given)."""
     return [n for e in SCORERS.values() if side is None or e.side == side for n in e.score_names]
+
+
+def score_side(label: str) -> Literal["input", "output"] | None:
+    """Which side of a feature the score ``label`` rates (``input``: what makes it fire; ``output``: what it
+    does to the model's output), from the registry; a run's score labels may carry the judge
+    (``detection@<judge>``, see :mod:`autointerp.rundir`). None for a name no scorer writes (a diagnostic
+    such as ``label_prior_correlation``)."""
+    from autointerp.score import SIMULATION_SCORES
+
+    name = label.split("@", 1)[0]
+    for e in SCORERS.values():
+        if name in e.score_names or (e.name == "simulation" and name in SIMULATION_SCORES):
+            return e.side
+    return None
