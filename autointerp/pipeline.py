@@ -621,10 +621,12 @@ class _Runner:
         )
 
     async def score_all(self, features: list[str]) -> None:
+        """Score the selected explanation of each feature, and its shuffled baseline unless ``baseline`` is off
+        (e.g. ``run_score(..., settings={"baseline": False})`` scores the selected labels only)."""
         todo = [
             e
             for f in features
-            for e in (self.data.selected(f), self.data.baseline(f))
+            for e in (self.data.selected(f), self.data.baseline(f) if self.config.baseline else None)
             if e is not None and e.feature in self.data.records
         ]
         await asyncio.gather(*(self.guarded(e.feature, "score", self.score_explanation(e)) for e in todo))
@@ -900,10 +902,13 @@ async def run_score(
     settings: dict[str, Any] | None = None,
     *,
     retry_failed: bool = False,
+    features: Sequence[str] | None = None,
 ) -> RunSummary:
     """Score the selected and baseline explanations of an existing run with ``scorers`` (comma list).
 
-    ``settings`` overrides fields of the run's config for this scoring (e.g. ``{"negatives": "hard"}``).
+    ``settings`` overrides fields of the run's config for this scoring (e.g. ``{"negatives": "hard"}``;
+    ``{"baseline": False}`` leaves the shuffled baselines unscored). ``features``: only these feature ids
+    (default: every feature of the run).
 
     Other settings come from the run's manifest; ``judge``/``simulator`` override its LLM specs. Scores
     of another judge already in the run are kept beside the new ones (labelled apart, never mixed)."""
@@ -922,6 +927,10 @@ async def run_score(
     if not data.explanations:
         raise UserError(f"{run_dir} holds no explanations; run `autointerp explain` first")
     check_scorers(config, [r.id.source for r in data.records.values()], models)
+    unknown = [f for f in features or () if f not in data.records]
+    if unknown:
+        example = next(iter(data.records))
+        raise UserError(f"{run_dir} holds no feature {unknown[0]}; give feature ids of the run (e.g. {example})")
     for name in _prompt_names(config):
         run.record_prompt(name, load_template(name).text)
     to_close: list[LLMClient] = []
@@ -931,8 +940,9 @@ async def run_score(
     session = _Session(data, config, clients)
     try:
         runner = _Runner(config, session, models, retry_failed)
-        await runner.score_all(list(data.records))
-        runner.add_label_prior(list(data.records))
+        todo = list(data.records) if features is None else list(features)
+        await runner.score_all(todo)
+        runner.add_label_prior(todo)
     finally:
         _record_models(run, models)
         session.close(counters.delta())

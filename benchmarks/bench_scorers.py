@@ -52,8 +52,8 @@ def _features(args: argparse.Namespace) -> list[int]:
 def stage_sample(args: argparse.Namespace) -> None:
     from autointerp.sampling import SamplingConfig, SamplingSetup, prepare_sampling
 
-    out = args.out / "sample"
-    if (out / "meta.json").exists():
+    out = args.out / args.sample
+    if (out / "records" / "meta.json").exists():
         return
     setup = SamplingSetup(sae="gemma3-270m/L6", corpus="wiki", threads=args.threads)
     job = prepare_sampling(setup, SamplingConfig(tokens=args.tokens, features=tuple(_features(args))))
@@ -63,7 +63,7 @@ def stage_sample(args: argparse.Namespace) -> None:
 def _records(args: argparse.Namespace) -> list[Any]:
     from autointerp.record_store import load_feature_records
 
-    recs = load_feature_records(args.out / "sample")
+    recs = load_feature_records(args.out / args.sample)
     live = [r for r in recs if not r.dead and len(r.train) >= 3 and r.test_top]
     docs = [r for r in live if r.id.index in DOCUMENTED]
     rand = [r for r in live if r.id.index not in DOCUMENTED][: args.n_random]
@@ -99,6 +99,8 @@ def stage_explain(args: argparse.Namespace, models: Any) -> None:
 
     records = _records(args)
     for name, show in (("A-default", False), ("B-vocab", True)):
+        if name not in args.explain_runs.split(","):
+            continue
         t = time.perf_counter()
         asyncio.run(run_explain(_config(args, show_vocab=show), args.out / name, records, models=models))
         log.info("explain %s: %.0f s", name, time.perf_counter() - t)
@@ -107,13 +109,44 @@ def stage_explain(args: argparse.Namespace, models: Any) -> None:
 def stage_hard(args: argparse.Namespace, models: Any) -> None:
     from autointerp.pipeline import run_score
 
-    asyncio.run(run_score(args.out / "A-default", "embedding,surprisal", models=models, settings={"negatives": "hard"}))
+    settings = {"negatives": "hard"}
+    asyncio.run(run_score(args.out / "A-default", args.hard_scorers, models=models, settings=settings))
 
 
-def stage_judged(args: argparse.Namespace, models: Any) -> None:
-    from autointerp.pipeline import run_score
+def _judged_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The judged scorers' smaller sizes (selected labels only: no shuffled baseline)."""
+    return {"classifier_examples": args.judged_examples, "max_records_per_split": args.sim_records,
+            "baseline": False}
 
-    asyncio.run(run_score(args.out / "A-default", args.judged, models=models))
+
+def stage_judged(args: argparse.Namespace, models: Any, start: float) -> None:
+    """Feature by feature (documented first, then random, in the sample's order): the judged scorers with
+    random negatives, then detection with hard negatives; stops at ``--budget-s`` (scores are kept; a rerun
+    resumes)."""
+    from autointerp.pipeline import open_clients, run_score
+
+    run = args.out / "A-default"
+
+    async def go() -> None:
+        clients, to_close = open_clients(_config(args))
+        try:
+            for r in _records(args):
+                if time.perf_counter() - start > args.budget_s:
+                    log.info("budget spent: judged scorers stop before %s", r.id)
+                    return
+                t = time.perf_counter()
+                f = [str(r.id)]
+                await run_score(run, args.judged, clients=clients, models=models, settings=_judged_settings(args),
+                                features=f)
+                if args.hard_judged:
+                    hard = {**_judged_settings(args), "negatives": "hard"}
+                    await run_score(run, args.hard_judged, clients=clients, models=models, settings=hard, features=f)
+                log.info("judged %s: %.0f s", r.id, time.perf_counter() - t)
+        finally:
+            for c in to_close:
+                await c.aclose()
+
+    asyncio.run(go())
 
 
 def _table(run_dir: Path) -> dict[str, dict[str, Any]]:
@@ -157,6 +190,8 @@ def _paired(a: dict[str, dict[str, Any]], b: dict[str, dict[str, Any]], name: st
 
 
 def stage_report(args: argparse.Namespace) -> dict[str, Any]:
+    from autointerp.scorers.registry import HARD
+
     a = _table(args.out / "A-default")
     b = _table(args.out / "B-vocab") if (args.out / "B-vocab" / "scores.jsonl").exists() else {}
     labels = sorted({k for row in a.values() for k in row if "/" not in k and k != "explanation"})
@@ -181,8 +216,12 @@ def stage_report(args: argparse.Namespace) -> dict[str, Any]:
         for x in labels
     }
     paired = {x: _paired(a, b, x) for x in labels} if b else {}
+    hard = {x: _paired({f: {"v": r.get(x[: -len(HARD)])} for f, r in a.items()},
+                       {f: {"v": r.get(x)} for f, r in a.items()}, "v")
+            for x in labels if x.endswith(HARD)}
     result = {"features": a, "vocab_run": b, "agreement_spearman": agreement, "cost_per_latent": cost,
-              "means": means, "paired_vocab_minus_default": paired, "load": os.getloadavg()}
+              "means": means, "paired_vocab_minus_default": paired,
+              "paired_hard_minus_random": hard, "load": os.getloadavg()}
     (args.out / "bench_scorers.json").write_text(json.dumps(result, indent=1, default=str))
     return result
 
@@ -194,7 +233,14 @@ def main() -> None:
     p.add_argument("--n-random", type=int, default=20, help="random live latents beside the 5 documented ones")
     p.add_argument("--examples", type=int, default=10, help="activating and non-activating examples each")
     p.add_argument("--steer-prompts", type=int, default=4)
-    p.add_argument("--judged", default="detection,intervention")
+    p.add_argument("--sample", default="sample", help="sample directory under --out")
+    p.add_argument("--explain-runs", default="A-default,B-vocab", help="explain runs: A-default, B-vocab")
+    p.add_argument("--judged", default="simulation,detection,fuzzing,intervention")
+    p.add_argument("--hard-judged", default="detection", help="judged scorers also run with hard negatives")
+    p.add_argument("--hard-scorers", default="embedding", help="model-only scorers also run with hard negatives")
+    p.add_argument("--judged-examples", type=int, default=5,
+                   help="judged scorers: activating and non-activating examples each")
+    p.add_argument("--sim-records", type=int, default=2, help="simulation: records per scored split")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--budget-s", type=float, default=840.0, help="start no stage after this many seconds")
@@ -211,7 +257,7 @@ def main() -> None:
     start = time.perf_counter()
     models = _models(args)
     stages = {"sample": lambda: stage_sample(args), "explain": lambda: stage_explain(args, models),
-              "hard": lambda: stage_hard(args, models), "judged": lambda: stage_judged(args, models)}
+              "hard": lambda: stage_hard(args, models), "judged": lambda: stage_judged(args, models, start)}
     for name in args.stages.split(","):
         if name == "report":
             continue
@@ -223,7 +269,8 @@ def main() -> None:
         log.info("stage %s: %.0f s (load %s)", name, time.perf_counter() - t, os.getloadavg())
     if "report" in args.stages:
         res = stage_report(args)
-        print(json.dumps({k: res[k] for k in ("means", "cost_per_latent", "paired_vocab_minus_default", "load")},
+        keys = ("means", "cost_per_latent", "paired_vocab_minus_default", "paired_hard_minus_random", "load")
+    print(json.dumps({k: res[k] for k in keys},
                          indent=1, default=str))
 
 

@@ -84,6 +84,22 @@ async def test_run_writes_schema_and_beats_baseline(tmp_path: Path) -> None:
     assert _count(run / "scores.jsonl") == sizes[2] + 8
 
 
+async def test_rescoring_some_features_without_baseline_scores_only_their_selected_labels(tmp_path: Path) -> None:
+    fake = FakeLLM(spec="local:fake", chat_fn=smart_chat)
+    run = tmp_path / "run"
+    await run_explain(ExplainConfig(scorers="simulation", n_top_examples=4, max_records_per_split=3), run, _records(),
+                      Clients(fake, fake, fake))
+    before = _count(run / "scores.jsonl")
+    want = ["toy/L0/mlp_neurons:1", "toy/L0/mlp_neurons:3"]
+    await run_score(run, "detection", clients=Clients(fake, fake, fake), settings={"baseline": False}, features=want)
+    new = [r for r in read_jsonl(run / "scores.jsonl")][before:]
+    assert sorted((r["feature"], r["baseline"], r["score"]["name"]) for r in new) == [
+        (f, False, "detection") for f in want
+    ]
+    with pytest.raises(UserError, match="holds no feature toy/L0/mlp_neurons:9"):
+        await run_score(run, "detection", clients=Clients(fake, fake, fake), features=["toy/L0/mlp_neurons:9"])
+
+
 async def test_best_of_n_and_error_isolation(tmp_path: Path) -> None:
     recs = _records(3)
     recs[2].train[0].tokens[0] = "boom"  # the fake explainer raises on this feature
