@@ -7,7 +7,9 @@ Splits, per feature (disjoint by window and by text): windows whose normalised t
 NFKC, whitespace runs collapsed) count as one, so the same text never lands in two splits (a duplicated
 document in the corpus gives several windows with the same text). The top windows, deduplicated by text, are
 shuffled with a per-feature seeded generator and cut into train / valid / test_top; quantile examples come
-from the reservoir minus those texts; random examples from the shared pool minus all of the above.
+from the reservoir minus those texts; random examples from the shared pool minus all of the above. The splits
+of a file's features are cut at once with whole-array numpy (``_cut_splits``; only the seeded generator
+draws go feature by feature), ~10x faster than a Python loop per feature.
 
 On disk (``<run>/records/``): ``meta.json``, ``stats.json``, ``windows.npz`` (index, token ids [M, T] int32
 and lengths of every referenced window, stored once), ``vocab.json`` (decoded string of every token id used,
@@ -85,64 +87,147 @@ def _split_counts(n: int, cfg: SplitSizes) -> tuple[int, int, int]:
     return tr, va, n - tr - va
 
 
-def _feature_splits(
-    f: int, fi: int, st: dict[str, np.ndarray], text_of: dict[int, str], cfg: SplitSizes
-) -> tuple[dict[str, list[tuple[int, np.ndarray]]], list[float]]:
-    """Split one feature's examples; returns {split: [(window, acts)]} and the quantile edges."""
-    rng = np.random.default_rng([cfg.seed, f])
-    out: dict[str, list[tuple[int, np.ndarray]]] = {s: [] for s in SPLITS}
-    ok = st["top_valid"][fi]
-    top_w, top_v, top_a = st["top_win"][fi][ok], st["top_val"][fi][ok], st["top_acts"][fi][ok]
-    order = np.lexsort((top_w, -top_v))
-    top_w, top_v, top_a = top_w[order], top_v[order], top_a[order]
-    # Identical texts count as one: keep the best (first) window of each text.
-    seen: set[str] = set()
-    first = np.zeros(len(top_w), dtype=bool)
-    for i, w in enumerate(top_w.tolist()):
-        key = text_of[int(w)]
-        if key not in seen:
-            seen.add(key)
-            first[i] = True
-    top_w, top_v, top_a = top_w[first], top_v[first], top_a[first]
-    perm = rng.permutation(len(top_w))
-    n_tr, n_va, n_te = _split_counts(len(top_w), cfg)
-    cuts = {"train": perm[:n_tr], "valid": perm[n_tr : n_tr + n_va], "test_top": perm[n_tr + n_va : n_tr + n_va + n_te]}
-    used: set[str] = set()
-    for name, sel in cuts.items():
-        sel = np.sort(sel)  # keep descending-activation order within the split
-        out[name] = [(int(top_w[i]), top_a[i]) for i in sel]
-        used.update(text_of[int(top_w[i])] for i in sel)
+def _first_of_each(keys: np.ndarray) -> np.ndarray:
+    """Bool mask of the first occurrence of each value in the 1-D ``keys``."""
+    first = np.zeros(len(keys), dtype=bool)
+    first[np.unique(keys, return_index=True)[1]] = True
+    return first
 
-    okq = st["q_valid"][fi]
-    q_w, q_m, q_a = st["q_win"][fi][okq], st["q_max"][fi][okq], st["q_acts"][fi][okq]
-    edges: list[float] = []
-    if len(q_w):
-        edges = [float(x) for x in np.quantile(q_m, np.linspace(0, 1, cfg.n_quantile_bins + 1))]
-        bins = np.searchsorted(np.asarray(edges[1:-1]), q_m, side="right")
-        for bi in range(cfg.n_quantile_bins):
-            free = np.array([text_of[int(w)] not in used for w in q_w], dtype=bool)
-            cand = np.nonzero((bins == bi) & free)[0]
-            cand = cand[np.argsort(q_w[cand], kind="stable")]
-            uniq: list[int] = []  # one window per text within the bin (the lowest window index)
-            texts: set[str] = set()
-            for i in cand.tolist():
-                key = text_of[int(q_w[i])]
-                if key not in texts:
-                    texts.add(key)
-                    uniq.append(i)
-            cand = np.array(uniq, dtype=np.int64)
-            take = rng.choice(cand, size=min(cfg.per_quantile_bin, len(cand)), replace=False) if len(cand) else cand
-            for i in sorted(take.tolist(), key=lambda i: -q_m[i]):
-                out["test_quantiles"].append((int(q_w[i]), q_a[i]))
-                used.add(text_of[int(q_w[i])])
 
-    for slot in st["r_order"]:
-        if len(out["test_random"]) >= cfg.n_random:
-            break
-        w = int(st["r_win"][slot])
-        if text_of[w] not in used:
-            out["test_random"].append((w, st["r_acts"][slot, :, fi]))
-            used.add(text_of[w])
+def _isin_sorted(keys: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
+    """``np.isin(keys, sorted_keys)`` for a sorted ``sorted_keys`` (repeats allowed)."""
+    if not len(sorted_keys):
+        return np.zeros(keys.shape, dtype=bool)
+    pos = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
+    return sorted_keys[pos] == keys
+
+
+def _rank_in_group(groups: np.ndarray) -> np.ndarray:
+    """0, 1, 2, ... within each run of equal values of the sorted 1-D ``groups``."""
+    if not len(groups):
+        return groups.copy()
+    starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]])
+    return np.arange(len(groups)) - np.repeat(starts, np.diff(np.r_[starts, len(groups)]))
+
+
+class _Texts:
+    """Integer ids of the window texts (``normalise_text``): equal ids, equal texts."""
+
+    def __init__(self, windows: np.ndarray, keys: list[str]) -> None:
+        ids: dict[str, int] = {}
+        self.windows = windows  # sorted window indices
+        self.ids = np.array([ids.setdefault(k, len(ids)) for k in keys], dtype=np.int64)
+        self.n = len(ids)
+
+    def of(self, windows: np.ndarray) -> np.ndarray:
+        """Text id of each window index in ``windows`` (-1 for the -1 of an empty slot)."""
+        if not len(self.windows):
+            return np.full(windows.shape, -1, dtype=np.int64)
+        pos = np.clip(np.searchsorted(self.windows, windows), 0, len(self.windows) - 1)
+        return np.where(windows >= 0, self.ids[pos], -1)
+
+
+def _cut_splits(
+    st: dict[str, np.ndarray], rows: np.ndarray, feats: list[int], texts: _Texts, cfg: SplitSizes, window: int
+) -> tuple[dict[str, np.ndarray], list[list[float]]]:
+    """Cut the splits of the features at state rows ``rows`` (feature ids ``feats``), all at once.
+
+    Returns the store arrays of these features (``<split>_win`` [F, n] with -1 padding, ``<split>_acts``
+    [F, n, T]) and each feature's quantile edges. Per feature: the top windows are sorted by activation
+    (ties: lower window), deduplicated by text (the best window of each text), shuffled with the feature's
+    generator ``default_rng([seed, feature])`` and cut into train / valid / test_top (each kept in descending
+    order). Quantile bins follow the reservoir's activation quantiles; in bin order, each bin draws (same
+    generator) from its windows whose text is not used yet, one window per text (the lowest index), and its
+    draws are listed by descending activation. Random examples are the first pool windows (by pool key)
+    whose text is not used yet. The work is whole-array numpy; only the generator draws go feature by
+    feature."""
+    nf = len(rows)
+    sizes = cfg.sizes()
+    out: dict[str, np.ndarray] = {}
+    for name, n in sizes.items():
+        out[f"{name}_win"] = np.full((nf, n), -1, dtype=np.int64)
+        out[f"{name}_acts"] = np.zeros((nf, n, window), dtype=np.float32)
+    nt = texts.n + 1
+    fidx = np.arange(nf)[:, None]
+
+    def put(split: str, f: np.ndarray, slot: np.ndarray, win: np.ndarray, acts: np.ndarray) -> None:
+        out[f"{split}_win"][f, slot] = win
+        out[f"{split}_acts"][f, slot] = acts
+
+    # top windows: sort, one window per text, shuffle, cut
+    valid, win, val = st["top_valid"][rows], st["top_win"][rows], st["top_val"][rows]
+    order = np.lexsort((win, -val, ~valid), axis=-1)
+    win_s = np.take_along_axis(win, order, 1)
+    valid_s = np.take_along_axis(valid, order, 1)
+    key_s = fidx * nt + np.where(valid_s, texts.of(win_s), -1) + 1
+    first = _first_of_each(key_s.ravel()).reshape(nf, -1) & valid_s
+    n_unique = first.sum(axis=1)
+    rngs = [np.random.default_rng([cfg.seed, f]) for f in feats]
+    inv_parts: list[np.ndarray] = []
+    bounds = np.zeros((nf, 3), dtype=np.int64)
+    for j, rng in enumerate(rngs):
+        n = int(n_unique[j])
+        perm = rng.permutation(n)
+        inv = np.empty(n, dtype=np.int64)
+        inv[perm] = np.arange(n)
+        inv_parts.append(inv)
+        tr, va, te = _split_counts(n, cfg)
+        bounds[j] = (tr, tr + va, tr + va + te)
+    tf, tk = np.nonzero(first)  # by feature, then by descending activation
+    inv_all = np.concatenate(inv_parts) if inv_parts else np.zeros(0, dtype=np.int64)
+    code = (inv_all[:, None] >= bounds[tf]).sum(axis=1)  # 0 train, 1 valid, 2 test_top, 3 not taken
+    for c, split in enumerate(("train", "valid", "test_top")):
+        sel = code == c
+        f, k = tf[sel], tk[sel]
+        put(split, f, _rank_in_group(f), win_s[f, k], st["top_acts"][rows[f], order[f, k]])
+    used = np.sort(key_s[tf[code < 3], tk[code < 3]])  # (feature, text) keys of the texts taken
+
+    # quantile bins of the reservoir
+    nb = cfg.n_quantile_bins
+    qv, qw, qm = st["q_valid"][rows], st["q_win"][rows], st["q_max"][rows]
+    n_q = qv.sum(axis=1)
+    edges: list[list[float]] = [[] for _ in range(nf)]
+    inner = np.full((nf, max(0, nb - 1)), np.inf)
+    for n in np.unique(n_q[n_q > 0]).tolist():
+        g = np.flatnonzero(n_q == n)
+        e = np.quantile(qm[g][qv[g]].reshape(len(g), n), np.linspace(0, 1, nb + 1), axis=1)  # [nb + 1, G]
+        for j, row in zip(g.tolist(), e.T.tolist(), strict=True):
+            edges[j] = [float(x) for x in row]
+        inner[g] = e[1:-1].T
+    bins = (qm[:, :, None].astype(np.float64) >= inner[:, None, :]).sum(axis=2)
+    q_key = fidx * nt + np.where(qv, texts.of(qw), -1) + 1
+    taken = np.zeros(nf, dtype=np.int64)
+    for bi in range(nb):
+        f, r = np.nonzero(qv & (bins == bi) & ~_isin_sorted(q_key, used))
+        o = np.lexsort((qw[f, r], f))  # by feature, then by window index
+        f, r = f[o], r[o]
+        keep = _first_of_each(q_key[f, r])  # one window per text: the lowest index
+        f, r = f[keep], r[keep]
+        counts = np.bincount(f, minlength=nf)
+        starts = np.cumsum(counts) - counts
+        picks = [rngs[j].choice(int(counts[j]), size=min(cfg.per_quantile_bin, int(counts[j])), replace=False)
+                 + starts[j] for j in np.flatnonzero(counts).tolist()]
+        if not picks:
+            continue
+        p = np.concatenate(picks)
+        f, r = f[p], r[p]
+        o = np.argsort(-qm[f, r], kind="stable")  # by descending activation, ties in draw order
+        f, r = f[o], r[o]
+        o = np.argsort(f, kind="stable")
+        f, r = f[o], r[o]
+        put("test_quantiles", f, taken[f] + _rank_in_group(f), qw[f, r], st["q_acts"][rows[f], r])
+        taken += np.bincount(f, minlength=nf)
+        used = np.sort(np.concatenate([used, q_key[f, r]]))
+
+    # random windows: the pool in key order, one window per text, texts not used yet
+    slots = st["r_order"]
+    p_win = st["r_win"][slots]
+    p_txt = texts.of(p_win)
+    p_key = fidx * nt + p_txt[None, :] + 1
+    ok = _first_of_each(p_txt)[None, :] & ~_isin_sorted(p_key, used)
+    rank = np.cumsum(ok, axis=1) - 1
+    f, p = np.nonzero(ok & (rank < cfg.n_random))
+    put("test_random", f, rank[f, p], p_win[p], st["r_acts"][slots[p], :, rows[f]])
     return out, edges
 
 
@@ -168,37 +253,28 @@ def write_records(
     used_ids = np.unique(rows) if rows.size else np.zeros(0, dtype=np.int32)
     strings = decode([int(i) for i in used_ids]) if len(used_ids) else []
     vocab = {int(i): s for i, s in zip(used_ids, strings, strict=True)}
-    text_of = {w: normalise_text("".join(vocab[int(x)] for x in rows[r, content_start : lens[r]]))
-               for r, w in enumerate(idx)}
+    texts = _Texts(np.array(idx, dtype=np.int64),
+                   [normalise_text("".join(vocab[int(x)] for x in rows[r, content_start : lens[r]]))
+                    for r in range(len(idx))])
     n_tok = max(1, state.n_tokens)
     count, ssum, ssa, smax = st["count_active"], st["sum"], st["sum_active"], st["max"]
     sizes = cfg.sizes()
     stats: list[dict[str, Any]] = []
-    n_dead = 0
+    n_dead = int((count <= 0).sum())
     for s0 in range(0, len(feats), _SHARD):
         chunk = feats[s0 : s0 + _SHARD]
-        arrays: dict[str, np.ndarray] = {}
-        for name, n in sizes.items():
-            arrays[f"{name}_win"] = np.full((len(chunk), n), -1, dtype=np.int64)
-            arrays[f"{name}_acts"] = np.zeros((len(chunk), n, t), dtype=np.float32)
+        arrays, edges = _cut_splits(st, np.arange(s0, s0 + len(chunk)), chunk, texts, cfg, t)
         for j, f in enumerate(chunk):
             fi = s0 + j
-            splits, edges = _feature_splits(f, fi, st, text_of, cfg)
-            for name, items in splits.items():
-                for e, (w, a) in enumerate(items):
-                    arrays[f"{name}_win"][j, e] = w
-                    arrays[f"{name}_acts"][j, e] = a
             c = int(count[fi])
-            fired = c > 0
-            n_dead += not fired
             stats.append({
                 "feature": f,
                 "n_tokens": state.n_tokens,
                 "frequency": c / n_tok,
                 "max": float(smax[fi]),
                 "mean": float(ssum[fi] / n_tok),
-                "mean_active": float(ssa[fi] / c) if fired else None,
-                "quantile_edges": edges,
+                "mean_active": float(ssa[fi] / c) if c > 0 else None,
+                "quantile_edges": edges[j],
             })
         _savez_atomic(rec_dir / f"shard_{s0 // _SHARD:05d}.npz", arrays)
 
