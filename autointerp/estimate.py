@@ -102,7 +102,7 @@ def estimate_run(
     ``specs``: LLM spec per role (explainer, simulator, judge); ``strategy``: the simulator's logprob strategy
     (prefix-list, echo, prompt-logprobs, forward-pass, none); ``chars_per_token``: per role, the ratio and
     where it comes from."""
-    from autointerp.explain import Explainer, ExplainerSettings, select_train_examples
+    from autointerp.explain import explainer_request_for, select_train_examples
     from autointerp.pipeline import ExplainConfig
     from autointerp.score import ClassifierSettings, DetectionScorer, FuzzingScorer
     from autointerp.scorers.base import limit_records as _limit
@@ -112,16 +112,7 @@ def estimate_run(
     chars = {"explainer": 0, "simulator": 0, "judge": 0}
     requests = {"explainer": 0, "simulator": 0, "judge": 0}
     client: LLMClient = NoClient()
-    explainer = Explainer(
-        client,
-        ExplainerSettings(
-            kind=cfg.explainer_kind,
-            n_top=cfg.n_top_examples,
-            n_quantile=cfg.n_quantile_examples,
-            cot=cfg.cot,
-            highlight_threshold=cfg.highlight_threshold,
-        ),
-    )
+    explainer_settings = cfg.explainer_settings()
     scored = 2 if cfg.baseline else 1  # each feature's label, and a baseline label from another feature
     splits = [*cfg.scored_test_splits, "valid"]
     classifiers = [
@@ -134,7 +125,7 @@ def estimate_run(
     for record in records:
         examples = select_train_examples(record, cfg.n_top_examples, cfg.n_quantile_examples)
         if examples:
-            chars["explainer"] += cfg.n_candidates * _chat_chars(explainer.build_messages(examples))
+            chars["explainer"] += cfg.n_candidates * _chat_chars(explainer_request_for(explainer_settings, record))
             requests["explainer"] += cfg.n_candidates
         texts = [r.tokens for s in splits for r in _limit(getattr(record, s), cfg.max_records_per_split)]
         valid = [r.tokens for r in _limit(record.valid, cfg.max_records_per_split)]

@@ -6,6 +6,9 @@ Two formats (prompt templates under ``prompts/``, few-shot examples inside the t
   to 0..10 (or 0..9) by the maximum over the shown examples.
 * ``highlighted`` (delphi style): the example text with active tokens marked ``<<token>>``; contiguous
   active tokens are merged into one span.
+* ``contrastive``: the highlighted examples beside hard negatives, counterexamples where the feature does not
+  fire that look like the activating ones (:func:`autointerp.negatives.hard_negatives` on the record's
+  ``train_random`` split: train-side windows, never a held-out test window).
 
 Token text is escaped for display (newline -> ``\\n``, tab -> ``\\t``, other control characters as
 ``\\xNN``, trailing spaces as ``␣``, special tokens such as ``<bos>`` as ``\\<bos\\>``, a literal
@@ -30,11 +33,15 @@ from autointerp.records import ActivationRecord, Explanation, FeatureRecord, Usa
 
 log = logging.getLogger(__name__)
 
-EXPLAINER_KINDS = ("token_activation_pair", "highlighted")
+EXPLAINER_KINDS = ("token_activation_pair", "highlighted", "contrastive")
 _TEMPLATES = {
     "token_activation_pair": "explain_token_activation_pair.j2",
     "highlighted": "explain_highlighted.j2",
+    "contrastive": "explain_contrastive.j2",
 }
+CONTRASTIVE_POOL = 20
+"""train_random windows per feature that ``autointerp explain --explainer-kind contrastive`` samples: the pool
+its hard negatives are ranked in."""
 _SPECIAL = re.compile(r"^<[|/]?[A-Za-z_][\w|.-]*\|?>$")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
@@ -182,7 +189,8 @@ class ExplainerSettings:
     """How an explainer builds its prompt."""
 
     kind: str = "token_activation_pair"
-    """Prompt format: token_activation_pair (OpenAI style) or highlighted (delphi style)."""
+    """Prompt format: token_activation_pair (OpenAI style), highlighted (delphi style) or contrastive
+    (highlighted examples beside hard negatives)."""
     n_top: int = 10
     """Top-activating train examples shown to the explainer."""
     n_quantile: int = 0
@@ -198,6 +206,20 @@ class ExplainerSettings:
     show_vocab: bool = False
     """Also show the feature's vocabulary projection (the tokens its output direction promotes and
     suppresses, ``FeatureRecord.vocab_projection``) after the examples (``prompts/explain_vocab.j2``)."""
+    n_negatives: int = 5
+    """contrastive format: hard negatives shown (the non-firing train_random windows that share the most
+    top-activating tokens with the feature's train examples)."""
+
+
+def explainer_negatives(record: FeatureRecord, settings: ExplainerSettings) -> list[ActivationRecord]:
+    """The counterexamples an explainer with ``settings`` shows for ``record``: for ``contrastive``, the
+    ``n_negatives`` hard negatives of the train-side ``train_random`` split (never a test split); none for the
+    other formats."""
+    if settings.kind != "contrastive":
+        return []
+    from autointerp.negatives import hard_negatives
+
+    return hard_negatives(record, settings.n_negatives, pool="train_random")
 
 
 def select_train_examples(record: FeatureRecord, n_top: int, n_quantile: int) -> list[ActivationRecord]:
@@ -222,20 +244,40 @@ def explainer_prompt_hash(settings: ExplainerSettings) -> str:
 
 
 def build_explainer_request(
-    settings: ExplainerSettings, examples: Sequence[ActivationRecord], vocab: dict[str, Any] | None = None
+    settings: ExplainerSettings,
+    examples: Sequence[ActivationRecord],
+    vocab: dict[str, Any] | None = None,
+    negatives: Sequence[ActivationRecord] = (),
 ) -> ChatRequest:
-    """The explainer's request for ``examples`` (and the vocabulary projection when ``show_vocab``): what
-    :meth:`Explainer.explain` sends, and what the report shows as a label's exact prompt."""
+    """The explainer's request for ``examples`` (the counterexamples ``negatives`` for ``contrastive``, and the
+    vocabulary projection when ``show_vocab``): what :meth:`Explainer.explain` sends, and what the report
+    shows as a label's exact prompt (see :func:`explainer_request_for`)."""
     s = settings
     if s.kind == "token_activation_pair":
         body = format_token_activation_pairs(examples, s.max_value)
     else:
         body = format_highlighted(examples, s.highlight_threshold)
+    shown_negatives = "\n".join(
+        f"Counterexample {i}: " + "".join(escape_text(t) for t in r.tokens) for i, r in enumerate(negatives, 1)
+    )
     if s.show_vocab and vocab:
         shown = {k: ", ".join(repr(escape_token(t)) for t, _ in vocab.get(k, [])) for k in ("top", "bottom")}
-        body += load_template("explain_vocab.j2").render(shown)
-    messages = load_template(_TEMPLATES[s.kind]).render_chat({"examples": body, "cot": s.cot, "max_value": s.max_value})
+        vocab_text = load_template("explain_vocab.j2").render(shown)
+        if s.kind == "contrastive":
+            shown_negatives += vocab_text
+        else:
+            body += vocab_text
+    messages = load_template(_TEMPLATES[s.kind]).render_chat(
+        {"examples": body, "negatives": shown_negatives, "cot": s.cot, "max_value": s.max_value}
+    )
     return ChatRequest(messages=messages, max_tokens=512 if s.cot else s.max_tokens)
+
+
+def explainer_request_for(settings: ExplainerSettings, record: FeatureRecord) -> ChatRequest:
+    """The explainer's request for ``record``: its selected train examples, its train-side counterexamples
+    (contrastive) and its vocabulary projection, as :meth:`Explainer.explain` sends it."""
+    examples = select_train_examples(record, settings.n_top, settings.n_quantile)
+    return build_explainer_request(settings, examples, record.vocab_projection, explainer_negatives(record, settings))
 
 
 class Explainer:
@@ -275,7 +317,13 @@ class Explainer:
             raise ExplanationFailed("the feature never fired in its train examples (dead feature)")
         if self.settings.show_vocab and not record.vocab_projection:
             raise ExplanationFailed("the record has no vocabulary projection to show (compute it: --vocab-projection)")
-        base = self.build_messages(examples, record.vocab_projection)
+        negatives = explainer_negatives(record, self.settings)
+        if self.settings.kind == "contrastive" and not negatives:
+            raise ExplanationFailed(
+                "no counterexample to show: none of the record's train_random windows is non-firing (sample more "
+                "with --n-train-random)"
+            )
+        base = build_explainer_request(self.settings, examples, record.vocab_projection, negatives)
         req = ChatRequest(messages=base.messages, max_tokens=base.max_tokens, temperature=temperature, seed=seed)
         try:
             resp = await self.client.chat(req)

@@ -10,10 +10,17 @@ feature's activating windows and keeps the most similar:
 * ``embedding``: cosine similarity of the window's sentence embedding to the mean embedding of the
   ``train`` windows (see :mod:`autointerp.embedding`).
 
-The pool is the record's ``test_random`` split (uniform windows held out for scoring, never shown to the
-explainer), so hard negatives stay disjoint from the explainer's examples; sample more random windows
-(``autointerp cache --n-random``) for a larger pool. The activating windows used for similarity are the
-``train`` split only, so nothing held out for scoring positives leaks into the choice.
+Two pools, one per side of the train/test divide:
+
+* scorers (detection, fuzzing, embedding, surprisal with ``--negatives hard``) rank the record's
+  ``test_random`` split (uniform windows held out for scoring, never shown to the explainer); sample more
+  random windows (``--n-random``) for a larger pool;
+* the contrastive explainer ranks the ``train_random`` split (uniform windows on the train side, disjoint
+  from every test split; ``--n-train-random``), so no held-out window is ever shown to an explainer and
+  scoring stays honest.
+
+The activating windows used for similarity are the ``train`` split only, so nothing held out for scoring
+positives leaks into the choice.
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ import numpy.typing as npt
 from autointerp.records import ActivationRecord, FeatureRecord
 
 HARD_NEGATIVE_METHODS = ("tokens", "embedding")
+NEGATIVE_POOLS = ("test_random", "train_random")
+"""The splits hard negatives come from: ``test_random`` for scorers, ``train_random`` for explainers."""
 
 EmbedFn = Callable[[Sequence[str]], npt.NDArray[np.float32]]
 """Texts -> [n, d] unit-norm embeddings."""
@@ -63,9 +72,16 @@ def rank_by_similarity(
 
 
 def hard_negatives(
-    record: FeatureRecord, n: int, by: str = "tokens", embed: EmbedFn | None = None
+    record: FeatureRecord,
+    n: int,
+    by: str = "tokens",
+    embed: EmbedFn | None = None,
+    pool: str = "test_random",
 ) -> list[ActivationRecord]:
-    """The ``n`` non-firing ``test_random`` windows most similar to the feature's ``train`` windows."""
-    pool = [r for r in record.test_random if r.max_activation <= 0]
-    return rank_by_similarity(pool, record.train, by, embed)[:n]
+    """The ``n`` non-firing windows of the split ``pool`` (``test_random`` for scorers, ``train_random`` for
+    explainers) most similar to the feature's ``train`` windows."""
+    if pool not in NEGATIVE_POOLS:
+        raise ValueError(f"unknown negative pool {pool!r}; use one of {NEGATIVE_POOLS}")
+    windows = [r for r in getattr(record, pool) if r.max_activation <= 0]
+    return rank_by_similarity(windows, record.train, by, embed)[:n]
 

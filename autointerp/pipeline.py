@@ -100,7 +100,12 @@ class ExplainConfig:
     judge: str = ""
     """LLM spec of the detection/fuzzing judge; empty: same as the explainer."""
     explainer_kind: str = "token_activation_pair"
-    """Explainer prompt format: token_activation_pair (OpenAI style) or highlighted (delphi style)."""
+    """Explainer prompt format: token_activation_pair (OpenAI style), highlighted (delphi style), or contrastive
+    (highlighted examples beside hard negatives from the train-side train_random split; needs a sample with
+    --n-train-random, which explain sets itself when it samples)."""
+    contrastive_negatives: int = 5
+    """contrastive explainer: counterexamples shown, the non-firing train_random windows that share the most
+    top-activating tokens with the feature's train examples."""
     n_top_examples: int = 10
     """Top-activating train examples shown to the explainer."""
     n_quantile_examples: int = 0
@@ -206,6 +211,8 @@ class ExplainConfig:
             raise UserError("--show-vocab needs the projection: give --vocab-projection N (e.g. 10)")
         if self.vocab_projection < 0:
             raise UserError("--vocab-projection must be 0 (off) or a number of tokens")
+        if self.explainer_kind == "contrastive" and self.contrastive_negatives < 1:
+            raise UserError("--contrastive-negatives must be at least 1 for --explainer-kind contrastive")
         if self.n_candidates < 1:
             raise UserError("--n-candidates must be at least 1")
         if self.llm_concurrency < 1:
@@ -214,6 +221,18 @@ class ExplainConfig:
             raise UserError("--max-cost must be positive, or 0 for no limit")
         if self.requests_per_minute < 0 or self.tokens_per_minute < 0:
             raise UserError("--requests-per-minute and --tokens-per-minute must be positive, or 0 for no limit")
+
+    def explainer_settings(self) -> ExplainerSettings:
+        """How this run's explainer builds its prompt."""
+        return ExplainerSettings(
+            kind=self.explainer_kind,
+            n_top=self.n_top_examples,
+            n_quantile=self.n_quantile_examples,
+            cot=self.cot,
+            highlight_threshold=self.highlight_threshold,
+            show_vocab=self.show_vocab,
+            n_negatives=self.contrastive_negatives,
+        )
 
     def steer_settings(self) -> Any:
         """The intervention scorers' :class:`~autointerp.scorers.intervention.SteerSettings`."""
@@ -446,14 +465,7 @@ class _Runner:
         self.clients = clients = session.clients
         self.models = models or Models(device=config.scorer_device, threads=config.threads)
         self.context = ScoreContext(config, clients.judge, clients.simulator, self.simulations, self.models)
-        settings = ExplainerSettings(
-            kind=config.explainer_kind,
-            n_top=config.n_top_examples,
-            n_quantile=config.n_quantile_examples,
-            cot=config.cot,
-            highlight_threshold=config.highlight_threshold,
-            show_vocab=config.show_vocab,
-        )
+        settings = config.explainer_settings()
         self.explainer_settings = settings
         self.explainer = Explainer(clients.explainer, settings)
         self.sem = asyncio.Semaphore(max(1, config.concurrency))
@@ -786,6 +798,16 @@ def add_vocab_projections(records: Sequence[FeatureRecord], models: Models, k: i
     return out
 
 
+def check_explainer_inputs(config: ExplainConfig, records: Sequence[FeatureRecord]) -> None:
+    """Bad input for the explainer, before any work: the contrastive explainer needs train-side random
+    windows (the ``train_random`` split) to draw its counterexamples from."""
+    if config.explainer_kind == "contrastive" and records and not any(r.train_random for r in records):
+        raise UserError(
+            "--explainer-kind contrastive shows train-side counterexamples, but the records have no train_random "
+            "windows; sample with --n-train-random 20 (autointerp explain does so itself when it samples)"
+        )
+
+
 def _record_models(run: RunDir, models: Models) -> None:
     """Say in the manifest which models the scorers loaded, and how (the sampler's loaders)."""
     if models.loaded:
@@ -813,6 +835,7 @@ async def run_explain(
     models = models or Models(device=config.scorer_device, threads=config.threads)
     if records is not None:
         check_scorers(config, [r.id.source for r in records], models)
+        check_explainer_inputs(config, records)
         if config.vocab_projection:
             records = add_vocab_projections(records, models, config.vocab_projection)
     to_close: list[LLMClient] = []
@@ -845,6 +868,7 @@ async def run_explain(
     if records is None:
         try:
             check_scorers(config, [r.id.source for r in data.records.values()], models)
+            check_explainer_inputs(config, list(data.records.values()))
         except BaseException:
             for c in to_close:
                 await c.aclose()

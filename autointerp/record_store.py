@@ -51,10 +51,12 @@ class SplitSizes:
     per_quantile_bin: int
     n_random: int
     seed: int
+    n_train_random: int = 0
 
     def sizes(self) -> dict[str, int]:
         return {"train": self.n_train, "valid": self.n_valid, "test_top": self.n_test_top,
-                "test_quantiles": self.n_quantile_bins * self.per_quantile_bin, "test_random": self.n_random}
+                "test_quantiles": self.n_quantile_bins * self.per_quantile_bin, "test_random": self.n_random,
+                "train_random": self.n_train_random}
 
 
 @dataclass
@@ -139,7 +141,8 @@ def _cut_splits(
     order). Quantile bins follow the reservoir's activation quantiles; in bin order, each bin draws (same
     generator) from its windows whose text is not used yet, one window per text (the lowest index), and its
     draws are listed by descending activation. Random examples are the first pool windows (by pool key)
-    whose text is not used yet. The work is whole-array numpy; only the generator draws go feature by
+    whose text is not used yet: the first ``n_random`` are test_random, the next ``n_train_random``
+    train_random (so adding train_random never changes test_random). The work is whole-array numpy; only the generator draws go feature by
     feature."""
     nf = len(rows)
     sizes = cfg.sizes()
@@ -228,6 +231,8 @@ def _cut_splits(
     rank = np.cumsum(ok, axis=1) - 1
     f, p = np.nonzero(ok & (rank < cfg.n_random))
     put("test_random", f, rank[f, p], p_win[p], st["r_acts"][slots[p], :, rows[f]])
+    f, p = np.nonzero(ok & (rank >= cfg.n_random) & (rank < cfg.n_random + cfg.n_train_random))
+    put("train_random", f, rank[f, p] - cfg.n_random, p_win[p], st["r_acts"][slots[p], :, rows[f]])
     return out, edges
 
 
@@ -358,7 +363,10 @@ def iter_feature_records(
         j = fi % shard_size
         split_recs: dict[str, list[ActivationRecord]] = {}
         for name in SPLITS:
-            recs = []
+            recs: list[ActivationRecord] = []
+            if f"{name}_win" not in arr:  # a split this store was written without (train_random before it existed)
+                split_recs[name] = recs
+                continue
             for w, a in zip(arr[f"{name}_win"][j], arr[f"{name}_acts"][j], strict=True):
                 if w < 0:
                     continue
@@ -377,7 +385,7 @@ def iter_feature_records(
             stats=FeatureStats(n_tokens=s["n_tokens"], frequency=s["frequency"], max=s["max"], mean=s["mean"],
                                mean_active=s["mean_active"], quantile_edges=s["quantile_edges"]),
             train=split_recs["train"], test_top=split_recs["test_top"], test_quantiles=split_recs["test_quantiles"],
-            test_random=split_recs["test_random"], valid=split_recs["valid"],
+            test_random=split_recs["test_random"], valid=split_recs["valid"], train_random=split_recs["train_random"],
         ))
         if len(out) >= chunk:
             yield out

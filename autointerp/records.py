@@ -108,9 +108,11 @@ class FeatureStats:
         return cls(**d)
 
 
-SPLITS = ("train", "valid", "test_top", "test_quantiles", "test_random")
+SPLITS = ("train", "valid", "test_top", "test_quantiles", "test_random", "train_random")
 """The example splits of a :class:`FeatureRecord` (disjoint windows): ``train`` for the explainer, ``valid``
-for best-of-N selection and calibration, ``test_*`` for scoring. The one list of split names."""
+for best-of-N selection and calibration, ``test_*`` for scoring, ``train_random`` (random windows on the
+train side, for the contrastive explainer's hard negatives; empty unless sampled with ``n_train_random``).
+The one list of split names."""
 
 TEST_SPLITS = ("test_top", "test_random", "test_quantiles")
 """The scored splits, in the order their simulations are requested."""
@@ -138,6 +140,10 @@ class FeatureRecord:
     """Tokens the feature's output direction promotes and suppresses (logit lens), as
     ``{"top": [[token, logit], ...], "bottom": [...], "method": ...}``; None when not computed (see
     autointerp/steering.py). Absent from older records."""
+    train_random: list[ActivationRecord] = field(default_factory=list)
+    """Random windows on the train side (mostly non-activating), disjoint from every other split: the pool
+    the contrastive explainer's hard negatives come from, so no held-out ``test_*`` window is ever shown to
+    an explainer. Empty unless sampled (``--n-train-random``) and in older records."""
 
     @property
     def dead(self) -> bool:
@@ -154,6 +160,7 @@ class FeatureRecord:
             "test_random": [r.to_json() for r in self.test_random],
             "valid": [r.to_json() for r in self.valid],
             **({"vocab_projection": self.vocab_projection} if self.vocab_projection is not None else {}),
+            **({"train_random": [r.to_json() for r in self.train_random]} if self.train_random else {}),
         }
 
     @classmethod
@@ -170,6 +177,7 @@ class FeatureRecord:
             test_random=recs("test_random"),
             valid=recs("valid"),
             vocab_projection=d.get("vocab_projection"),
+            train_random=recs("train_random"),
         )
 
 

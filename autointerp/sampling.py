@@ -98,6 +98,9 @@ class SamplingConfig:
     """Held-out windows per quantile bin (test_quantiles split)."""
     n_random: int = 50
     """Random windows per feature held out for scoring (test_random split; mostly non-firing)."""
+    n_train_random: int = 0
+    """Random windows per feature on the train side (train_random split, disjoint from test_random): the pool
+    of the contrastive explainer's hard negatives; 0: none (explain --explainer-kind contrastive samples 20)."""
     seed: int = 0
     """Seed of the corpus shuffle, the reservoirs and the splits."""
     features: tuple[int, ...] | None = None
@@ -109,6 +112,9 @@ class SamplingConfig:
         for name in ("tokens", "window", "batch_size", "n_top", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        for name in ("n_random", "n_train_random"):
+            if getattr(self, name) < 0:
+                raise UserError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}")
         need = self.n_train + self.n_valid + self.n_test_top
         if need > self.n_top:
             raise UserError(
@@ -123,11 +129,11 @@ class SamplingConfig:
     @property
     def pool(self) -> int:
         """Size of the shared random-window pool (enough to exclude every non-random example)."""
-        return self.n_random + self.n_top + self.n_quantile_bins * self.per_quantile_bin
+        return self.n_random + self.n_train_random + self.n_top + self.n_quantile_bins * self.per_quantile_bin
 
     def split_sizes(self) -> SplitSizes:
         return SplitSizes(self.n_train, self.n_valid, self.n_test_top, self.n_quantile_bins, self.per_quantile_bin,
-                          self.n_random, self.seed)
+                          self.n_random, self.seed, self.n_train_random)
 
 
 @dataclass

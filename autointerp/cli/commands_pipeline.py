@@ -42,10 +42,12 @@ def _prepare_sampling(
     device: str,
     threads: int,
     models: Any = None,
+    n_train_random: int = 0,
 ) -> Any:
     """Load the subject and source and check what needs them (feature range, weights); nothing is written.
     Returns a function that samples into ``<run_dir>/sample`` (the one sampling call) and returns the
-    FeatureRecords. The loaded subject and source are added to ``models`` (a
+    FeatureRecords (with ``n_train_random`` train-side random windows each, for the contrastive explainer). The
+    loaded subject and source are added to ``models`` (a
     :class:`~autointerp.scorers.base.Models`) so scorers that need them (steering) check them now and reuse
     them later."""
     from autointerp.record_store import load_feature_records
@@ -56,7 +58,8 @@ def _prepare_sampling(
             "give --sample-run DIR, or --sae ADDRESS, or --model NAME with --hook HOOK (e.g. L6/mlp_neurons)"
         )
     cfg = SamplingConfig(
-        tokens=tokens, window=window, features=tuple(parse_feature_ranges(features)) if features else None
+        tokens=tokens, window=window, features=tuple(parse_feature_ranges(features)) if features else None,
+        n_train_random=n_train_random,
     )
     setup = SamplingSetup(model=model, hook=hook, sae=sae, sae_dir=sae_dir, corpus=corpus, device=device,
                           threads=threads)
@@ -212,8 +215,11 @@ def explain(
     resuming = sample_run is None and not (sae or model or hook) and (out / "records.jsonl").exists()
     sample = None
     if sample_run is None and not resuming:
+        from autointerp.explain import CONTRASTIVE_POOL
+
+        pool = CONTRASTIVE_POOL if config.explainer_kind == "contrastive" else 0
         sample = _prepare_sampling(
-            model, hook, sae, sae_dir, features, tokens, window, corpus, device, config.threads, models
+            model, hook, sae, sae_dir, features, tokens, window, corpus, device, config.threads, models, pool
         )
         check_scorers(config, list(models.loaded_sources()), models)  # e.g. steering needs a decoder
     records = _load_sample_run(sample_run, features) if sample_run is not None else None

@@ -173,7 +173,8 @@ def read_run(path: Path, *, records: bool = True) -> tuple[RunData, list[str]]:
 # -- cards -------------------------------------------------------------------------------------------
 
 _SETTINGS_KEYS = {"kind": "explainer_kind", "n_top": "n_top_examples", "n_quantile": "n_quantile_examples",
-                  "cot": "cot", "highlight_threshold": "highlight_threshold", "show_vocab": "show_vocab"}
+                  "cot": "cot", "highlight_threshold": "highlight_threshold", "show_vocab": "show_vocab",
+                  "n_negatives": "contrastive_negatives"}
 
 
 def _explainer_settings(manifest: dict[str, Any]) -> tuple[Any, str | None]:
@@ -181,7 +182,7 @@ def _explainer_settings(manifest: dict[str, Any]) -> tuple[Any, str | None]:
     from autointerp.explain import EXPLAINER_KINDS, ExplainerSettings
 
     cfg = manifest.get("config", {})
-    missing = [k for k in _SETTINGS_KEYS.values() if k not in cfg and k != "show_vocab"]
+    missing = [k for k in _SETTINGS_KEYS.values() if k not in cfg and k not in ("show_vocab", "contrastive_negatives")]
     if missing or cfg.get("explainer_kind") not in EXPLAINER_KINDS:
         return None, "the run's manifest does not record the explainer settings needed to rebuild the prompt"
     kwargs = {field: cfg[key] for field, key in _SETTINGS_KEYS.items() if key in cfg}
@@ -196,7 +197,7 @@ def _explainer_prompt(run: RunData, fid: str, expl: ExplanationRow | None, setti
         return None
     if settings is None:
         return {"messages": None, "reason": why}
-    from autointerp.explain import build_explainer_request, explainer_prompt_hash, select_train_examples
+    from autointerp.explain import explainer_prompt_hash, explainer_request_for
 
     rec = run.records.get(fid)
     if rec is None:
@@ -205,8 +206,7 @@ def _explainer_prompt(run: RunData, fid: str, expl: ExplanationRow | None, setti
     if stored != now:
         return {"messages": None,
                 "reason": f"the prompt template changed since this run (hash {stored}, now {now})"}
-    req = build_explainer_request(settings, select_train_examples(rec, settings.n_top, settings.n_quantile),
-                                  rec.vocab_projection)
+    req = explainer_request_for(settings, rec)
     return {"messages": [{"role": m.role, "content": m.content} for m in req.messages], "reason": None}
 
 
