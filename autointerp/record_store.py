@@ -142,8 +142,8 @@ def _cut_splits(
     generator) from its windows whose text is not used yet, one window per text (the lowest index), and its
     draws are listed by descending activation. Random examples are the first pool windows (by pool key)
     whose text is not used yet: the first ``n_random`` are test_random, the next ``n_train_random``
-    train_random (so adding train_random never changes test_random). The work is whole-array numpy; only the generator draws go feature by
-    feature."""
+    train_random (so adding train_random never changes test_random). The work is whole-array numpy; only
+    the generator draws go feature by feature."""
     nf = len(rows)
     sizes = cfg.sizes()
     out: dict[str, np.ndarray] = {}

@@ -56,12 +56,13 @@ def _reference_splits(f: int, fi: int, st: dict[str, np.ndarray], text_of: dict[
             for i in sorted(take.tolist(), key=lambda i: -q_m[i]):
                 out["test_quantiles"].append((int(q_w[i]), q_a[i]))
                 used.add(text_of[int(q_w[i])])
-    for slot in st["r_order"]:
-        if len(out["test_random"]) >= cfg.n_random:
+    for slot in st["r_order"]:  # test_random first, then train_random from the rest of the pool
+        name = "test_random" if len(out["test_random"]) < cfg.n_random else "train_random"
+        if name == "train_random" and len(out[name]) >= cfg.n_train_random:
             break
         w = int(st["r_win"][slot])
         if text_of[w] not in used:
-            out["test_random"].append((w, st["r_acts"][slot, :, fi]))
+            out[name].append((w, st["r_acts"][slot, :, fi]))
             used.add(text_of[w])
     return out, edges
 
@@ -93,7 +94,8 @@ def _random_state(seed: int, n_feat: int, k: int, r: int, p: int, t: int, n_wind
 
 @pytest.mark.parametrize("seed,fill,n_texts", [(0, 0.9, 400), (1, 0.3, 40), (2, 0.0, 15), (3, 1.0, 10_000)])
 def test_splits_cut_at_once_equal_the_per_feature_rules(seed: int, fill: float, n_texts: int) -> None:
-    cfg = SplitSizes(n_train=6, n_valid=2, n_test_top=3, n_quantile_bins=3, per_quantile_bin=2, n_random=7, seed=5)
+    cfg = SplitSizes(n_train=6, n_valid=2, n_test_top=3, n_quantile_bins=3, per_quantile_bin=2, n_random=7, seed=5,
+                     n_train_random=4)
     n_feat, k, r, p, t = 37, 12, 18, 30, 5
     st, text_of = _random_state(seed, n_feat, k, r, p, t, n_windows=300, n_texts=n_texts, fill=fill)
     windows = np.array(sorted(text_of), dtype=np.int64)
