@@ -12,7 +12,8 @@ Stages, in order (a stage that would start after ``--budget-s`` is left for the 
 2. ``explain``: run A, the default explainer (highlighted, Qwen2.5-Coder-1.5B); run B, the same explainer
    also shown the vocabulary projection (``--show-vocab``). Both with the shuffled baseline and the
    model-only scorers (embedding, surprisal, intervention_kl).
-3. ``hard``: embedding and surprisal again with hard negatives (run A).
+3. ``model``: the model-only scorers (``--model-scorers``) on explained latents the explain stage left
+   unscored; ``hard``: ``--hard-scorers`` again with hard negatives (run A).
 4. ``judged``: the LLM-judged scorers on run A (``--judged``, default detection,intervention) with small
    example counts.
 5. ``report``: per-latent scores, the Spearman agreement matrix across latents, cost per latent per
@@ -113,10 +114,19 @@ def stage_hard(args: argparse.Namespace, models: Any) -> None:
     asyncio.run(run_score(args.out / "A-default", args.hard_scorers, models=models, settings=settings))
 
 
+def stage_model(args: argparse.Namespace, models: Any) -> None:
+    """The model-only scorers (``--model-scorers``) on every explained latent of run A, with the baseline: for
+    latents explained by a chunk that ended before the explain run scored them."""
+    from autointerp.pipeline import run_score
+
+    feats = [str(r.id) for r in _records(args)]
+    asyncio.run(run_score(args.out / "A-default", args.model_scorers, models=models, features=feats))
+
+
 def _judged_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The judged scorers' smaller sizes (selected labels only: no shuffled baseline)."""
-    return {"classifier_examples": args.judged_examples, "max_records_per_split": args.sim_records,
-            "baseline": False}
+    return {"classifier_examples": args.judged_examples, "examples_per_prompt": args.judged_per_prompt,
+            "max_records_per_split": args.sim_records, "baseline": False}
 
 
 def stage_judged(args: argparse.Namespace, models: Any, start: float) -> None:
@@ -240,7 +250,10 @@ def main() -> None:
     p.add_argument("--hard-scorers", default="embedding", help="model-only scorers also run with hard negatives")
     p.add_argument("--judged-examples", type=int, default=5,
                    help="judged scorers: activating and non-activating examples each")
+    p.add_argument("--judged-per-prompt", type=int, default=5, help="judged scorers: examples per judge prompt")
     p.add_argument("--sim-records", type=int, default=2, help="simulation: records per scored split")
+    p.add_argument("--model-scorers", default="embedding,intervention_kl",
+                   help="stage model: model-only scorers run on every explained latent")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--budget-s", type=float, default=840.0, help="start no stage after this many seconds")
@@ -257,7 +270,8 @@ def main() -> None:
     start = time.perf_counter()
     models = _models(args)
     stages = {"sample": lambda: stage_sample(args), "explain": lambda: stage_explain(args, models),
-              "hard": lambda: stage_hard(args, models), "judged": lambda: stage_judged(args, models, start)}
+              "model": lambda: stage_model(args, models), "hard": lambda: stage_hard(args, models),
+              "judged": lambda: stage_judged(args, models, start)}
     for name in args.stages.split(","):
         if name == "report":
             continue
