@@ -103,6 +103,11 @@ class Shard:
     def owns(self, window: int, batch_size: int) -> bool:
         return (window // batch_size) % self.count == self.index
 
+    def block(self, n: int) -> range:
+        """The ``index``-th of ``count`` contiguous, near-equal blocks of ``range(n)`` (how the LLM stage
+        splits its feature ranges)."""
+        return range(self.index * n // self.count, (self.index + 1) * n // self.count)
+
     def __str__(self) -> str:
         return f"{self.index}/{self.count}"
 

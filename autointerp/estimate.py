@@ -11,7 +11,7 @@ resumed run already did is counted again), so it is an upper bound for a resume.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from autointerp.llm.base import ChatRequest, CompletionRequest, LLMClient, LLMError, LLMResponse, TopLogprobsRequest
@@ -91,7 +91,7 @@ class NoClient:
 
 def estimate_run(
     config: object,
-    records: Sequence[FeatureRecord],
+    records: Iterable[FeatureRecord],
     specs: dict[str, str],
     strategy: str,
     prices: PriceTable,

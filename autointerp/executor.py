@@ -13,6 +13,12 @@ its mergeable partial state (autointerp/sampling.py). Running it here or as a Ra
 Then the partial states are merged into ``<run>/records``, identical to an unsharded run's records. Each shard
 writes ``worker.json`` (host, pid, start time) beside its state, so a cluster run shows where each shard ran.
 Ray is the optional extra ``autointerp[ray]``.
+
+The LLM stage splits the same way by feature range (:func:`run_explain_sharded`): part i of n explains the
+i-th of n contiguous blocks of feature ranges of a sample run into ``<run>/parts/<i>-of-<n>/`` (a partial
+explain run, resumable range by range), as a local call or a Ray task with Ray's retries; the parts are then
+merged into ``<run>`` (:func:`autointerp.rundir.merge_explain_runs`), equal to an unsplit run's files. A rerun
+skips finished parts; the driver's progress counts the ranges finished in every part's manifest.
 """
 
 from __future__ import annotations
@@ -154,21 +160,33 @@ def _run_ray(
     execution: ExecutorConfig,
     progress: ShardProgress | None,
 ) -> list[dict[str, Any]]:
-    ray = _ray()
+    ray = _start_ray(execution, execution.workers * setup.threads)
     gpu = setup.device.startswith("cuda")
+    task = ray.remote(num_cpus=0 if gpu else setup.threads, num_gpus=1 if gpu else 0,
+                      max_retries=execution.max_retries)(run_shard)
+    refs = {task.remote(setup, config, Path(run_dir).resolve(), s): s for s in shards}
+    return _gather(ray, refs, None if progress is None else lambda done: progress(done, len(shards)))
+
+
+def _start_ray(execution: ExecutorConfig, num_cpus: int) -> Any:
+    """Ray, joined to ``execution.ray_address`` or started in-process with ``num_cpus`` CPUs (once)."""
+    ray = _ray()
     if not ray.is_initialized():
         if execution.ray_address:
             ray.init(address=execution.ray_address, log_to_driver=False)
         else:
-            ray.init(num_cpus=execution.workers * setup.threads, include_dashboard=False, log_to_driver=False,
+            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
                      runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k == "PYTHONPATH"}})
-    task = ray.remote(num_cpus=0 if gpu else setup.threads, num_gpus=1 if gpu else 0,
-                      max_retries=execution.max_retries)(run_shard)
-    refs = {task.remote(setup, config, Path(run_dir).resolve(), s): s for s in shards}
+    return ray
+
+
+def _gather(ray: Any, refs: dict[Any, Shard], tick: Callable[[int], None] | None) -> list[dict[str, Any]]:
+    """The results of the tasks ``refs`` (ref -> shard) as they finish; ``tick(tasks done)`` after each and
+    every 2 s. A task's UserError is raised as such (one line)."""
     pending = list(refs)
     done: list[dict[str, Any]] = []
     while pending:
-        ready, pending = ray.wait(pending, num_returns=1)
+        ready, pending = ray.wait(pending, num_returns=1, timeout=2.0)
         for ref in ready:
             try:
                 done.append(ray.get(ref))
@@ -177,7 +195,121 @@ def _run_ray(
                 if isinstance(cause, UserError):
                     raise cause from None
                 raise
-            log.info("shard %s finished (%d of %d)", refs[ref], len(done), len(shards))
-            if progress is not None:
-                progress(len(done), len(shards))
+            log.info("shard %s finished (%d of %d)", refs[ref], len(done), len(refs))
+        if tick is not None:
+            tick(len(done))
     return done
+
+
+# -- the LLM stage: feature ranges ----------------------------------------------------------------------
+ExplainClients = Callable[[Any], Any]
+"""ExplainConfig -> pipeline.Clients, built inside each task (default: from the config's LLM specs)."""
+
+
+def part_dir(run_dir: Path, shard: Shard) -> Path:
+    """Where part ``shard`` of a split explain run in ``run_dir`` writes its partial run."""
+    return Path(run_dir) / "parts" / f"{shard.index:03d}-of-{shard.count:03d}"
+
+
+def run_explain_part(config: Any, run_dir: Path, sample_run: Path, features: list[int] | None, shard: Shard,
+                     clients: ExplainClients | None = None, retry_failed: bool = False) -> dict[str, Any]:
+    """Explain part ``shard`` (a block of feature ranges) of ``sample_run``'s records into
+    ``part_dir(run_dir, shard)`` (resumable: finished ranges are skipped)."""
+    import asyncio
+
+    from autointerp.pipeline import RecordStream, run_explain
+
+    out = part_dir(run_dir, shard)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "worker.json").write_text(json.dumps({
+        "host": socket.gethostname(), "pid": os.getpid(), "started_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "shard": str(shard),
+    }))
+    stream = RecordStream.of_sample_run(sample_run, features)
+    summary = asyncio.run(run_explain(config, out, stream, clients(config) if clients else None, shard=shard,
+                                      retry_failed=retry_failed))
+    return {"shard": str(shard), "failed_features": summary.failed_features, "n_features": summary.n_features}
+
+
+def explain_parts_progress(run_dir: Path, n: int) -> tuple[int, int]:
+    """(feature ranges finished, feature ranges in all) over the parts of a split explain run, from the
+    parts' manifests (cheap: for a progress display across workers)."""
+    from autointerp.rundir import RunDir
+
+    done = total = 0
+    for i in range(n):
+        m = part_dir(run_dir, Shard(i, n)) / "manifest.json"
+        if m.exists():
+            stage = RunDir(m.parent).manifest().get("stages", {}).get("explain", {})
+            done += int(stage.get("ranges_done") or 0)
+            total += int(stage.get("ranges") or 0)
+    return done, total
+
+
+def run_explain_sharded(
+    config: Any,
+    run_dir: Path,
+    sample_run: Path,
+    features: list[int] | None,
+    execution: ExecutorConfig,
+    progress: ShardProgress | None = None,
+    clients: ExplainClients | None = None,
+    retry_failed: bool = False,
+) -> Any:
+    """Explain ``sample_run``'s features in ``execution.workers`` parts (blocks of feature ranges) with the
+    chosen executor, then merge them into ``run_dir``; returns the merged run's RunSummary. A rerun skips
+    finished parts (and, within a part, finished ranges). ``progress`` gets (ranges done, ranges in all)."""
+    from autointerp.pipeline import RecordStream, shard_ranges, summarize
+    from autointerp.rundir import FINISHED, RunDir, merge_explain_runs
+
+    execution.validate()
+    stream = RecordStream.of_sample_run(sample_run, features)
+    n_ranges = len(stream.ranges(config.range_size))
+    n = max(1, min(execution.workers, n_ranges))
+    shards = [Shard(i, n) for i in range(n)]
+    for s in shards:
+        shard_ranges(stream.ranges(config.range_size), s)  # bad input before any work
+
+    def finished(s: Shard) -> bool:
+        m = part_dir(run_dir, s) / "manifest.json"
+        return m.exists() and RunDir(m.parent).manifest().get("stages", {}).get("explain", {}).get("status") == "done"
+
+    todo = [s for s in shards if retry_failed or not finished(s)]
+    summaries: list[dict[str, Any]] = []
+    if execution.executor == "local":
+        for s in todo:
+            summaries.append(run_explain_part(config, run_dir, sample_run, features, s, clients, retry_failed))
+            if progress is not None:
+                progress(*explain_parts_progress(run_dir, n))
+    elif todo:
+        summaries = _run_ray_explain(config, run_dir, sample_run, features, todo, execution, progress, clients,
+                                     retry_failed)
+    parts = [part_dir(run_dir, s) for s in shards]
+    for p in parts:  # a part finished with failed features is merged as such (a rerun of the run retries them)
+        status = RunDir(p).manifest().get("stages", {}).get("explain", {}).get("status")
+        if status not in FINISHED:
+            raise UserError(f"part {p} did not finish (explain stage: {status}); rerun the command")
+    merge_explain_runs(parts, run_dir)
+    failed = [f for s in summaries for f in s["failed_features"]]
+    return summarize(run_dir, failed_features=failed)
+
+
+def _run_ray_explain(
+    config: Any,
+    run_dir: Path,
+    sample_run: Path,
+    features: list[int] | None,
+    shards: list[Shard],
+    execution: ExecutorConfig,
+    progress: ShardProgress | None,
+    clients: ExplainClients | None,
+    retry_failed: bool,
+) -> list[dict[str, Any]]:
+    threads = int(config.threads)
+    ray = _start_ray(execution, execution.workers * threads)
+    task = ray.remote(num_cpus=threads, max_retries=execution.max_retries)(run_explain_part)
+    run_dir = Path(run_dir).resolve()
+    refs = {task.remote(config, run_dir, Path(sample_run).resolve(), features, s, clients, retry_failed): s
+            for s in shards}
+    n = shards[0].count
+    return _gather(ray, refs, None if progress is None else lambda _: progress(*explain_parts_progress(run_dir, n)))

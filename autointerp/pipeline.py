@@ -27,8 +27,10 @@ feature failed (``RunSummary.failed_features``); the CLI then exits 1.
 from __future__ import annotations
 
 import asyncio
+import itertools
+import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -36,7 +38,8 @@ from typing import Any
 import numpy as np
 
 from autointerp.config import config_to_dict
-from autointerp.errors import UserError
+from autointerp.corpus import Shard
+from autointerp.errors import RunDirError, UserError
 from autointerp.explain import EXPLAINER_KINDS, Explainer, ExplainerSettings, ExplanationFailed
 from autointerp.llm.base import (
     ChatRequest,
@@ -49,16 +52,21 @@ from autointerp.llm.base import (
 )
 from autointerp.llm.usage import ROLES, MeteredClient, PriceTable, UsageLog, UsageMeter
 from autointerp.prompts import load_template
-from autointerp.records import TEST_SPLITS, Explanation, FeatureRecord, Score, Simulation, Usage
+from autointerp.records import TEST_SPLITS, Explanation, FeatureId, FeatureRecord, Score, Simulation, Usage
 from autointerp.rundir import (
+    MANIFEST,
     USAGE,
     USAGE_LOG,
     ExplanationRow,
     RunData,
     RunDir,
     atomic_write_json,
+    explained_features,
+    iter_records,
     load_run,
     load_run_usage,
+    record_ids,
+    short_hash,
 )
 from autointerp.score import (
     CALIBRATION_REFUSED,
@@ -195,6 +203,10 @@ class ExplainConfig:
     max_cost: float = 0.0
     """Refuse to start when the estimated cost of the prompt tokens to send exceeds this many USD (needs
     priced LLM specs); 0 for no limit."""
+    range_size: int = 1024
+    """Features per range, the run's unit of work: memory holds one range's records at a time, shuffled
+    baselines pair features within a range, a rerun skips finished ranges, and --shard i/n splits the
+    features at range boundaries."""
 
     def __post_init__(self) -> None:
         if self.explainer_kind not in EXPLAINER_KINDS:
@@ -219,6 +231,8 @@ class ExplainConfig:
             raise UserError("--llm-concurrency must be at least 1")
         if self.max_cost < 0:
             raise UserError("--max-cost must be positive, or 0 for no limit")
+        if self.range_size < 1:
+            raise UserError("--range-size must be at least 1 (features per range)")
         if self.requests_per_minute < 0 or self.tokens_per_minute < 0:
             raise UserError("--requests-per-minute and --tokens-per-minute must be positive, or 0 for no limit")
 
@@ -304,6 +318,87 @@ class Clients:
         return wrapped, meters
 
 
+@dataclass(frozen=True)
+class RecordStream:
+    """The features of an explain run, in order, and a loader of their records: ``load(ids)`` yields the
+    records of ``ids`` (an ordered subset of ``features``) lazily, in that order, so the pipeline holds one
+    feature range at a time (see :attr:`ExplainConfig.range_size`)."""
+
+    features: list[str]
+    """Feature ids (``<source>:<index>``) in run order."""
+    load: Callable[[Sequence[str]], Iterable[FeatureRecord]]
+    origin: str = ""
+    """Where the records come from (a sample run's content fingerprint, or a hash of the records), so the
+    parts of a split run can be checked to share them."""
+
+    @classmethod
+    def of(cls, records: Sequence[FeatureRecord]) -> RecordStream:
+        """Records already in memory."""
+        by_id = {str(r.id): r for r in records}
+        origin = short_hash("\n".join(json.dumps(r.to_json(), sort_keys=True, default=str) for r in records))
+        return cls(list(by_id), lambda ids: (by_id[i] for i in ids), origin)
+
+    @classmethod
+    def of_run(cls, run_dir: Path) -> RecordStream:
+        """The records of an explain run directory (``records.jsonl``), read in one pass."""
+        return cls(record_ids(run_dir), lambda ids: iter_records(run_dir, set(ids)), "")
+
+    @classmethod
+    def of_sample_run(cls, sample_run: Path, features: Sequence[int] | None = None) -> RecordStream:
+        """The records of a sample run (its record store, read one store file at a time), optionally only
+        the features with these indices."""
+        from autointerp.record_store import iter_feature_records, load_records_meta
+        from autointerp.sampling import source_dirs
+
+        dirs = source_dirs(Path(sample_run))
+        metas = {d: load_records_meta(d) for d in dirs}
+        want = None if features is None else set(features)
+        ids: list[str] = []
+        dir_of: dict[str, Path] = {}
+        for d, meta in metas.items():
+            for f in meta["features"]:
+                if want is None or int(f) in want:
+                    fid = f"{meta['source']}:{int(f)}"
+                    ids.append(fid)
+                    dir_of[fid] = d
+
+        def load(subset: Sequence[str]) -> Iterator[FeatureRecord]:
+            for d, group in itertools.groupby(subset, key=lambda f: dir_of[f]):
+                indices = [FeatureId.parse(f).index for f in group]
+                for chunk in iter_feature_records(d, indices):
+                    yield from chunk
+
+        origin = short_hash(json.dumps([m.get("content_fingerprint") for m in metas.values()]))
+        return cls(ids, load, origin)
+
+    def __iter__(self) -> Iterator[FeatureRecord]:
+        """Every record, read lazily in order."""
+        return iter(self.load(self.features))
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def ranges(self, size: int) -> list[list[str]]:
+        """The features cut into consecutive ranges of ``size``."""
+        return [self.features[i : i + size] for i in range(0, len(self.features), size)]
+
+    def sources(self) -> list[str]:
+        return list(dict.fromkeys(FeatureId.parse(f).source for f in self.features))
+
+
+def shard_ranges(ranges: list[list[str]], shard: Shard | None) -> range:
+    """Indices of the ranges that ``shard`` (i/n: the i-th of n contiguous blocks of ranges) explains; all
+    without a shard. UserError when there are fewer ranges than shards (a shard would be empty)."""
+    if shard is None:
+        return range(len(ranges))
+    if shard.count > len(ranges):
+        raise UserError(
+            f"--shard {shard} gets no features: the run has {len(ranges)} feature range(s); use at most "
+            f"{len(ranges)} shards, or a smaller --range-size"
+        )
+    return shard.block(len(ranges))
+
+
 @dataclass
 class RunSummary:
     """What a run did; ``scores`` maps score name -> {"explained"|"baseline": (mean, low, high) or None}."""
@@ -364,6 +459,8 @@ class _Session:
 
     def __init__(self, data: RunData, config: ExplainConfig, clients: Clients) -> None:
         self.data = data
+        """The run's data (run_explain: the current feature range's)."""
+        self.run = data.run
         prices = PriceTable.load(config.client_config().prices_path)
         self.log = UsageLog(data.run.file(USAGE_LOG))
         self.log.start_session(prices)
@@ -379,7 +476,7 @@ class _Session:
         if counters:
             self.log.append({"clients": counters})
         self.log.close()
-        atomic_write_json(self.data.run.file(USAGE), load_run_usage(self.data.path))
+        atomic_write_json(self.run.file(USAGE), load_run_usage(self.run.path))
 
 
 class _Counters:
@@ -544,14 +641,17 @@ class _Runner:
         self.stale.discard(("explain", fid))
 
     # -- phase 2: shuffled baseline ---------------------------------------------------------------
-    def add_baselines(self, features: list[str]) -> None:
+    def add_baselines(self, features: list[str], range_index: int = 0) -> None:
+        """Give each explained feature of ``features`` (one feature range) the label of another feature of
+        the range (a derangement seeded by the seed and the range's index, so a split run pairs the same)."""
         selected = {f: e for f in features if (e := self.data.selected(f)) is not None}
         feats = list(selected)
         if len(feats) < 2:
             if self.config.baseline:
-                log.warning("the shuffled baseline needs at least 2 explained features; none added")
+                log.warning("the shuffled baseline needs at least 2 explained features in a range; none added")
             return
-        perm = derangement(len(feats), np.random.default_rng(self.config.seed))
+        seed = self.config.seed if range_index == 0 else [self.config.seed, range_index]
+        perm = derangement(len(feats), np.random.default_rng(seed))
         rows = []
         for i, f in enumerate(feats):
             eid = f"{f}#baseline"
@@ -645,11 +745,11 @@ class _Runner:
 
 
 async def plan_llm_use(
-    config: ExplainConfig, records: Sequence[FeatureRecord], clients: Clients
+    config: ExplainConfig, records: Callable[[], Iterable[FeatureRecord]], clients: Clients
 ) -> tuple[ExplainConfig, dict[str, Any]]:
     """Before any work: settle the simulator's logprob strategy, estimate the prompt tokens each role will send
     (logged), and refuse what would cost more than asked. Returns the config to run with and the plan for the
-    manifest.
+    manifest. ``records()`` yields the records to explain (read once per estimate, never all held).
 
     A billed simulator without prompt logprobs would send every slot's prefix: with ``--simulator-kind auto``
     the JSON simulator is used instead; with ``logprob`` the run is refused with both estimates."""
@@ -660,16 +760,16 @@ async def plan_llm_use(
     prices = PriceTable.load(cc.prices_path)
     specs = config.role_specs()
     strategy = await settle_strategy(clients.simulator)
-    windows = [w for r in records[:1] for w in (*r.test_top, *r.valid, *r.train)][:1]
+    windows = [w for r in itertools.islice(records(), 1) for w in (*r.test_top, *r.valid, *r.train)][:1]
     template = load_template("simulate_all_at_once.j2")
     sample = build_all_at_once_prompt(template, "x", windows[0].tokens).text if windows else ""
     roles = {"explainer": clients.explainer, "simulator": clients.simulator, "judge": clients.judge}
     ratios = {role: await measured_chars_per_token(client, sample) for role, client in roles.items()}
-    estimates = estimate_run(config, records, specs, strategy, prices, ratios)
+    estimates = estimate_run(config, records(), specs, strategy, prices, ratios)
     price = prices.price(specs["simulator"])
     billed = price is not None and price.input_per_mtok > 0
     if strategy == "prefix-list" and billed and config.simulator_kind != "json" and "simulation" in config.scorer_list:
-        as_json = estimate_run(replace(config, simulator_kind="json"), records, specs, strategy, prices, ratios)
+        as_json = estimate_run(replace(config, simulator_kind="json"), records(), specs, strategy, prices, ratios)
         sim, alt = estimates["simulator"], as_json["simulator"]
         if config.simulator_kind == "logprob":
             raise UserError(
@@ -726,7 +826,7 @@ def summarize(
     """Counts and run-level means (bootstrap 95% CI) of every score label (see :mod:`autointerp.rundir`:
     one judge's scores are never averaged with another's), over the selected explanations ("explained")
     and the shuffled baselines ("baseline")."""
-    data = load_run(Path(run_dir), records=False)
+    data = load_run(Path(run_dir), records=False, simulations=False)
     feats = data.features()
     by: dict[str, dict[str, list[float | None]]] = {}
     gains: dict[str, list[float | None]] = {}
@@ -818,34 +918,58 @@ def _record_models(run: RunDir, models: Models) -> None:
 async def run_explain(
     config: ExplainConfig,
     run_dir: Path,
-    records: Sequence[FeatureRecord] | None = None,
+    records: Sequence[FeatureRecord] | RecordStream | None = None,
     clients: Clients | None = None,
     models: Models | None = None,
     *,
     retry_failed: bool = False,
+    shard: Shard | None = None,
 ) -> RunSummary:
-    """Explain, select, baseline, simulate and score ``records`` into ``run_dir`` (resumable).
+    """Explain, select, baseline, simulate and score ``records`` into ``run_dir`` (resumable), one feature
+    range (:attr:`ExplainConfig.range_size` features) at a time: memory holds one range's records and
+    results, and a rerun skips the ranges that finished without failures.
 
-    ``records`` None: use the records already in ``run_dir/records.jsonl``. ``clients`` None: built from
-    the config's specs (and closed at the end): a spec that cannot be built fails before ``run_dir`` is made.
-    ``models``: models for scorers that need them (the subject for the intervention scorers, ...), loaded on
-    demand when None; each scorer's checks run before any work (bad input: UserError). ``retry_failed``:
-    also compute again the failures stored as properties of an answer (see the module doc); failed requests
-    are always retried."""
+    ``records`` None: use the records already in ``run_dir/records.jsonl``; a :class:`RecordStream` reads
+    them range by range (a sample run's record store). ``shard`` (i/n): explain only the i-th of n
+    contiguous blocks of ranges, into a partial run that ``autointerp merge`` combines with the other n - 1.
+    ``clients`` None: built from the config's specs (and closed at the end): a spec that cannot be built
+    fails before ``run_dir`` is made. ``models``: models for scorers that need them (the subject for the
+    intervention scorers, ...), loaded on demand when None; each scorer's checks run before any work (bad
+    input: UserError). ``retry_failed``: also compute again the failures stored as properties of an answer
+    (see the module doc); failed requests are always retried."""
     models = models or Models(device=config.scorer_device, threads=config.threads)
-    if records is not None:
-        check_scorers(config, [r.id.source for r in records], models)
-        check_explainer_inputs(config, records)
-        if config.vocab_projection:
-            records = add_vocab_projections(records, models, config.vocab_projection)
+    run_dir = Path(run_dir)
+    _check_part(run_dir, shard)
+    if records is None:
+        if not (run_dir / MANIFEST).exists() or not record_ids(run_dir):
+            raise UserError(
+                f"{run_dir} holds no feature records; pass records or a --sample-run with sampled features"
+            )
+        stream = RecordStream.of_run(run_dir)
+    else:
+        stream = records if isinstance(records, RecordStream) else RecordStream.of(records)
+    if not stream.features:
+        raise UserError(f"no feature records to explain in {run_dir}; pass records or a --sample-run")
+    check_scorers(config, stream.sources(), models)
+    ranges = stream.ranges(config.range_size)
+    if config.explainer_kind == "contrastive":  # its inputs are checked on the first range's records
+        check_explainer_inputs(config, list(stream.load(ranges[0])))
+    mine = shard_ranges(ranges, shard)
+    my_features = [f for k in mine for f in ranges[k]]
+
+    def load_all() -> Iterable[FeatureRecord]:
+        return stream.load(my_features)
+
+    if config.vocab_projection:  # a source without a decoder fails now, before anything is written
+        first = list(dict.fromkeys(FeatureId.parse(f).source for f in my_features))
+        firsts = [next(f for f in my_features if FeatureId.parse(f).source == src) for src in first]
+        add_vocab_projections(list(stream.load(firsts)), models, config.vocab_projection)
     to_close: list[LLMClient] = []
     if clients is None:
         clients, to_close = open_clients(config)
-    plan: dict[str, Any] | None = None
-    try:
-        if records:  # settle, estimate and refuse before the run directory exists
-            config, plan = await plan_llm_use(config, records, clients)
-        run = RunDir.create(Path(run_dir), "explain", config_to_dict(config))
+    try:  # settle, estimate and refuse before the run directory exists
+        config, plan = await plan_llm_use(config, load_all, clients)
+        run = RunDir.create(run_dir, "explain", config_to_dict(config))
     except BaseException:
         for c in to_close:
             await c.aclose()
@@ -856,42 +980,57 @@ async def run_explain(
         {
             "models": {"explainer": config.explainer, "simulator": config.simulator, "judge": config.judge_spec},
             "seeds": {"seed": config.seed},
+            "llm": plan,
+            "features": {
+                "n": len(stream.features),
+                "ids_hash": short_hash("\n".join(stream.features)),
+                "origin": stream.origin,
+                "ranges": len(ranges),
+            },
+            "shard": None if shard is None else str(shard),
+            "ranges": [mine.start, mine.stop],
         }
     )
-    data = load_run(run.path)
-    if records is not None:
-        data.add_records(records)
-    if not data.records:
-        for c in to_close:
-            await c.aclose()
-        raise UserError(f"{run_dir} holds no feature records; pass records or a --sample-run with sampled features")
-    if records is None:
-        try:
-            check_scorers(config, [r.id.source for r in data.records.values()], models)
-            check_explainer_inputs(config, list(data.records.values()))
-        except BaseException:
-            for c in to_close:
-                await c.aclose()
-            raise
-    features = [str(r.id) for r in records] if records is not None else list(data.records)
-    if plan is None:  # resuming: the records come from the run directory
-        try:
-            config, plan = await plan_llm_use(config, [data.records[f] for f in features], clients)
-        except BaseException:
-            for c in to_close:
-                await c.aclose()
-            raise
-    run.update_manifest({"llm": plan})
+    done_ranges = dict(run.manifest().get("ranges_done", {}))
+    keys = {k: short_hash("\n".join(ranges[k])) for k in mine}
+    todo = [k for k in mine if retry_failed or keys[k] not in done_ranges]
+    have = set(record_ids(run.path)) | explained_features(run.path)
     counters = _Counters(clients)
-    session = _Session(data, config, clients)
-    run.set_stage("explain", "running")
+    session = _Session(RunData(run, run.manifest()), config, clients)
+    errors: list[dict[str, Any]] = []
+    failed: list[str] = []
+    run.set_stage("explain", "running", ranges_done=len(mine) - len(todo), ranges=len(mine))
+    source = iter(stream.load([f for k in todo for f in ranges[k]]))
     try:
-        runner = _Runner(config, session, models, retry_failed)
-        await runner.explain_all(features)
-        if config.baseline:
-            runner.add_baselines(features)
-        await runner.score_all(features)
-        runner.add_label_prior(features)
+        for n_done, k in enumerate(todo):
+            ids = ranges[k]
+            recs = list(itertools.islice(source, len(ids)))
+            if [str(r.id) for r in recs] != ids:
+                raise RunDirError(f"the records of range {k} do not match its features; the record source changed")
+            if config.vocab_projection:
+                recs = add_vocab_projections(recs, models, config.vocab_projection)
+            # The range's earlier results (a resumed run); a range nothing was written for starts empty.
+            fresh = have.isdisjoint(ids)
+            data = RunData(run, run.manifest()) if fresh else load_run(run.path, features=set(ids))
+            data.add_records(recs)
+            del recs
+            session.data = data
+            runner = _Runner(config, session, models, retry_failed)
+            await runner.explain_all(ids)
+            if config.baseline:
+                runner.add_baselines(ids, k)
+            await runner.score_all(ids)
+            runner.add_label_prior(ids)
+            range_failed = _failed_features(data, ids)
+            errors += data.errors
+            failed += range_failed
+            if not range_failed:
+                run.update_manifest({"ranges_done": {keys[k]: len(ids)}})
+            run.set_stage("explain", "running", ranges_done=len(mine) - len(todo) + n_done + 1, ranges=len(mine))
+            log.info("feature range %d of %d done (%d features, %d failed)", k + 1, len(ranges), len(ids),
+                     len(range_failed))
+            session.data = RunData(run, run.manifest())
+            del data, runner  # drop the range before the next one is read
     except BaseException as e:
         run.set_stage("explain", "interrupted" if isinstance(e, KeyboardInterrupt) else "failed", error=str(e))
         raise
@@ -900,9 +1039,24 @@ async def run_explain(
         session.close(counters.delta())
         for c in to_close:
             await c.aclose()
-    failed = _failed_features(data, features)
-    run.set_stage("explain", "partial" if failed else "done", errors=len(data.errors), failed_features=len(failed))
-    return summarize(run.path, data.errors, session.usage, failed)
+    run.set_stage("explain", "partial" if failed else "done", errors=len(errors), failed_features=len(failed),
+                  ranges=len(mine))
+    return summarize(run.path, errors, session.usage, failed)
+
+
+def _check_part(run_dir: Path, shard: Shard | None) -> None:
+    """A part of a split run is resumed as that part, and a whole run as a whole run."""
+    path = Path(run_dir) / MANIFEST
+    if not path.exists():
+        return
+    old = RunDir(Path(run_dir)).manifest()
+    if old.get("command") != "explain" or "shard" not in old:
+        return
+    have = old.get("shard")
+    if have != (None if shard is None else str(shard)):
+        what = f"part {have} of a split run" if have else "a whole (unsplit) run"
+        fix = f"rerun with --shard {have}" if have else "rerun without --shard"
+        raise RunDirError(f"{run_dir} holds {what}; {fix}, or use a new --run-dir")
 
 
 def _failed_features(data: RunData, features: Sequence[str]) -> list[str]:

@@ -42,14 +42,14 @@ import platform
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from autointerp.errors import RunDirError
-from autointerp.records import FeatureId, FeatureRecord, FeatureStats, Score, Simulation
+from autointerp.records import FeatureRecord, FeatureStats, Score, Simulation
 
 log = logging.getLogger(__name__)
 
@@ -469,15 +469,21 @@ class RunData:
         self.errors.append(row)
 
 
-def load_run(path: Path, *, records: bool = True) -> RunData:
+def load_run(
+    path: Path, *, records: bool = True, simulations: bool = True, features: Collection[str] | None = None
+) -> RunData:
     """Read the run directory at ``path`` (a partial run gives partial results). With ``records=False``
-    only statistics are kept from ``records.jsonl`` (saves memory when only scores are needed)."""
+    only statistics are kept from ``records.jsonl``, with ``simulations=False`` no simulation (each saves
+    memory when only scores are needed); with ``features``, only the rows of these features (the pipeline's
+    view of one feature range, so memory holds one range, not the whole SAE)."""
     run = RunDir.open(Path(path))
     data = RunData(run, run.manifest())
     rec_path = run.file(RECORDS)
     for row in read_jsonl(rec_path):
         try:
             fid = str(row["id"])
+            if features is not None and fid not in features:
+                continue
             data.stats[fid] = FeatureStats.from_json(row["stats"])
             if row.get("vocab_projection"):
                 data.vocab[fid] = dict(row["vocab_projection"])
@@ -487,8 +493,11 @@ def load_run(path: Path, *, records: bool = True) -> RunData:
             raise RunDirError(f"{rec_path}: a malformed record ({e}); regenerate it with `autointerp sample`") from e
     for row in read_jsonl(run.file(EXPLANATIONS)):
         expl = ExplanationRow.from_json(row)
-        data.explanations[expl.explanation_id] = expl
-    for row in read_jsonl(run.file(SIMULATIONS)):
+        if features is None or expl.feature in features:
+            data.explanations[expl.explanation_id] = expl
+    for row in read_jsonl(run.file(SIMULATIONS)) if simulations else ():
+        if features is not None and str(row.get("feature")) not in features:
+            continue
         try:
             key = (str(row["explanation_id"]), str(row["split"]), int(row["record_index"]))
             data.simulations[key] = Simulation.from_json(row["simulation"])
@@ -496,6 +505,8 @@ def load_run(path: Path, *, records: bool = True) -> RunData:
         except (KeyError, TypeError, ValueError) as e:
             log.warning("skipping a malformed simulation line (%s)", e)
     for row in read_jsonl(run.file(SCORES)):
+        if features is not None and str(row.get("feature")) not in features:
+            continue
         try:
             score = Score.from_json(dict(row["score"]))
         except (KeyError, TypeError, ValueError) as e:
@@ -528,14 +539,138 @@ def read_feature_records(path: Path, indices: Sequence[int] | None = None) -> li
     """The feature records of the run directory at ``path`` (``records.jsonl``), optionally only the
     features with these indices, in file order."""
     want = None if indices is None else set(indices)
-    out = []
-    for row in read_jsonl(Path(path) / RECORDS):
-        if want is None or FeatureId.parse(str(row["id"])).index in want:
-            out.append(FeatureRecord.from_json(row))
-    return out
+    return [r for r in iter_records(path) if want is None or r.id.index in want]
+
+
+def iter_records(path: Path, features: Collection[str] | None = None) -> Iterator[FeatureRecord]:
+    """The feature records of the run directory at ``path`` (``records.jsonl``), optionally only these
+    feature ids, one at a time in file order (one pass; memory holds one record)."""
+    rec_path = Path(path) / RECORDS
+    for row in read_jsonl(rec_path):
+        if features is not None and str(row.get("id")) not in features:
+            continue
+        try:
+            yield FeatureRecord.from_json(row)
+        except (KeyError, TypeError, ValueError) as e:
+            raise RunDirError(f"{rec_path}: a malformed record ({e}); regenerate it with `autointerp sample`") from e
+
+
+def record_ids(path: Path) -> list[str]:
+    """The feature ids of ``records.jsonl`` of the run directory at ``path``, in file order (first copy of each)."""
+    return list(dict.fromkeys(str(row["id"]) for row in read_jsonl(Path(path) / RECORDS) if "id" in row))
+
+
+def explained_features(path: Path) -> set[str]:
+    """The features that have a line in ``explanations.jsonl`` of the run directory at ``path`` (every
+    simulation and score belongs to an explanation, so the others hold nothing yet)."""
+    return {str(row.get("feature")) for row in read_jsonl(Path(path) / EXPLANATIONS)}
 
 
 def features_scored(path: Path) -> int:
     """How many features of the run directory at ``path`` have a score of an explanation that is not a
     baseline (cheap: reads only ``scores.jsonl``; for progress bars)."""
     return len({str(r.get("feature")) for r in read_jsonl(Path(path) / SCORES) if not r.get("baseline")})
+
+
+# ---------------------------------------------------------------------------------------------------
+# Merging the parts of a split explain run
+# ---------------------------------------------------------------------------------------------------
+MERGED_FILES = (RECORDS, EXPLANATIONS, SIMULATIONS, SCORES, ERRORS, USAGE_LOG)
+"""The files of an explain run that its parts' files are concatenated into, in part order."""
+_SAME_IN_PARTS = ("config", "models", "prompts", "seeds", "features")
+FINISHED = ("done", "partial")
+"""Explain stage states of a part that may be merged (partial: some features failed; a rerun of the merged
+run retries them)."""
+
+
+def is_explain_part(path: Path) -> bool:
+    """True when ``path`` holds a part of a split explain run (``autointerp explain --shard i/n``)."""
+    m = Path(path) / MANIFEST
+    if not m.exists():
+        return False
+    manifest = RunDir(Path(path)).manifest()
+    return manifest.get("command") == "explain" and bool(manifest.get("shard"))
+
+
+def check_explain_parts(parts: Sequence[Path]) -> list[dict[str, Any]]:
+    """The manifests of ``parts``, in shard order, after checking that they are the finished, distinct and
+    complete parts of one split explain run; RunDirError (one line) otherwise."""
+    if not parts:
+        raise RunDirError("no parts to merge; pass the run directories of all n parts (`explain --shard i/n`)")
+    loaded: list[tuple[int, int, Path, dict[str, Any]]] = []
+    for p in parts:
+        manifest = RunDir.open(Path(p)).manifest()
+        shard = str(manifest.get("shard") or "")
+        if manifest.get("command") != "explain" or not shard:
+            raise RunDirError(f"{p} is not a part of a split explain run (made by `autointerp explain --shard i/n`)")
+        status = dict(manifest.get("stages", {})).get("explain", {}).get("status")
+        if status not in FINISHED:
+            raise RunDirError(
+                f"{p} (part {shard}) is unfinished (explain stage: {status}); rerun its command, then merge"
+            )
+        index, _, count = shard.partition("/")
+        loaded.append((int(index), int(count), Path(p), manifest))
+    first = loaded[0]
+    for i, n, p, m in loaded[1:]:
+        for key in _SAME_IN_PARTS:
+            if m.get(key) != first[3].get(key):
+                raise RunDirError(
+                    f"{p} and {first[2]} are parts of different runs (their {key} differ); merge the parts of one run"
+                )
+        if n != first[1]:
+            raise RunDirError(
+                f"{p} (part {i}/{n}) and {first[2]} (part {first[0]}/{first[1]}) split the features differently, "
+                "so their feature ranges overlap; merge the n parts of one split"
+            )
+    seen: dict[int, Path] = {}
+    for i, _, p, _ in loaded:
+        if i in seen:
+            raise RunDirError(f"part {i}/{first[1]} was given twice ({seen[i]} and {p}); give each part once")
+        seen[i] = p
+    missing = sorted(set(range(first[1])) - set(seen))
+    if missing:
+        raise RunDirError(
+            f"parts {', '.join(f'{i}/{first[1]}' for i in missing)} are missing; pass all {first[1]} parts"
+        )
+    return [m for _, _, _, m in sorted(loaded, key=lambda t: t[0])]
+
+
+def merge_explain_runs(parts: Sequence[Path], out: Path) -> dict[str, Any]:
+    """Merge the parts of a split explain run into the run directory ``out``: records, explanations,
+    simulations, scores, errors and the usage log concatenated in part order (so usage is summed per role),
+    everything checked before anything is written. ``out`` may not hold another run's results. Returns the
+    merged manifest."""
+    manifests = check_explain_parts(parts)
+    order = sorted(parts, key=lambda p: int(str(RunDir(Path(p)).manifest()["shard"]).partition("/")[0]))
+    first = manifests[0]
+    out = Path(out)
+    if (out / MANIFEST).exists():
+        old = RunDir(out).manifest()
+        if old.get("config") != first["config"] and RunDir(out).holds_results(old):
+            raise RunDirError(f"{out} holds another run; merge into a new --out folder")
+    failed = sum(int(m["stages"]["explain"].get("failed_features") or 0) for m in manifests)
+    run = RunDir.create(out, "explain", first["config"])
+    run.update_manifest({k: first.get(k) for k in _SAME_IN_PARTS if k != "config"})
+    run.update_manifest({"shard": None, "merged_from": [str(p) for p in order],
+                         "llm": [m.get("llm") for m in manifests]})
+    run.set_stage("explain", "merging", parts=len(order))
+    for name in MERGED_FILES:
+        tmp = out / f".{name}.merging"
+        with open(tmp, "wb") as dst:
+            for p in order:
+                src = Path(p) / name
+                if src.exists():
+                    repair_jsonl(src)
+                    with open(src, "rb") as f:
+                        while block := f.read(1 << 20):
+                            dst.write(block)
+            dst.flush()
+            os.fsync(dst.fileno())
+        if tmp.stat().st_size or (out / name).exists():
+            os.replace(tmp, out / name)
+        else:
+            tmp.unlink()
+    atomic_write_json(out / USAGE, load_run_usage(out))
+    run.update_manifest({"ranges_done": {k: v for m in manifests for k, v in dict(m.get("ranges_done", {})).items()}})
+    run.set_stage("explain", "partial" if failed else "done", failed_features=failed, merged_parts=len(order))
+    return run.manifest()

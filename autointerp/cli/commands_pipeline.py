@@ -17,12 +17,15 @@ from autointerp.cli.commands_sample import SAE_DIR_HELP, SAE_HELP
 from autointerp.cli.options import config_options
 from autointerp.config import field_help
 from autointerp.errors import UserError
+from autointerp.executor import ExecutorConfig
 from autointerp.pipeline import SCORE_SETTINGS, ExplainConfig
 
 console = Console()
 log = logging.getLogger(__name__)
 
 _H = field_help(ExplainConfig)
+_HE = field_help(ExecutorConfig)
+_DE = ExecutorConfig()
 RETRY_FAILED_HELP = (
     "Also compute again what failed as a property of an answer (unusable labels, unparseable simulations or "
     "judge answers); failed requests are always retried."
@@ -50,8 +53,8 @@ def _prepare_sampling(
     loaded subject and source are added to ``models`` (a
     :class:`~autointerp.scorers.base.Models`) so scorers that need them (steering) check them now and reuse
     them later."""
-    from autointerp.record_store import load_feature_records
-    from autointerp.sampling import SamplingConfig, SamplingSetup, parse_feature_ranges, prepare_sampling, source_dirs
+    from autointerp.pipeline import RecordStream
+    from autointerp.sampling import SamplingConfig, SamplingSetup, parse_feature_ranges, prepare_sampling
 
     if not (sae or hook):
         raise UserError(
@@ -73,17 +76,26 @@ def _prepare_sampling(
         names = ", ".join(s.address for s in job.sources)
         console.print(f"sampling {tokens} tokens of {corpus} through {escape(names)} ...")
         job.run(sample_run)
-        return [r for d in source_dirs(sample_run) for r in load_feature_records(d)]
+        return RecordStream.of_sample_run(sample_run)
 
     return sample
 
 
 def _load_sample_run(sample_run: Path, features: str | None) -> Any:
-    from autointerp.record_store import load_feature_records
+    """The records of ``sample_run`` as a :class:`~autointerp.pipeline.RecordStream` (read range by range)."""
+    from autointerp.pipeline import RecordStream
+    from autointerp.record_store import load_records_meta
     from autointerp.sampling import parse_feature_ranges, source_dirs
 
     feats = parse_feature_ranges(features) if features else None
-    return [r for d in source_dirs(sample_run) for r in load_feature_records(d, feats)]
+    for d in source_dirs(sample_run) if feats is not None else ():
+        sampled = {int(f) for f in load_records_meta(d)["features"]}
+        missing = [f for f in feats or () if f not in sampled]
+        if missing:
+            raise UserError(
+                f"features {missing[:5]} were not sampled in {sample_run}; pass sampled features or sample them again"
+            )
+    return RecordStream.of_sample_run(sample_run, feats)
 
 
 def _print_usage(usage: dict[str, Any]) -> None:
@@ -190,6 +202,17 @@ def explain(
         None, "--run-dir", help="Run directory; default ~/autointerp-runs/explain-<time>."
     ),
     retry_failed: bool = typer.Option(False, "--retry-failed", help=RETRY_FAILED_HELP),
+    shard: str | None = typer.Option(
+        None, "--shard", help="Explain only part i of n (i/n, from 0/n): the i-th of n contiguous blocks of the "
+        "feature ranges (--range-size) of a --sample-run, into a partial run; combine all n with `autointerp merge`."
+    ),
+    executor: str | None = typer.Option(
+        None, "--executor", help=_HE["executor"] + " Splits the features into --workers parts (blocks of feature "
+        "ranges) and merges them. Default: one process, no parts."
+    ),
+    workers: int = typer.Option(_DE.workers, "--workers", help=_HE["workers"]),
+    ray_address: str | None = typer.Option(None, "--ray-address", help=_HE["ray_address"]),
+    max_retries: int = typer.Option(_DE.max_retries, "--max-retries", help=_HE["max_retries"]),
     *,
     config: ExplainConfig,
 ) -> None:
@@ -204,6 +227,10 @@ def explain(
     from autointerp.scorers.base import Models
     from autointerp.scorers.registry import check_scorers
 
+    part, execution = _split_options(shard, executor, workers, ray_address, max_retries)
+    if part is not None and sample_run is None:
+        raise UserError("--shard splits the features of a finished sample run; give --sample-run DIR "
+                        "(run `autointerp sample` first)")
     models = Models(device=config.scorer_device, threads=config.threads)
     check_scorers(config, [], models)  # scorer models installed, alpha a number; sources below
     # Validate everything, then act: options, specs, keys, prices, the run directory, the endpoints; then
@@ -227,9 +254,54 @@ def explain(
         raise UserError("no feature records to explain; check --features and the sample run")
     if sample is not None:
         records = sample(out)
-    summary = asyncio.run(run_explain(config, out, records, models=models, retry_failed=retry_failed))
+    if execution is not None:
+        summary = _run_split(config, out, sample_run or out / "sample", features if sample_run else None,
+                             execution, retry_failed)
+    else:
+        summary = asyncio.run(
+            run_explain(config, out, records, models=models, retry_failed=retry_failed, shard=part)
+        )
     _print_results(out, summary)
+    if part is not None:
+        console.print(f"part {part} done; when all {part.count} are, run: autointerp merge PART_DIRS... --out RUN")
     _exit_for(summary)
+
+
+def _split_options(
+    shard: str | None, executor: str | None, workers: int, ray_address: str | None, max_retries: int
+) -> tuple[Any, Any]:
+    """(the --shard part or None, the ExecutorConfig or None); UserError for bad or clashing options."""
+    from autointerp.corpus import Shard
+    from autointerp.executor import ExecutorConfig
+
+    part = Shard.parse(shard) if shard else None
+    if executor is None and not ray_address:
+        return part, None
+    execution = ExecutorConfig(executor=executor or "ray", workers=workers, ray_address=ray_address,
+                               max_retries=max_retries)
+    execution.validate()
+    if part is not None:
+        raise UserError("--shard runs one part by hand; --executor runs all of them: give only one")
+    return None, execution
+
+
+def _run_split(
+    config: ExplainConfig, out: Path, sample_run: Path, features: str | None, execution: Any, retry_failed: bool
+) -> Any:
+    """Explain ``sample_run``'s features in parts with ``execution`` (a progress bar counts the feature ranges
+    finished in every part), merged into ``out``."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from autointerp.executor import run_explain_sharded
+    from autointerp.sampling import parse_feature_ranges
+
+    feats = parse_feature_ranges(features) if features else None
+    with Progress(TextColumn(f"[bold]explaining in {execution.workers} parts ({execution.executor})"), BarColumn(),
+                  TextColumn("{task.completed:,.0f}/{task.total:,.0f} feature ranges"), TimeElapsedColumn(),
+                  console=console) as bar:
+        task = bar.add_task("explain", total=0)
+        return run_explain_sharded(config, out, sample_run, feats, execution, retry_failed=retry_failed,
+                                   progress=lambda d, n: bar.update(task, completed=d, total=n))
 
 
 @app.command()

@@ -151,13 +151,30 @@ app.command(
 
 @app.command()
 def merge(
-    parts: list[Path] = typer.Argument(..., help="The run directories of all n shards (`sample --shard i/n`)."),
-    out: Path = typer.Option(..., "--out", help="New run directory for the merged records."),
+    parts: list[Path] = typer.Argument(
+        ..., help="The run directories of all n shards (`sample --shard i/n`) or parts (`explain --shard i/n`)."
+    ),
+    out: Path = typer.Option(..., "--out", help="New run directory for the merged run."),
 ) -> None:
-    """Merge the shards of one sampling pass into records identical to an unsharded run's."""
-    from autointerp.rundir import RunDir
+    """Merge the shards of one sampling pass into records identical to an unsharded run's, or the parts of a
+    split explain run into one explain run (records, explanations, simulations, scores; usage summed)."""
+    from autointerp.rundir import RunDir, is_explain_part
     from autointerp.sampling import check_shard_runs, config_from_dict, merge_shard_runs
 
+    explain_parts = [is_explain_part(p) for p in parts]
+    if any(explain_parts):
+        if not all(explain_parts):
+            bad = parts[explain_parts.index(False)]
+            RunDir.open(bad)  # not a run directory at all: says so
+            raise UserError(f"{bad} is not a part of a split explain run; merge sampling shards and explain "
+                            "parts separately")
+        from autointerp.cli.commands_pipeline import _print_results
+        from autointerp.pipeline import summarize
+        from autointerp.rundir import merge_explain_runs
+
+        merge_explain_runs(parts, out)
+        _print_results(out, summarize(out))
+        return
     per_source = check_shard_runs(parts)  # every check before anything is written
     loaded = per_source[0]
     fp = loaded[0]["fingerprint"]
