@@ -7,14 +7,16 @@ streamed).
    into a records store (skipped with ``--sample-run DIR``).
 2. ``explain`` (a fresh process per arm): ``run_explain`` over ``RecordStream.of_sample_run`` with the
    deterministic fake LLM of the tests (``tests/fake_llm.py``: instant answers, so the run measures the
-   pipeline, not an LLM), scorer ``simulation``, ``--records`` records per split, the shuffled baseline on;
-   once with ``--range-size 1024`` (streamed) and once with one range of every feature.
+   pipeline, not an LLM), ``--scorers`` (default none: one explainer request per feature, so 16,384 features
+   fit in minutes; ``simulation`` adds the simulations and scores), ``--records`` records per split, the
+   shuffled baseline on; once per ``--arms`` range size (1024: streamed; 0: one range of every feature,
+   which is what the pipeline held before it streamed).
 
 Peak RSS is the kernel's high-water mark (``VmHWM``) of each process; the RSS before the run (imports) is
 reported beside it.
 
     flock /tmp/autointerp-heavy.lock .venv/bin/python benchmarks/bench_explain_memory.py [--latents 16384]
-        [--tokens 4096] [--records 1] [--sample-run DIR] [--arms 1024,16384]
+        [--tokens 4096] [--records 1] [--scorers ""] [--sample-run DIR] [--arms 1024,0]
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ def child_sample(out: str, latents: int, tokens: int) -> None:
                       "tokens": res.n_tokens, "features": res.n_features, "dead": res.n_dead}))
 
 
-def child_explain(sample_run: str, out: str, range_size: int, records: int) -> None:
+def child_explain(sample_run: str, out: str, range_size: int, records: int, scorers: str) -> None:
     import asyncio
     import logging
 
@@ -69,8 +71,7 @@ def child_explain(sample_run: str, out: str, range_size: int, records: int) -> N
     logging.basicConfig(level=logging.WARNING)
     before = _status_mb("VmRSS")
     fake = FakeLLM(spec="local:fake", chat_fn=lambda req: "Explanation: the word the")
-    cfg = ExplainConfig(range_size=range_size, max_records_per_split=records, scorers="simulation",
-                        llm_cache=False)
+    cfg = ExplainConfig(range_size=range_size, max_records_per_split=records, scorers=scorers, llm_cache=False)
     t0 = time.perf_counter()
     stream = RecordStream.of_sample_run(Path(sample_run))
     summary = asyncio.run(run_explain(cfg, Path(out), stream, Clients(fake, fake, fake)))
@@ -94,12 +95,13 @@ def main() -> None:
         if kind == "sample":
             child_sample(rest[0], int(rest[1]), int(rest[2]))
         else:
-            child_explain(rest[0], rest[1], int(rest[2]), int(rest[3]))
+            child_explain(rest[0], rest[1], int(rest[2]), int(rest[3]), rest[4] if len(rest) > 4 else "")
         return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--latents", type=int, default=16_384)
     ap.add_argument("--tokens", type=int, default=4096)
     ap.add_argument("--records", type=int, default=1, help="records simulated per split")
+    ap.add_argument("--scorers", default="", help="scorers of the explain run (default none)")
     ap.add_argument("--sample-run", type=Path, help="an existing sample run (skips sampling)")
     ap.add_argument("--arms", default="1024,0", help="range sizes to compare; 0: one range of every feature")
     args = ap.parse_args()
@@ -113,8 +115,10 @@ def main() -> None:
                   f"({s['dead']:.0f} dead), peak RSS {s['peak_rss_mb']:.0f} MB")
         for arm in (int(a) for a in args.arms.split(",")):
             size = arm or 10**9
-            e = _child(["explain", str(sample_run), str(Path(tmp) / f"explain-{arm}"), str(size), str(args.records)])
+            e = _child(["explain", str(sample_run), str(Path(tmp) / f"explain-{arm}"), str(size), str(args.records),
+                        args.scorers])
             what = f"ranges of {arm:,}" if arm else "one range (all in memory)"
+            what += f", scorers: {args.scorers or 'none'}"
             print(f"explain, {what}: {e['features']:.0f} features ({e['explained']:.0f} explained) in "
                   f"{e['seconds']:.0f} s; peak RSS {e['peak_rss_mb']:.0f} MB (before the run {e['rss_before_mb']:.0f} "
                   f"MB); run directory {e['run_dir_mb']:.0f} MB")
