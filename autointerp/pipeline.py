@@ -79,7 +79,7 @@ from autointerp.score import (
     label_prior_correlation,
 )
 from autointerp.scorers.base import Models, ScoreContext, Timer, limit_records, with_cost
-from autointerp.scorers.registry import SCORERS, check_scorers, scorer_entries
+from autointerp.scorers.registry import SCORERS, check_scorers, scorer_entries, simulation_judge
 from autointerp.simulate import SIMULATOR_KINDS, make_simulator
 
 log = logging.getLogger(__name__)
@@ -141,12 +141,23 @@ class ExplainConfig:
     intervention_kl (output side: steer the subject model)."""
     max_records_per_split: int = 5
     """Records simulated per split (test_top, test_random, test_quantiles, valid); 0 for all."""
+    records_per_prompt: int = 1
+    """Records of one split simulated per all-at-once prompt (logprob simulator; the JSON simulator sends one
+    record per request): more share one copy of the template and explanation, so fewer prompt tokens are
+    sent with one request per record (echo / prompt_logprobs backends), but with llama.cpp's prefix list
+    more are sent (every slot's prefix is longer). The default 1 is kept: see benchmarks/README.md for the
+    measured score difference."""
     score_quantiles: bool = False
     """Also simulate the test_quantiles records (for correlation_quantiles; costs one more split)."""
     classifier_examples: int = 50
     """Activating and non-activating examples each, per detection/fuzzing scorer (delphi: 50 + 50)."""
     examples_per_prompt: int = 5
     """Examples per detection/fuzzing judge request (delphi: 5)."""
+    latents_per_prompt: int = 1
+    """detection and fuzzing: judge the examples of up to this many latents (their explanations, each with its
+    own examples_per_prompt examples) in one request, grouping the prompts of latents scored at the same
+    time (see --concurrency); the system text is sent once per group. The default 1 is kept: see
+    benchmarks/README.md for the measured score difference."""
     negatives: str = "random"
     """Non-activating windows for detection, fuzzing, embedding and surprisal: random, or hard (the
     non-firing random windows that share the most top-activating tokens with the feature's examples)."""
@@ -227,6 +238,10 @@ class ExplainConfig:
             raise UserError("--contrastive-negatives must be at least 1 for --explainer-kind contrastive")
         if self.n_candidates < 1:
             raise UserError("--n-candidates must be at least 1")
+        if self.records_per_prompt < 1:
+            raise UserError("--records-per-prompt must be at least 1")
+        if self.latents_per_prompt < 1:
+            raise UserError("--latents-per-prompt must be at least 1")
         if self.llm_concurrency < 1:
             raise UserError("--llm-concurrency must be at least 1")
         if self.max_cost < 0:
@@ -584,15 +599,18 @@ class _Runner:
         missing = [i for i in want if (eid, split, i) not in sims or ("sim", (eid, split, i)) in self.stale]
         usage = Usage()
         if missing:
-            watched = [_Watched(self.clients.simulator) for _ in missing]
+            k = self.config.records_per_prompt
+            groups = [missing[j : j + k] for j in range(0, len(missing), k)]
+            watched = [_Watched(self.clients.simulator) for _ in groups]
             simulators = [make_simulator(self.config.simulator_kind, w, text) for w in watched]
-            pairs = zip(simulators, missing, strict=True)
-            results = await asyncio.gather(*(s.simulate(recs[i].tokens) for s, i in pairs))
-            for i, s, w, res in zip(missing, simulators, watched, results, strict=True):
+            pairs = zip(simulators, groups, strict=True)
+            results = await asyncio.gather(*(s.simulate_many([recs[i].tokens for i in g]) for s, g in pairs))
+            for g, s, w, res in zip(groups, simulators, watched, results, strict=True):
                 usage = usage + s.usage
                 if not w.failures:
-                    self.data.add_simulation(eid, str(record.id), split, i, s.spec, res)
-                    self.stale.discard(("sim", (eid, split, i)))
+                    for i, sim in zip(g, res, strict=True):
+                        self.data.add_simulation(eid, str(record.id), split, i, s.spec, sim)
+                        self.stale.discard(("sim", (eid, split, i)))
             for w in watched:
                 w.check("simulator")
         return [sims[(eid, split, i)] for i in want], usage
@@ -696,7 +714,7 @@ class _Runner:
         cfg = self.config
         if "simulation" not in cfg.scorer_list:
             return
-        spec = f"{cfg.simulator_kind}[{self.clients.simulator.spec}]"
+        spec = simulation_judge(cfg, self.clients.simulator.spec)
         sims = self.data.simulations
         for f in features:
             sel, base, record = self.data.selected(f), self.data.baseline(f), self.data.records.get(f)

@@ -63,6 +63,7 @@ import numpy as np
 from autointerp.errors import UserError
 from autointerp.explain import highlight_tokens
 from autointerp.llm.base import ChatRequest, LLMClient, LLMError, TopLogprobsRequest
+from autointerp.llm.batching import MicroBatcher
 from autointerp.prompts import load_template
 from autointerp.records import ActivationRecord, FeatureRecord, Score, Simulation, Usage
 from autointerp.simulate import CalibrationError, fit_linear
@@ -493,6 +494,52 @@ def choice_probability(top: dict[str, float], yes: str = "1", no: str = "0") -> 
     return float(p_yes / (p_yes + p_no)) if p_yes + p_no > 0 else None
 
 
+@dataclass(frozen=True)
+class JudgePart:
+    """One latent's share of a judge prompt: its explanation and the example texts to classify."""
+
+    latent: str
+    """The latent (feature id); parts of one latent never share a prompt."""
+    explanation: str
+    examples: tuple[str, ...]
+
+
+@dataclass
+class PartAnswer:
+    """The judge's answer for one :class:`JudgePart`."""
+
+    predictions: list[bool] | str
+    """One prediction per example, or why the answer could not be parsed."""
+    probabilities: list[float | None]
+    """P(yes) per example (None where undefined or not asked)."""
+    probability_failure: str | None
+    """Why the P(yes) request failed, if it did."""
+    usage: Usage
+    """This part's share of the request's usage (by its number of examples)."""
+
+
+def split_usage(usage: Usage, weights: Sequence[int]) -> list[Usage]:
+    """``usage`` split into integer shares proportional to ``weights`` (largest remainders), so the shares add
+    up to it exactly."""
+
+    def shares(total: int) -> list[int]:
+        w = np.asarray(weights, dtype=np.float64)
+        exact = total * w / w.sum()
+        out = np.floor(exact).astype(int)
+        for i in np.argsort(-(exact - out), kind="stable")[: total - int(out.sum())]:
+            out[i] += 1
+        return [int(x) for x in out]
+
+    names = ("prompt_tokens", "completion_tokens", "requests", "cache_hits", "cached_prompt_tokens",
+             "cache_write_tokens", "cache_reported")
+    cols = {n: shares(getattr(usage, n)) for n in names}
+    total_w = float(sum(weights))
+    return [
+        Usage(**{n: cols[n][i] for n in names}, cost_usd=usage.cost_usd * w / total_w)
+        for i, w in enumerate(weights)
+    ]
+
+
 class _Classifier:
     name = ""
     template_name = ""
@@ -501,15 +548,57 @@ class _Classifier:
         self.client = client
         self.settings = settings or ClassifierSettings()
         self.template = load_template(self.template_name)
+        self.grouper: JudgeGrouper | None = None
+        """Set to share judge prompts with other latents' (``latents_per_prompt`` > 1); None: one latent per
+        prompt."""
 
     def examples(self, record: FeatureRecord, rng: np.random.Generator) -> tuple[list[str], list[bool]]:
         raise NotImplementedError
 
+    @property
+    def use_probabilities(self) -> bool:
+        return self.settings.judge_probabilities and bool(getattr(self.client, "supports_logprobs", False))
+
     def request(self, explanation: str, batch: Sequence[str]) -> ChatRequest:
         """The judge request for one batch of example texts."""
-        listing = "\n".join(f"Example {i + 1}: {t}" for i, t in enumerate(batch))
-        msgs = self.template.render_chat({"explanation": explanation, "examples": listing, "n": len(batch)})
-        return ChatRequest(messages=msgs, max_tokens=10 + 4 * len(batch))
+        return self.request_group([JudgePart("", explanation, tuple(batch))])
+
+    def request_group(self, parts: Sequence[JudgePart]) -> ChatRequest:
+        """The judge request for several latents' parts: each explanation with its examples, numbered on
+        across the parts; one answer list for all. One part gives the plain one-latent prompt."""
+        listings, start = [], 0
+        for p in parts:
+            listings.append(
+                {"explanation": p.explanation,
+                 "examples": "\n".join(f"Example {start + i + 1}: {t}" for i, t in enumerate(p.examples))}
+            )
+            start += len(p.examples)
+        msgs = self.template.render_chat({"parts": listings, "n": start})
+        return ChatRequest(messages=msgs, max_tokens=10 + 4 * start)
+
+    async def judge_parts(self, parts: Sequence[JudgePart]) -> list[PartAnswer]:
+        """Ask the judge about ``parts`` in one request (and one P(yes) request, when used) and map its answer
+        back to each part in order. An LLMError of the judge request is raised."""
+        req = self.request_group(parts)
+        sizes = [len(p.examples) for p in parts]
+        n = sum(sizes)
+        resp = await self.client.chat(req)
+        usage = resp.usage
+        parsed = parse_binary_list(resp.text, n)
+        probs: list[float | None] = [None] * n
+        prob_failure = None
+        if not isinstance(parsed, str) and self.use_probabilities:
+            try:
+                probs, u = await self._probabilities(req.messages, parsed)
+                usage = usage + u
+            except LLMError as e:
+                prob_failure = f"probability request failed: {e.reason}"
+        out, start = [], 0
+        for size, u in zip(sizes, split_usage(usage, sizes), strict=True):
+            preds = parsed if isinstance(parsed, str) else parsed[start : start + size]
+            out.append(PartAnswer(preds, probs[start : start + size], prob_failure, u))
+            start += size
+        return out
 
     async def _probabilities(self, msgs: tuple[Any, ...], answers: list[bool]) -> tuple[list[float | None], Usage]:
         """P(yes) per example: the prompt as plain text + the judge's answer list, teacher-forced."""
@@ -524,11 +613,18 @@ class _Classifier:
         resp = await self.client.top_logprobs(TopLogprobsRequest(prompt=text, positions=tuple(positions), top_k=20))
         return [choice_probability(t.top) for t in resp.logprobs], resp.usage
 
+    async def _judge(self, part: JudgePart) -> PartAnswer:
+        if self.grouper is None:
+            return (await self.judge_parts([part]))[0]
+        return await self.grouper.submit(self, part)
+
     async def score(self, explanation: str, record: FeatureRecord) -> Score:
         s = self.settings
         settings = {**asdict(s), "judge": self.client.spec, "prompt_hash": self.template.hash}
-        use_probs = s.judge_probabilities and bool(getattr(self.client, "supports_logprobs", False))
+        use_probs = self.use_probabilities
         settings["judge_probabilities"] = use_probs
+        if self.grouper is not None:
+            settings["latents_per_prompt"] = self.grouper.batcher.max_batch
         rng = np.random.default_rng([s.seed, record.id.index])
         texts, labels = self.examples(record, rng)
         if not texts:
@@ -543,27 +639,21 @@ class _Classifier:
         failures: list[str] = []
         for start in range(0, len(texts), s.per_prompt):
             batch = texts[start : start + s.per_prompt]
-            req = self.request(explanation, batch)
-            msgs = req.messages
             try:
-                resp = await self.client.chat(req)
+                ans = await self._judge(JudgePart(str(record.id), explanation, tuple(batch)))
             except LLMError as e:
+                if self.grouper is not None:
+                    raise  # the request held other latents' parts too: nothing is written, a rerun retries
                 failures.append(f"request failed: {e.reason}")
                 continue
-            usage = usage + resp.usage
-            parsed = parse_binary_list(resp.text, len(batch))
-            if isinstance(parsed, str):
-                failures.append(parsed)
+            usage = usage + ans.usage
+            if isinstance(ans.predictions, str):
+                failures.append(ans.predictions)
                 continue
-            probs: list[float | None] = [None] * len(parsed)
-            if use_probs:
-                try:
-                    probs, u = await self._probabilities(msgs, parsed)
-                    usage = usage + u
-                except LLMError as e:
-                    failures.append(f"probability request failed: {e.reason}")
-            got_preds += parsed
-            got_probs += probs
+            if ans.probability_failure:
+                failures.append(ans.probability_failure)
+            got_preds += ans.predictions
+            got_probs += ans.probabilities
             got_labels += labels[start : start + s.per_prompt]
         details: dict[str, Any] = {
             "requests": usage.requests,
@@ -622,6 +712,28 @@ class FuzzingScorer(_Classifier):
             mask[rng.choice(len(r.tokens), size=k, replace=False)] = True
             texts.append(highlight_tokens(r.tokens, mask))
         return texts, [True] * len(pos) + [False] * len(neg)
+
+
+class JudgeGrouper:
+    """Puts several latents' detection (or fuzzing) prompts into one judge request.
+
+    Scorers of latents scored at the same time submit their next :class:`JudgePart`; up to ``latents`` parts
+    of distinct latents that arrive within ``wait_s`` of each other are judged in one request
+    (:meth:`_Classifier.judge_parts`, sent through the first part's scorer's client), and each scorer gets its
+    own part's answer back. One grouper per scorer name, judge and settings per run."""
+
+    def __init__(self, latents: int, wait_s: float = 0.1) -> None:
+        self.batcher: MicroBatcher[tuple[_Classifier, JudgePart], PartAnswer] = MicroBatcher(
+            run_batch_async=self._run, max_batch=latents, wait_s=wait_s, key=lambda item: item[1].latent,
+            describe="judge group",
+        )
+
+    async def submit(self, scorer: _Classifier, part: JudgePart) -> PartAnswer:
+        return await self.batcher.submit((scorer, part))
+
+    @staticmethod
+    async def _run(items: list[tuple[_Classifier, JudgePart]]) -> list[PartAnswer]:
+        return await items[0][0].judge_parts([p for _, p in items])
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,15 @@ A simulation that cannot be made is ``Simulation(expected=None, failed=reason)``
   an unusual token instead). Flagged slots still use their renormalised digit distribution, but when more
   than ``max_flagged_fraction`` (default 0.1) of a record's slots are flagged, or any slot has no digit
   at all among the top-k, the whole record's simulation is failed with the reason, never guessed.
+  *Several records per prompt.* ``simulate_many(documents)`` lists several records one after another
+  under one explanation (the template loops over ``bodies``) and asks for every slot in ONE request;
+  :class:`SlottedPrompt` ``bounds`` say which slots belong to which record, so each record gets its own
+  simulation and its own failure. The pipeline groups ``ExplainConfig.records_per_prompt`` records of one
+  split per prompt (default 1: one record per prompt, as OpenAI's simulator).
 
 * :class:`JsonSimulator` (chat-only APIs): asks for a JSON list of ``[token_index, value]`` pairs, one
   per token; the answer is validated strictly (length, every index once, integer values in range);
-  anything else is a failed simulation with the reason.
+  anything else is a failed simulation with the reason. Its ``simulate_many`` sends one request per record.
 
 * :class:`LinearCalibratedSimulator` and :class:`PercentileCalibratedSimulator` wrap a simulator and map
   its values onto the feature's activation scale, fitted on calibration (``valid``) records. A linear
@@ -30,6 +35,7 @@ A simulation that cannot be made is ``Simulation(expected=None, failed=reason)``
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -41,7 +47,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from autointerp.explain import escape_token
-from autointerp.llm.base import ChatRequest, LLMClient, LLMError, TopLogprobsRequest
+from autointerp.llm.base import ChatRequest, LLMClient, LLMError, TokenLogprobs, TopLogprobsRequest
 from autointerp.prompts import PromptTemplate, load_template
 from autointerp.records import ActivationRecord, FloatArray, Simulation, Usage
 
@@ -60,6 +66,10 @@ class Simulator(Protocol):
 
     async def simulate(self, tokens: Sequence[str]) -> Simulation: ...
 
+    async def simulate_many(self, documents: Sequence[Sequence[str]]) -> list[Simulation]:
+        """One simulation per document; the logprob simulator asks for them all in one prompt."""
+        ...
+
 
 @dataclass(frozen=True)
 class SlottedPrompt:
@@ -67,32 +77,53 @@ class SlottedPrompt:
 
     text: str
     slots: tuple[int, ...]
+    bounds: tuple[int, ...] = ()
+    """Where each document's slots start in ``slots``, plus ``len(slots)`` at the end (document d owns
+    ``slots[bounds[d]:bounds[d + 1]]``); empty for a prompt built without documents."""
+
+
+def _body_marker(d: int) -> str:
+    return f"\x00BODY{d}\x00"
+
+
+def build_records_prompt(
+    template: PromptTemplate, explanation: str, documents: Sequence[Sequence[str]], filler: str = "0"
+) -> SlottedPrompt:
+    """Render ``template`` with one token listing per document (the template loops over ``bodies``) and return
+    the text, every slot's character offset, and which slots belong to which document.
+
+    The listing is ``<escaped token>\\t<filler>\\n`` per token; the slot of a token is the offset right
+    after its tab, so ``text[:slot]`` is exactly the text the model sees before predicting the value. With
+    several documents, the slots of a later one come after the earlier documents, filled with ``filler``."""
+    markers = [_body_marker(d) for d in range(len(documents))]
+    rendered = template.render({"explanation": explanation, "bodies": markers, "max_value": MAX_VALUE})
+    parts: list[str] = []
+    pos = 0
+    slots: list[int] = []
+    bounds = [0]
+    rest = rendered
+    for marker, tokens in zip(markers, documents, strict=True):
+        head, sep, rest = rest.partition(marker)
+        if not sep:
+            raise ValueError(f"template {template.name} has no {{{{ body }}}} placeholder for every document")
+        parts.append(head)
+        pos += len(head)
+        for tok in tokens:
+            line_head = escape_token(tok) + "\t"
+            pos += len(line_head)
+            slots.append(pos)
+            parts.append(line_head + filler + "\n")
+            pos += len(filler) + 1
+        bounds.append(len(slots))
+    parts.append(rest)
+    return SlottedPrompt(text="".join(parts), slots=tuple(slots), bounds=tuple(bounds))
 
 
 def build_all_at_once_prompt(
     template: PromptTemplate, explanation: str, tokens: Sequence[str], filler: str = "0"
 ) -> SlottedPrompt:
-    """Render ``template`` with the token listing and return the text plus each slot's character offset.
-
-    The listing is ``<escaped token>\\t<filler>\\n`` per token; the slot of token i is the offset right
-    after its tab, so ``text[:slot]`` is exactly the text the model sees before predicting the value."""
-    rendered = template.render({"explanation": explanation, "body": _BODY, "max_value": MAX_VALUE})
-    head, sep, tail = rendered.partition(_BODY)
-    if not sep:
-        raise ValueError(f"template {template.name} has no {{{{ body }}}} placeholder")
-    parts = [head]
-    pos = len(head)
-    slots = []
-    for tok in tokens:
-        line_head = escape_token(tok) + "\t"
-        pos += len(line_head)
-        slots.append(pos)
-        piece = line_head + filler + "\n"
-        parts.append(piece)
-        pos += len(filler) + 1
-    parts.append(tail)
-    text = "".join(parts)
-    return SlottedPrompt(text=text, slots=tuple(slots))
+    """The prompt of one document: :func:`build_records_prompt` with ``[tokens]``."""
+    return build_records_prompt(template, explanation, [tokens], filler)
 
 
 _DIGITS = frozenset("0123456789")
@@ -134,38 +165,53 @@ class LogprobSimulator:
         self.spec = f"logprob[{client.spec}]"
 
     async def simulate(self, tokens: Sequence[str]) -> Simulation:
-        if not tokens:
-            return Simulation(expected=None, failed="no tokens to simulate")
-        prompt = build_all_at_once_prompt(self.template, self.explanation, tokens, self.filler)
+        return (await self.simulate_many([tokens]))[0]
+
+    async def simulate_many(self, documents: Sequence[Sequence[str]]) -> list[Simulation]:
+        """Simulate several documents with ONE request: the prompt lists them one after another under the
+        explanation (:func:`build_records_prompt`), and each document's slots give its own simulation
+        (failed with the reason, per document, by the digit-mass rules; all failed when the request
+        fails)."""
+        out: list[Simulation | None] = [
+            None if toks else Simulation(expected=None, failed="no tokens to simulate") for toks in documents
+        ]
+        todo = [d for d, toks in enumerate(documents) if toks]
+        if not todo:
+            return [s for s in out if s is not None]
+        prompt = build_records_prompt(self.template, self.explanation, [documents[d] for d in todo], self.filler)
         try:
             resp = await self.client.top_logprobs(
                 TopLogprobsRequest(prompt=prompt.text, positions=prompt.slots, top_k=self.top_k)
             )
         except LLMError as e:
-            return Simulation(expected=None, failed=f"simulator request failed: {e.reason}")
+            failed = Simulation(expected=None, failed=f"simulator request failed: {e.reason}")
+            return [s if s is not None else failed for s in out]
         self.usage = self.usage + resp.usage
         if len(resp.logprobs) != len(prompt.slots):
-            return Simulation(
-                expected=None,
-                failed=f"backend returned {len(resp.logprobs)} distributions for {len(prompt.slots)} slots",
-            )
-        dist = np.zeros((len(tokens), MAX_VALUE + 1), dtype=np.float64)
-        mass = np.zeros(len(tokens), dtype=np.float64)
-        for i, tl in enumerate(resp.logprobs):
+            reason = f"backend returned {len(resp.logprobs)} distributions for {len(prompt.slots)} slots"
+            return [s if s is not None else Simulation(expected=None, failed=reason) for s in out]
+        for k, d in enumerate(todo):
+            lo, hi = prompt.bounds[k], prompt.bounds[k + 1]
+            out[d] = self._from_slots(resp.logprobs[lo:hi])
+        return [s for s in out if s is not None]
+
+    def _from_slots(self, logprobs: Sequence[TokenLogprobs]) -> Simulation:
+        """One document's simulation from the distributions at its slots."""
+        n = len(logprobs)
+        dist = np.zeros((n, MAX_VALUE + 1), dtype=np.float64)
+        mass = np.zeros(n, dtype=np.float64)
+        for i, tl in enumerate(logprobs):
             dist[i], mass[i] = digit_distribution(tl.top)
         none = int((mass <= 0).sum())
         if none:
-            return Simulation(
-                expected=None, failed=f"no digit among the top-{self.top_k} at {none} of {len(tokens)} slots"
-            )
+            return Simulation(expected=None, failed=f"no digit among the top-{self.top_k} at {none} of {n} slots")
         low = int((mass < self.min_digit_mass).sum())
-        if low > self.max_flagged_fraction * len(tokens):
+        if low > self.max_flagged_fraction * n:
             return Simulation(
-                expected=None,
-                failed=f"digit probability below {self.min_digit_mass} at {low} of {len(tokens)} slots",
+                expected=None, failed=f"digit probability below {self.min_digit_mass} at {low} of {n} slots"
             )
         if low:
-            log.debug("%d of %d slots with digit probability below %s", low, len(tokens), self.min_digit_mass)
+            log.debug("%d of %d slots with digit probability below %s", low, n, self.min_digit_mass)
         dist /= mass[:, None]
         expected = dist @ np.arange(MAX_VALUE + 1, dtype=np.float64)
         return Simulation(expected=expected.astype(np.float32), distribution=dist.astype(np.float32))
@@ -249,6 +295,11 @@ class JsonSimulator:
             return Simulation(expected=None, failed=f"unparseable simulator answer: {parsed}")
         return Simulation(expected=parsed)
 
+    async def simulate_many(self, documents: Sequence[Sequence[str]]) -> list[Simulation]:
+        """One request per document: the JSON prompt holds one document (a list of several documents' token
+        indices is more than the chat models we tried answer reliably)."""
+        return list(await asyncio.gather(*(self.simulate(toks) for toks in documents)))
+
 
 def make_simulator(kind: str, client: LLMClient, explanation: str) -> Simulator:
     """``logprob``, ``json``, or ``auto`` (logprob when the backend serves top logprobs, else json)."""
@@ -326,12 +377,17 @@ class _CalibratedSimulator:
         return self.fit
 
     async def simulate(self, tokens: Sequence[str]) -> Simulation:
+        return (await self.simulate_many([tokens]))[0]
+
+    async def simulate_many(self, documents: Sequence[Sequence[str]]) -> list[Simulation]:
         if self.fit is None:
             raise CalibrationError("call calibrate() before simulate()")
-        sim = await self.inner.simulate(tokens)
-        if sim.expected is None:
-            return sim
-        return Simulation(expected=self.fit.apply(sim.expected).astype(np.float32), distribution=sim.distribution)
+        fit = self.fit
+        return [
+            sim if sim.expected is None
+            else Simulation(expected=fit.apply(sim.expected).astype(np.float32), distribution=sim.distribution)
+            for sim in await self.inner.simulate_many(documents)
+        ]
 
 
 class LinearCalibratedSimulator(_CalibratedSimulator):

@@ -20,7 +20,7 @@ from autointerp.scorers.base import Models, ScoreContext, Scored, Scorer, limit_
 
 if TYPE_CHECKING:
     from autointerp.pipeline import ExplainConfig
-    from autointerp.score import ClassifierSettings
+    from autointerp.score import ClassifierSettings, _Classifier
     from autointerp.scorers.intervention import SteeringCache
 
 
@@ -41,12 +41,25 @@ class ScorerEntry:
 # -- adapters for the scorers of autointerp.score -----------------------------------------------------
 
 
+def simulation_judge(cfg: ExplainConfig, simulator_spec: str) -> str:
+    """The ``judge`` of simulation scores: the simulator kind and spec, and ``+records-per-prompt=K`` when
+    ``K`` records share a prompt (so such scores are stored and reported apart from one-record ones)."""
+    k = cfg.records_per_prompt
+    return f"{cfg.simulator_kind}[{simulator_spec}]" + (f"+records-per-prompt={k}" if k > 1 else "")
+
+
+def grouping(cfg: ExplainConfig) -> str:
+    """Appended to the judge of detection / fuzzing scores made with several latents per prompt."""
+    k = cfg.latents_per_prompt
+    return f"+latents-per-prompt={k}" if k > 1 else ""
+
+
 class _SimulationScorer:
     def __init__(self, ctx: ScoreContext) -> None:
         from autointerp.score import SIMULATION_SCORES
 
         self.ctx = ctx
-        self.judge = f"{ctx.config.simulator_kind}[{ctx.simulator.spec}]"
+        self.judge = simulation_judge(ctx.config, ctx.simulator.spec)
         self.score_names: tuple[str, ...] = SIMULATION_SCORES
 
     async def score(self, eid: str, text: str, record: FeatureRecord) -> Scored:
@@ -131,18 +144,29 @@ def _negatives(cfg: ExplainConfig) -> str:
     return HARD if cfg.negatives == "hard" else ""
 
 
+def _classifier(ctx: ScoreContext, cls: type[_Classifier]) -> _One:
+    """A detection / fuzzing scorer; with ``latents_per_prompt`` > 1 it shares the run's grouper of its kind."""
+    from autointerp.score import JudgeGrouper
+
+    cfg = ctx.config
+    scorer = cls(ctx.judge, classifier_settings(cfg))
+    if cfg.latents_per_prompt > 1:
+        key = f"judge-group:{cls.name}:{ctx.judge.spec}:{classifier_settings(cfg)}:{cfg.latents_per_prompt}"
+        scorer.grouper = ctx.models.memo.setdefault(key, JudgeGrouper(cfg.latents_per_prompt))
+    judge = ctx.judge.spec + _negatives(cfg) + grouping(cfg)
+    return _One(scorer, judge, (cls.name,))
+
+
 def _detection(ctx: ScoreContext) -> _One:
     from autointerp.score import DetectionScorer
 
-    judge = ctx.judge.spec + _negatives(ctx.config)
-    return _One(DetectionScorer(ctx.judge, classifier_settings(ctx.config)), judge, ("detection",))
+    return _classifier(ctx, DetectionScorer)
 
 
 def _fuzzing(ctx: ScoreContext) -> _One:
     from autointerp.score import FuzzingScorer
 
-    judge = ctx.judge.spec + _negatives(ctx.config)
-    return _One(FuzzingScorer(ctx.judge, classifier_settings(ctx.config)), judge, ("fuzzing",))
+    return _classifier(ctx, FuzzingScorer)
 
 
 def _saebench(ctx: ScoreContext) -> _Many:
