@@ -17,7 +17,7 @@ from test_pipeline import smart_chat
 from autointerp.errors import UserError
 from autointerp.llm.base import ChatRequest
 from autointerp.pipeline import Clients, ExplainConfig, run_explain, run_score
-from autointerp.records import Usage
+from autointerp.records import Score, Usage
 from autointerp.rundir import read_jsonl
 from autointerp.score import DetectionScorer, FuzzingScorer, JudgeGrouper, JudgePart, split_usage
 from autointerp.simulate import LogprobSimulator
@@ -123,17 +123,21 @@ def _feature_of_example(req: ChatRequest) -> list[str]:
     return out
 
 
-@pytest.mark.parametrize("cls", [DetectionScorer, FuzzingScorer])
-async def test_grouped_judge_maps_each_answer_to_its_latent_and_example(cls: type[DetectionScorer]) -> None:
+async def _score_three_latents_grouped(cls: type[DetectionScorer], fake: FakeLLM) -> tuple[JudgeGrouper, list[Score]]:
+    """Latents 0-2 (keywords cat, dog, bird) scored at once by ``cls`` with one grouper of 3 latents."""
     records = [synthetic_record(i, KEYWORDS[i]) for i in range(3)]
-    fake = FakeLLM(chat_fn=grouped_judge)
     grouper = JudgeGrouper(3)
     scorers = [cls(fake) for _ in records]
     for s in scorers:
         s.grouper = grouper
-    scores = await asyncio.gather(
-        *(s.score(KEYWORDS[i].strip(), r) for i, (s, r) in enumerate(zip(scorers, records, strict=True)))
-    )
+    jobs = (s.score(KEYWORDS[i].strip(), r) for i, (s, r) in enumerate(zip(scorers, records, strict=True)))
+    return grouper, list(await asyncio.gather(*jobs))
+
+
+@pytest.mark.parametrize("cls", [DetectionScorer, FuzzingScorer])
+async def test_grouped_judge_maps_each_answer_to_its_latent_and_example(cls: type[DetectionScorer]) -> None:
+    fake = FakeLLM(chat_fn=grouped_judge)
+    grouper, scores = await _score_three_latents_grouped(cls, fake)
     # a perfect judge scores 1.0 only when every answer went back to its own latent and example
     assert [sc.value for sc in scores] == [1.0, 1.0, 1.0]
     assert all(sc.details["n_classified"] == sc.details["n_examples"] == 10 for sc in scores)
@@ -155,15 +159,8 @@ async def test_a_wrong_mapping_would_show_a_judge_that_flags_one_latent_only() -
     def only_cat(req: ChatRequest) -> str:
         return str([int(w == "cat") for w in _feature_of_example(req)])
 
-    records = [synthetic_record(i, KEYWORDS[i]) for i in range(3)]
     fake = FakeLLM(chat_fn=only_cat)
-    grouper = JudgeGrouper(3)
-    scorers = [DetectionScorer(fake) for _ in records]
-    for s in scorers:
-        s.grouper = grouper
-    scores = await asyncio.gather(
-        *(s.score(KEYWORDS[i].strip(), r) for i, (s, r) in enumerate(zip(scorers, records, strict=True)))
-    )
+    _, scores = await _score_three_latents_grouped(DetectionScorer, fake)
     recall = [sc.details["metrics"]["recall"] for sc in scores]
     assert recall == [1.0, 0.0, 0.0]
     assert [sc.details["confusion"]["fp"] for sc in scores] == [4, 0, 0]
