@@ -138,6 +138,11 @@ CASES: list[tuple[str, str, list[str], str]] = [
     ),
     ("explain run dir is a file", "explain", [*NEURONS, "--run-dir", "{file}"], "is a file, not a folder"),
     ("explain missing cache run", "explain", ["--cache-run", "/no/such/run"], "/no/such/run"),
+    ("explain --shard 3/2", "explain", [*NEURONS, "--shard", "3/2"], "bad --shard '3/2'"),
+    ("explain --shard without a sample run", "explain", [*NEURONS, "--shard", "0/2"], "give --sample-run DIR"),
+    ("explain --shard with --executor", "explain", [*NEURONS, "--shard", "0/2", "--executor", "local"],
+     "give only one"),
+    ("explain --range-size 0", "explain", [*NEURONS, "--range-size", "0"], "--range-size must be at least 1"),
     ("explain SAE with NaN weights", "explain", [*TINY, "--sae", "{nansae}"], "NaN/Inf"),
     (
         "explain features beyond the SAE width",
