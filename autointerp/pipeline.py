@@ -11,6 +11,14 @@ Entry points:
 Run directory files: see :mod:`autointerp.rundir` (which reads and writes them) and
 ``datasets/labelled-dataset-card.md``.
 
+Feature ranges: :func:`run_explain` works through the features in ranges of ``range_size`` (default 1,024):
+it reads one range's records (lazily, from a :class:`RecordStream`), explains, baselines (a derangement within
+the range) and scores it, then drops it, so memory holds one range however many features the run has. A
+range that finished without failures is marked in the manifest (``ranges_done``) and skipped by a rerun.
+``shard`` i/n explains the i-th of n contiguous blocks of ranges into a partial run; ``autointerp merge``
+(:func:`autointerp.rundir.merge_explain_runs`) concatenates the parts into the unsplit run's files.
+:func:`run_score` still loads the whole run.
+
 Resuming: every row is keyed (explanation id; explanation id + split + record index; explanation id +
 score name + judge); a rerun reads what is there and only computes what is missing, so nothing is
 duplicated or lost. Features run concurrently (``concurrency``), each bounded further by its clients'
