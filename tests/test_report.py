@@ -326,16 +326,17 @@ async def test_card_shows_the_exact_prompt_the_explainer_was_sent(tmp_path: Path
 
 
 def test_scatter_pairs_input_and_output_scores_per_feature_with_spearman(tmp_path: Path) -> None:
-    """The overview's input-vs-output view: sides come from the scorer registry, the default pair is
-    correlation against intervention_kl, and rho is Spearman's over the features with both scores (feature
-    1's correlation is undefined, so it is left out, not counted as 0)."""
+    """The overview's input-vs-output view: sides come from the scorer registry, the default pair is the one
+    most features have (detection against intervention_kl: 6, correlation only 5), and rho is Spearman's over
+    the features with both scores (feature 1's correlation is undefined, so it is left out, not counted as 0)."""
     from scipy.stats import spearmanr
 
     run = write_synthetic_run(tmp_path / "run", n_features=6, output_scores=True)
     index = report_data(load_run(run.path))["index"]
     sc = index["scatter"]
     assert sc["inputs"] == ["correlation", "detection"] and sc["outputs"] == ["intervention_kl"]
-    assert (sc["x"], sc["y"]) == ("correlation", "intervention_kl")
+    assert (sc["x"], sc["y"]) == ("detection", "intervention_kl")
+    assert sc["spearman"]["detection"]["intervention_kl"]["n"] == 6
     corr, kl = index["list"]["scores"]["correlation"], index["list"]["scores"]["intervention_kl"]
     both = [(a, b) for a, b in zip(corr, kl, strict=True) if a is not None and b is not None]
     assert len(both) == 5

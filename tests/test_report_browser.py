@@ -132,14 +132,14 @@ def test_report_in_chromium(browser: Cdp, tmp_path: Path) -> None:
     assert browser.eval("document.querySelectorAll('#view-overview .ov-score .bin').length") == 3 * 24
     ov = browser.eval("document.getElementById('view-overview').textContent")
     assert "1 × true activations are constant" in ov and "failed simulations" in ov
-    # Input against output score: one point per feature with both (feature 1's correlation is undefined);
-    # the x selector switches to detection, defined for all 6; a point opens its feature.
-    assert browser.eval("document.querySelectorAll('#view-overview svg.scatter circle.pt').length") == 5
-    assert "5 of 6 features have both scores; Spearman rho" in browser.eval(
-        "document.querySelector('#view-overview .scatter-box').textContent")
-    browser.eval("(() => { const s = document.getElementById('scatter-x'); s.value = 'detection';"
-                 " s.dispatchEvent(new Event('change')); })()")
+    # Input against output score: one point per feature with both; detection (all 6) first, the x selector
+    # switches to correlation (feature 1's is undefined: 5 points); a point opens its feature.
     assert browser.eval("document.querySelectorAll('#view-overview svg.scatter circle.pt').length") == 6
+    assert "6 of 6 features have both scores; Spearman rho" in browser.eval(
+        "document.querySelector('#view-overview .scatter-box').textContent")
+    browser.eval("(() => { const s = document.getElementById('scatter-x'); s.value = 'correlation';"
+                 " s.dispatchEvent(new Event('change')); })()")
+    assert browser.eval("document.querySelectorAll('#view-overview svg.scatter circle.pt').length") == 5
     browser.eval("document.querySelector('#view-overview svg.scatter circle.pt')"
                  ".dispatchEvent(new MouseEvent('click'))")
     browser.eval("new Promise(r => setTimeout(r, 100))")

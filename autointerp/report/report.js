@@ -572,7 +572,8 @@
     function range(vals) {
       var lo = Math.min.apply(null, vals), hi = Math.max.apply(null, vals);
       if (!(hi - lo > 1e-12)) { lo -= 0.5; hi += 0.5; }
-      return [lo, hi];
+      var pad = 0.04 * (hi - lo);
+      return [lo - pad, hi + pad];
     }
     var xs = idx.map(function (i) { return L.scores[x][i]; }), ys = idx.map(function (i) { return L.scores[y][i]; });
     var rx = idx.length ? range(xs) : [0, 1], ry = idx.length ? range(ys) : [0, 1];
@@ -580,10 +581,13 @@
     function py(v) { return H - M - (H - 2 * M) * (v - ry[0]) / (ry[1] - ry[0]); }
     svg.appendChild(svgEl("line", { x1: M, y1: H - M, x2: W - M, y2: H - M, "class": "axis-line" }));
     svg.appendChild(svgEl("line", { x1: M, y1: M, x2: M, y2: H - M, "class": "axis-line" }));
-    [[fmt(rx[0]), M, H - M + 14, "start"], [fmt(rx[1]), W - M, H - M + 14, "end"], [x, W / 2, H - 6, "middle"]].forEach(function (t) {
+    /* axis ends: the data's own range (the plot is padded by 4% on each side) */
+    var lx = idx.length ? [Math.min.apply(null, xs), Math.max.apply(null, xs)] : rx;
+    var ly = idx.length ? [Math.min.apply(null, ys), Math.max.apply(null, ys)] : ry;
+    [[fmt(lx[0]), px(lx[0]), H - M + 14, "start"], [fmt(lx[1]), px(lx[1]), H - M + 14, "end"], [x, W / 2, H - 6, "middle"]].forEach(function (t) {
       svg.appendChild(svgEl("text", { x: t[1], y: t[2], "text-anchor": t[3] })).textContent = t[0];
     });
-    [[fmt(ry[0]), H - M], [fmt(ry[1]), M + 4]].forEach(function (t) {
+    [[fmt(ly[0]), py(ly[0])], [fmt(ly[1]), py(ly[1]) + 4]].forEach(function (t) {
       svg.appendChild(svgEl("text", { x: M - 4, y: t[1], "text-anchor": "end" })).textContent = t[0];
     });
     svg.appendChild(svgEl("text", { x: 12, y: H / 2, "text-anchor": "middle", transform: "rotate(-90 12 " + H / 2 + ")" })).textContent = y;

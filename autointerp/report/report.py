@@ -440,25 +440,23 @@ def _spearman(x: list[float], y: list[float]) -> tuple[float | None, str | None]
     return float(np.corrcoef(rx, ry)[0, 1]), None
 
 
-def _default_of(names: list[str], preferred: tuple[str, ...]) -> str | None:
-    """The first of ``names`` whose score name (before any ``@judge``) comes first in ``preferred``."""
-    for p in preferred:
-        for n in names:
-            if n.split("@", 1)[0] == p:
-                return n
-    return names[0] if names else None
+def _preference(label: str, preferred: tuple[str, ...]) -> int:
+    """Rank of ``label``'s score name (before any ``@judge``) in ``preferred``; after them when absent."""
+    name = label.split("@", 1)[0]
+    return preferred.index(name) if name in preferred else len(preferred)
 
 
 SCATTER_X = ("correlation", "detection", "fuzzing", "embedding", "surprisal")
-"""Input-side scores the scatter shows first, best first (the first one the run has)."""
+"""Input-side scores in the order the scatter prefers them (between pairs covering as many features)."""
 SCATTER_Y = ("intervention", "intervention_kl", "intervention_logit_shift")
-"""Output-side scores the scatter shows first, best first."""
+"""Output-side scores in the order the scatter prefers them."""
 
 
 def _scatter(c: _Columns) -> dict[str, Any]:
     """The input-vs-output view: which score labels are input- and output-side (from the scorer registry),
-    the default pair, and Spearman's rho (with n, or the reason it is undefined) for every input x output
-    pair, over the features with both scores. The page draws the points from the list's score columns."""
+    the default pair (the one that most features have both scores of; ties: :data:`SCATTER_X`, then
+    :data:`SCATTER_Y` order), and Spearman's rho (with n, or the reason it is undefined) for every input x
+    output pair, over the features with both scores. The page draws the points from the list's columns."""
     from autointerp.scorers.registry import score_side
 
     inputs = [n for n in c.names if score_side(n) == "input"]
@@ -470,8 +468,11 @@ def _scatter(c: _Columns) -> dict[str, Any]:
             pairs = [(a, b) for a, b in zip(c.scores[x], c.scores[y], strict=True) if a is not None and b is not None]
             r, why = _spearman([a for a, _ in pairs], [b for _, b in pairs])
             rho[x][y] = {"rho": _num(r), "n": len(pairs), "reason": why}
-    return {"inputs": inputs, "outputs": outputs, "x": _default_of(inputs, SCATTER_X),
-            "y": _default_of(outputs, SCATTER_Y), "spearman": rho}
+    candidates = [(x, y) for x in inputs for y in outputs]
+    best = min(candidates, default=None, key=lambda p: (-rho[p[0]][p[1]]["n"], _preference(p[0], SCATTER_X),
+                                                   _preference(p[1], SCATTER_Y), p))
+    return {"inputs": inputs, "outputs": outputs, "x": best[0] if best else None, "y": best[1] if best else None,
+            "spearman": rho}
 
 
 def _compare(run: RunData, other: RunData, c: _Columns, other_name: str) -> dict[str, Any]:
