@@ -225,7 +225,10 @@ def stage_report(args: argparse.Namespace) -> dict[str, Any]:
         }
         for x in labels
     }
-    paired = {x: _paired(a, b, x) for x in labels} if b else {}
+    # B's labels may lack the judge suffix A's carry (A was also scored with hard negatives): pair by short name
+    by_short = {f: {_short(k): v for k, v in row.items() if "/" not in k} for f, row in b.items()}
+    a_short = {f: {_short(k): v for k, v in row.items() if "/" not in k} for f, row in a.items()}
+    paired = {x: _paired(a_short, by_short, x) for x in HEADLINE} if b else {}
     hard = {x: _paired({f: {"v": r.get(x[: -len(HARD)])} for f, r in a.items()},
                        {f: {"v": r.get(x)} for f, r in a.items()}, "v")
             for x in labels if x.endswith(HARD)}
@@ -234,6 +237,64 @@ def stage_report(args: argparse.Namespace) -> dict[str, Any]:
               "paired_hard_minus_random": hard, "load": os.getloadavg()}
     (args.out / "bench_scorers.json").write_text(json.dumps(result, indent=1, default=str))
     return result
+
+
+HEADLINE = ("correlation", "detection", "fuzzing", "embedding", "surprisal", "intervention", "intervention_kl",
+            "intervention_logit_shift")
+"""The scores of the per-latent table and the agreement matrix (random negatives), input side first."""
+
+
+def _short(label: str) -> str:
+    """``detection@<judge>+hard-negatives`` -> ``detection (hard)``; ``embedding@<model>`` -> ``embedding``."""
+    from autointerp.scorers.registry import HARD
+
+    name = label.split("@", 1)[0]
+    return name + " (hard)" if label.endswith(HARD) else name
+
+
+def _fmt(v: Any) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def markdown(res: dict[str, Any]) -> str:
+    """The benchmark's tables as markdown (for benchmarks/README.md)."""
+    feats = res["features"]
+    labels = sorted({k for row in feats.values() for k in row if "/" not in k and k != "explanation"})
+    by_short = {_short(x): x for x in labels}
+    cols = [c for c in HEADLINE if c in by_short] + sorted(c for c in by_short if c.endswith("(hard)"))
+    out = ["| latent | label | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+    for f, row in feats.items():
+        label = (row.get("explanation") or "").replace("|", "/")[:60]
+        out.append(f"| {f.rsplit(':', 1)[-1]} | {label} | " + " | ".join(_fmt(row.get(by_short[c])) for c in cols)
+                   + " |")
+    out += ["", "Agreement (Spearman across latents; n latents with both scores):", "",
+            "| | " + " | ".join(c for c in cols if "(hard)" not in c) + " |",
+            "|---|" + "---|" * len([c for c in cols if "(hard)" not in c])]
+    for x in (c for c in cols if "(hard)" not in c):
+        cells = []
+        for y in (c for c in cols if "(hard)" not in c):
+            n = sum(1 for r in feats.values() if r.get(by_short[x]) is not None and r.get(by_short[y]) is not None)
+            rho = res["agreement_spearman"][by_short[x]][by_short[y]]
+            cells.append(f"{_fmt(rho)} ({n})")
+        out.append(f"| {x} | " + " | ".join(cells) + " |")
+    out += ["", "| scorer | latents | requests | prompt tokens | seconds |", "|---|---|---|---|---|"]
+    for x in cols:
+        c = res["cost_per_latent"].get(by_short[x])
+        n = sum(1 for r in feats.values() if r.get(by_short[x] + "/cost"))
+        if c:
+            out.append(f"| {x} | {n} | {c['requests']:.1f} | {c['prompt_tokens']:.0f} | {c['seconds']:.1f} |")
+    out += ["", "| score | n | mean explained | mean baseline |", "|---|---|---|---|"]
+    for x in cols:
+        m = res["means"][by_short[x]]
+        out.append(f"| {x} | {m['n']} | {_fmt(m['explained'])} | {_fmt(m['baseline'])} |")
+    pairs = (("vocab - default", "paired_vocab_minus_default"), ("hard - random", "paired_hard_minus_random"))
+    for title, key in pairs:
+        out += ["", f"| paired {title} | n | mean | 95% CI |", "|---|---|---|---|"]
+        for x, d in res[key].items():
+            ci = d.get("ci95")
+            out.append(f"| {_short(x)} | {d['n']} | {_fmt(d.get('mean'))} | "
+                       + (f"[{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else d.get("reason", "-")) + " |")
+    return "\n".join(out)
 
 
 def main() -> None:
@@ -283,6 +344,7 @@ def main() -> None:
         log.info("stage %s: %.0f s (load %s)", name, time.perf_counter() - t, os.getloadavg())
     if "report" in args.stages:
         res = stage_report(args)
+        (args.out / "bench_scorers.md").write_text(markdown(res))
         keys = ("means", "cost_per_latent", "paired_vocab_minus_default", "paired_hard_minus_random", "load")
     print(json.dumps({k: res[k] for k in keys},
                          indent=1, default=str))
