@@ -613,12 +613,14 @@ class _Runner:
             simulators = [make_simulator(self.config.simulator_kind, w, text) for w in watched]
             pairs = zip(simulators, groups, strict=True)
             results = await asyncio.gather(*(s.simulate_many([recs[i].tokens for i in g]) for s, g in pairs))
+            done: dict[str, list[tuple[int, Simulation]]] = {}  # by simulator spec: one write each
             for g, s, w, res in zip(groups, simulators, watched, results, strict=True):
                 usage = usage + s.usage
                 if not w.failures:
-                    for i, sim in zip(g, res, strict=True):
-                        self.data.add_simulation(eid, str(record.id), split, i, s.spec, sim)
-                        self.stale.discard(("sim", (eid, split, i)))
+                    done.setdefault(s.spec, []).extend(zip(g, res, strict=True))
+            for spec, batch in done.items():
+                self.data.add_simulations(eid, str(record.id), split, spec, batch)
+                self.stale -= {("sim", (eid, split, i)) for i, _ in batch}
             for w in watched:
                 w.check("simulator")
         return [sims[(eid, split, i)] for i in want], usage
@@ -703,9 +705,12 @@ class _Runner:
             timer = Timer()
             result = await scorer.score(eid, expl.text, record)
             judge.check("judge")  # a score missing answers the server failed to give is not written
+            new: dict[str, Score] = {}
             for sc in with_cost(result.scores, result.usage, timer.seconds):
                 if not self._have_score(eid, sc.name, scorer.judge):
-                    self._add_score(eid, fid, expl.baseline, scorer.judge, sc)
+                    new.setdefault(sc.name, sc)
+            self.data.add_scores(eid, fid, expl.baseline, scorer.judge, list(new.values()))  # one write per scorer
+            self.stale -= {("score", (eid, name, scorer.judge)) for name in new}
 
     def _have_score(self, eid: str, name: str, judge: str) -> bool:
         """A score is stored (an undefined one counts, unless ``retry_failed`` asks to compute it again)."""

@@ -438,28 +438,40 @@ class RunData:
         self._by_feature = None
 
     def add_simulation(self, eid: str, feature: str, split: str, idx: int, simulator: str, sim: Simulation) -> None:
-        row = {
-            "explanation_id": eid,
-            "feature": feature,
-            "split": split,
-            "record_index": idx,
-            "simulator": simulator,
-            "simulation": sim.to_json(),
-        }
-        append_jsonl(self.run.file(SIMULATIONS), [row])
-        self.simulations[(eid, split, idx)] = sim
-        self.simulators[eid] = simulator
+        self.add_simulations(eid, feature, split, simulator, [(idx, sim)])
+
+    def add_simulations(
+        self, eid: str, feature: str, split: str, simulator: str, sims: Sequence[tuple[int, Simulation]]
+    ) -> None:
+        """Append the simulations ``(record index, simulation)`` of one split under ``eid`` in one write."""
+        rows = [
+            {
+                "explanation_id": eid,
+                "feature": feature,
+                "split": split,
+                "record_index": idx,
+                "simulator": simulator,
+                "simulation": sim.to_json(),
+            }
+            for idx, sim in sims
+        ]
+        append_jsonl(self.run.file(SIMULATIONS), rows)
+        for idx, sim in sims:
+            self.simulations[(eid, split, idx)] = sim
+            self.simulators[eid] = simulator
 
     def add_score(self, eid: str, feature: str, baseline: bool, judge: str, score: Score) -> None:
-        row = {
-            "explanation_id": eid,
-            "feature": feature,
-            "baseline": baseline,
-            "judge": judge,
-            "score": score.to_json(),
-        }
-        append_jsonl(self.run.file(SCORES), [row])
-        self.score_rows[(eid, score.name, judge)] = score
+        self.add_scores(eid, feature, baseline, judge, [score])
+
+    def add_scores(self, eid: str, feature: str, baseline: bool, judge: str, scores: Sequence[Score]) -> None:
+        """Append the scores of ``eid`` by one judge in one write."""
+        rows = [
+            {"explanation_id": eid, "feature": feature, "baseline": baseline, "judge": judge, "score": sc.to_json()}
+            for sc in scores
+        ]
+        append_jsonl(self.run.file(SCORES), rows)
+        for sc in scores:
+            self.score_rows[(eid, sc.name, judge)] = sc
         self._labels = self._by_label = None
 
     def add_error(self, feature: str, stage: str, error: BaseException) -> None:
