@@ -1071,7 +1071,7 @@ async def run_explain(
         for c in to_close:
             await c.aclose()
     run.set_stage("explain", "partial" if failed else "done", errors=len(errors), failed_features=len(failed),
-                  ranges=len(mine))
+                  ranges_done=len(mine), ranges=len(mine))
     return summarize(run.path, errors, session.usage, failed)
 
 

@@ -74,6 +74,8 @@ async def test_merged_parts_equal_the_unsplit_run(tmp_path: Path) -> None:
         assert_same_run(tmp_path / "full", tmp_path / f"merged{n}")
         stage = RunDir.open(tmp_path / f"merged{n}").manifest()["stages"]["explain"]
         assert stage["status"] == "done" and stage["merged_parts"] == n
+        parts_stage = [RunDir.open(p).manifest()["stages"]["explain"] for p in parts]
+        assert sum(s["ranges_done"] for s in parts_stage) == sum(s["ranges"] for s in parts_stage) == 3
     # the merged run is a run like any other: resuming it sends nothing
     fake = FakeLLM(spec="local:fake", chat_fn=smart_chat)
     await run_explain(CFG, tmp_path / "merged3", None, Clients(fake, fake, fake))
