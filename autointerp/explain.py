@@ -213,13 +213,18 @@ class ExplainerSettings:
 
 def explainer_negatives(record: FeatureRecord, settings: ExplainerSettings) -> list[ActivationRecord]:
     """The counterexamples an explainer with ``settings`` shows for ``record``: for ``contrastive``, the
-    ``n_negatives`` hard negatives of the train-side ``train_random`` split (never a test split); none for the
-    other formats."""
+    ``n_negatives`` hard negatives of the train-side ``train_random`` split (never a test split) among its
+    windows where no token would be highlighted (max activation <= ``highlight_threshold`` x the shown
+    examples' maximum: for dense features such as MLP neurons, "not active" is relative); none for the other
+    formats."""
     if settings.kind != "contrastive":
         return []
     from autointerp.negatives import hard_negatives
 
-    return hard_negatives(record, settings.n_negatives, pool="train_random")
+    examples = select_train_examples(record, settings.n_top, settings.n_quantile)
+    top = max((r.max_activation for r in examples), default=0.0)
+    cut = settings.highlight_threshold * top if top > 0 else 0.0
+    return hard_negatives(record, settings.n_negatives, pool="train_random", below=cut)
 
 
 def select_train_examples(record: FeatureRecord, n_top: int, n_quantile: int) -> list[ActivationRecord]:
@@ -320,8 +325,8 @@ class Explainer:
         negatives = explainer_negatives(record, self.settings)
         if self.settings.kind == "contrastive" and not negatives:
             raise ExplanationFailed(
-                "no counterexample to show: none of the record's train_random windows is non-firing (sample more "
-                "with --n-train-random)"
+                "no counterexample to show: every train_random window of the record has a token above the highlight "
+                "threshold (sample more with --n-train-random, or raise --highlight-threshold)"
             )
         base = build_explainer_request(self.settings, examples, record.vocab_projection, negatives)
         req = ChatRequest(messages=base.messages, max_tokens=base.max_tokens, temperature=temperature, seed=seed)

@@ -77,11 +77,12 @@ def hard_negatives(
     by: str = "tokens",
     embed: EmbedFn | None = None,
     pool: str = "test_random",
+    below: float = 0.0,
 ) -> list[ActivationRecord]:
-    """The ``n`` non-firing windows of the split ``pool`` (``test_random`` for scorers, ``train_random`` for
-    explainers) most similar to the feature's ``train`` windows."""
+    """The ``n`` non-firing windows (max activation <= ``below``) of the split ``pool`` (``test_random`` for
+    scorers, ``train_random`` for explainers) most similar to the feature's ``train`` windows."""
     if pool not in NEGATIVE_POOLS:
         raise ValueError(f"unknown negative pool {pool!r}; use one of {NEGATIVE_POOLS}")
-    windows = [r for r in getattr(record, pool) if r.max_activation <= 0]
+    windows = [r for r in getattr(record, pool) if r.max_activation <= below]
     return rank_by_similarity(windows, record.train, by, embed)[:n]
 

@@ -142,8 +142,10 @@ def _cut_splits(
     generator) from its windows whose text is not used yet, one window per text (the lowest index), and its
     draws are listed by descending activation. Random examples are the first pool windows (by pool key)
     whose text is not used yet: the first ``n_random`` are test_random, the next ``n_train_random``
-    train_random (so adding train_random never changes test_random). The work is whole-array numpy; only
-    the generator draws go feature by feature."""
+    train_random (so adding train_random changes no test_random of a feature whose pool has enough windows).
+    A feature with fewer free pool windows than both want shares them in proportion, test_random first
+    (``ceil(free * n_random / (n_random + n_train_random))``), so a small sample still gets both. The work is
+    whole-array numpy; only the generator draws go feature by feature."""
     nf = len(rows)
     sizes = cfg.sizes()
     out: dict[str, np.ndarray] = {}
@@ -229,11 +231,22 @@ def _cut_splits(
     p_key = fidx * nt + p_txt[None, :] + 1
     ok = _first_of_each(p_txt)[None, :] & ~_isin_sorted(p_key, used)
     rank = np.cumsum(ok, axis=1) - 1
-    f, p = np.nonzero(ok & (rank < cfg.n_random))
+    n_test = _random_counts(ok.sum(axis=1), cfg)[:, None]
+    f, p = np.nonzero(ok & (rank < n_test))
     put("test_random", f, rank[f, p], p_win[p], st["r_acts"][slots[p], :, rows[f]])
-    f, p = np.nonzero(ok & (rank >= cfg.n_random) & (rank < cfg.n_random + cfg.n_train_random))
-    put("train_random", f, rank[f, p] - cfg.n_random, p_win[p], st["r_acts"][slots[p], :, rows[f]])
+    f, p = np.nonzero(ok & (rank >= n_test) & (rank < n_test + cfg.n_train_random))
+    put("train_random", f, rank[f, p] - n_test[f, 0], p_win[p], st["r_acts"][slots[p], :, rows[f]])
     return out, edges
+
+
+def _random_counts(free: np.ndarray, cfg: SplitSizes) -> np.ndarray:
+    """How many of each feature's ``free`` pool windows go to test_random (the rest, up to n_train_random, to
+    train_random): ``n_random`` when there are enough for both; else a share in proportion, rounded up."""
+    want = cfg.n_random + cfg.n_train_random
+    if want == 0:
+        return np.zeros_like(free)
+    share = (free * cfg.n_random + want - 1) // want
+    return np.where(free >= want, cfg.n_random, np.minimum(share, cfg.n_random))
 
 
 # -- writing -------------------------------------------------------------------------------------------

@@ -100,7 +100,8 @@ class SamplingConfig:
     """Random windows per feature held out for scoring (test_random split; mostly non-firing)."""
     n_train_random: int = 0
     """Random windows per feature on the train side (train_random split, disjoint from test_random): the pool
-    of the contrastive explainer's hard negatives; 0: none (explain --explainer-kind contrastive samples 20)."""
+    of the contrastive explainer's hard negatives; 0: none (explain --explainer-kind contrastive samples 20). A
+    feature with too few free pool windows for both shares them with test_random in proportion."""
     seed: int = 0
     """Seed of the corpus shuffle, the reservoirs and the splits."""
     features: tuple[int, ...] | None = None

@@ -70,6 +70,13 @@ CASES: list[tuple[str, str, list[str], str]] = [
     ("cache missing corpus file", "cache", [*NEURONS, "--corpus", "/no/such/corpus.txt"], "/no/such/corpus.txt"),
     ("cache unknown dtype", "cache", [*NEURONS, "--dtype", "float8"], "unknown dtype 'float8'"),
     ("cache splits larger than n-top", "cache", [*NEURONS, "--n-top", "3"], "exceeds n_top = 3"),
+    ("cache negative n-train-random", "cache", [*NEURONS, "--n-train-random", "-1"], "--n-train-random must be 0 or"),
+    (
+        "explain contrastive without counterexamples",
+        "explain",
+        [*NEURONS, "--explainer-kind", "contrastive", "--contrastive-negatives", "0"],
+        "--contrastive-negatives must be at least 1",
+    ),
     ("cache missing model folder", "cache", [*NEURONS, "--model", "/no/such/model"], "/no/such/model"),
     ("cache run dir is a file", "cache", [*NEURONS, "--run-dir", "{file}"], "is a file, not a folder"),
     ("cache run dir below a file", "cache", [*NEURONS, "--run-dir", "{file}/sub"], "cannot be made"),

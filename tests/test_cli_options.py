@@ -46,3 +46,32 @@ def test_explain_uses_model_with_a_local_sae(
     assert run_cli(args) in (0, 1)  # 1 only if a random feature never fired (dead: no explanation)
     assert {r.id.source for r in load_run(run).records.values()} == {sae.as_posix()}
     assert run_cli([*args[:3], *args[5:]]) == 2  # without --model the SAE's own model is used, and is not here
+
+
+def test_explain_contrastive_samples_train_side_counterexamples_itself(
+    tiny_model_dir: Path,
+    tiny_corpus_file: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`explain --explainer-kind contrastive` samples the train_random split itself (disjoint from every test
+    split), and its prompts show those windows as counterexamples."""
+    import autointerp.pipeline
+    from autointerp.explain import CONTRASTIVE_POOL
+    from autointerp.records import SPLITS
+
+    llm = Switchable(down=False)
+    monkeypatch.setattr(autointerp.pipeline, "open_clients", lambda config: (Clients(llm, llm, llm), []))
+    run = tmp_path / "run"
+    # MLP neurons are dense: a counterexample is a window with no token above half the examples' maximum
+    args = ["explain", "--model", str(tiny_model_dir), "--hook", "L1/mlp_neurons", "--corpus", str(tiny_corpus_file),
+            "--window", "16", "--tokens", "4000", "--features", "0-3", "--threads", "1", "--explainer-kind",
+            "contrastive", "--highlight-threshold", "0.5", "--scorers", "detection", "--run-dir", str(run)]
+    assert run_cli(args) in (0, 1)  # 1 only if a feature had no counterexample in its train_random windows
+    records = list(load_run(run).records.values())
+    assert records and all(0 < len(r.train_random) <= CONTRASTIVE_POOL for r in records)
+    for r in records:
+        test_side = {w.window for s in SPLITS if s != "train_random" for w in getattr(r, s)}
+        assert not test_side & {w.window for w in r.train_random}
+    prompts = [m.content for req in llm.chat_requests for m in req.messages if "Counterexample 1:" in m.content]
+    assert prompts, "no contrastive prompt was sent"

@@ -11,7 +11,7 @@ import pytest
 from fake_llm import FakeLLM
 
 from autointerp.errors import UserError
-from autointerp.explain import Explainer, ExplainerSettings, explainer_request_for
+from autointerp.explain import Explainer, ExplainerSettings, explainer_negatives, explainer_request_for
 from autointerp.llm.base import ChatRequest
 from autointerp.pipeline import Clients, ExplainConfig, run_explain
 from autointerp.records import SPLITS, ActivationRecord, FeatureId, FeatureRecord, FeatureStats
@@ -130,3 +130,15 @@ def test_train_random_split_is_disjoint_and_leaves_test_random_unchanged(
         assert plain.train_random == [] and len(rec.train_random) == 5
         others = {r.window for s in SPLITS if s != "train_random" for r in getattr(rec, s)}
         assert not others & {r.window for r in rec.train_random}
+
+
+def test_counterexamples_of_a_dense_feature_are_the_windows_with_nothing_highlighted() -> None:
+    """Where every window fires a little (MLP neurons), a counterexample is a window with no token above the
+    highlight threshold (x the shown examples' maximum, 4.0 here)."""
+    rec = _record()
+    weak = replace(rec.train_random[1], activations=np.array([0.0, 1.5, 0.0, 0.0], dtype=np.float32))
+    strong = replace(rec.train_random[3], activations=np.array([2.5, 0.0, 0.0, 0.0], dtype=np.float32))
+    rec = replace(rec, train_random=[rec.train_random[0], weak, rec.train_random[2], strong])
+    shown = explainer_negatives(rec, ExplainerSettings(kind="contrastive", n_top=3, highlight_threshold=0.5))
+    assert [r.window for r in shown] == [71, 70]  # 1.5 <= 0.5 x 4.0 < 2.5; the firing window 72 never
+    assert explainer_negatives(rec, ExplainerSettings(kind="contrastive", n_top=3)) == [rec.train_random[0]]

@@ -5,6 +5,8 @@ bins drawn in order from unused texts; random windows from the pool in key order
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -56,14 +58,16 @@ def _reference_splits(f: int, fi: int, st: dict[str, np.ndarray], text_of: dict[
             for i in sorted(take.tolist(), key=lambda i: -q_m[i]):
                 out["test_quantiles"].append((int(q_w[i]), q_a[i]))
                 used.add(text_of[int(q_w[i])])
-    for slot in st["r_order"]:  # test_random first, then train_random from the rest of the pool
-        name = "test_random" if len(out["test_random"]) < cfg.n_random else "train_random"
-        if name == "train_random" and len(out[name]) >= cfg.n_train_random:
-            break
+    free = []  # pool windows in key order, one per text, texts not used yet
+    for slot in st["r_order"]:
         w = int(st["r_win"][slot])
         if text_of[w] not in used:
-            out[name].append((w, st["r_acts"][slot, :, fi]))
+            free.append((w, st["r_acts"][slot, :, fi]))
             used.add(text_of[w])
+    want = cfg.n_random + cfg.n_train_random
+    n_test = cfg.n_random if len(free) >= want else math.ceil(len(free) * cfg.n_random / want)
+    out["test_random"] = free[:n_test]
+    out["train_random"] = free[n_test : n_test + cfg.n_train_random]
     return out, edges
 
 
