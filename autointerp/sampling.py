@@ -336,6 +336,7 @@ class _BatchActs:
         self.b, self.t, self.n_feat = b, t, n_feat
         self.valid = valid  # [B, T] bool
         self.dense: torch.Tensor | None = None
+        self._rows: torch.Tensor | None = None  # dense as [B * F, T] rows, made on the first large fetch
         if isinstance(acts, DenseActs):
             vals = acts.values.float()
             if select is not None:
@@ -392,6 +393,12 @@ class _BatchActs:
     def fetch(self, feats: torch.Tensor, wins: torch.Tensor) -> torch.Tensor:
         """Activation vectors [p, T] of feature ``feats[i]`` on batch window ``wins[i]``."""
         if self.dense is not None:
+            # dense[wins, :, feats] reads each [T] vector with a stride of F (a cache miss per value); for many
+            # pairs (the first batches admit most of them) one transposed copy and contiguous rows are ~5x faster.
+            if self._rows is None and len(feats) * 8 >= self.b * self.n_feat:
+                self._rows = self.dense.permute(0, 2, 1).contiguous().view(self.b * self.n_feat, self.t)
+            if self._rows is not None:
+                return self._rows.index_select(0, wins * self.n_feat + feats)
             return self.dense[wins, :, feats]
         out = []
         k = self.sp_val.shape[1]

@@ -8,10 +8,13 @@ For each model, the same batches are timed in three arms, interleaved batch by b
   thresholds set so ~2% of latents fire) at ``L{layer}/resid_post``, loaded through autointerp's own loader.
 
 Reports tokens/s per arm and the ratio sampling/bare (goal >= 0.9), from wall time and from process CPU
-time (the latter is steadier on a shared machine). Optionally also times the real
-``autointerp sample`` command end to end (``--cli-tokens``).
+time (the latter is steadier on a shared machine).
+
+``--e2e TOKENS`` instead compares the whole ``autointerp sample`` command with a bare forward on the same
+windows, each in a fresh process (see ``bench_e2e``; issue #11's benchmark is ``--e2e 20000``).
 
     .venv/bin/python benchmarks/bench_sampling.py [--models gemma3-270m smollm2-135m] [--batches 6]
+    flock /tmp/autointerp-heavy.lock .venv/bin/python benchmarks/bench_sampling.py --e2e 20000 --rounds 2
 """
 
 from __future__ import annotations
@@ -105,21 +108,71 @@ def bench_model(name: str, batches: int, batch_size: int, window: int, n_latents
     }
 
 
-def bench_cli(tokens: int, threads: int) -> float | None:
-    with tempfile.TemporaryDirectory() as tmp:
-        env = {**os.environ, "COLUMNS": "200"}
-        cmd = [sys.executable, "-m", "autointerp", "sample", "--model", "gemma3-270m", "--hook", "L6/mlp_neurons",
-               "--tokens", str(tokens), "--threads", str(threads), "--run-dir", f"{tmp}/run"]
-        t0 = time.perf_counter()
-        subprocess.run(cmd, check=True, env=env, capture_output=True)
-        wall = time.perf_counter() - t0
-        import json
+E2E_ARGS = ["--model", "gemma3-270m", "--hook", "L6/mlp_neurons", "--batch-size", "32", "--window", "64"]
 
-        manifest = json.loads(Path(f"{tmp}/run/manifest.json").read_text())
-        rate = manifest["stages"]["sample"].get("tokens_per_s")
-        print(f"autointerp sample gemma3-270m L6/mlp_neurons, {tokens} tokens: {rate:.0f} tok/s in the pass, "
-              f"{wall:.1f} s wall incl. start-up and writing records")
-        return float(rate) if rate else None
+
+def _bare_child(tokens: int, threads: int) -> None:
+    """The bare arm of ``--e2e``: the same set-up as ``autointerp sample`` (model, corpus windows), then the
+    forward stopped after layer 6 over every batch (tokenisation included, nothing else). Prints JSON."""
+    import json
+
+    t_start = time.perf_counter()
+    subject = load_subject("gemma3-270m", threads=threads)
+    hook = HookPoint(6, "mlp_neurons")
+    windows = load_corpus("wiki", subject.tokenizer, 64, max_tokens=tokens, seed=0)
+    t0 = time.perf_counter()
+    n_tokens = n_model = 0
+    for b in windows.batches(32):
+        subject.forward_bare(b.input_ids, [hook])
+        n_tokens += b.n_tokens
+        n_model += b.input_ids.numel()
+    t1 = time.perf_counter()
+    print(json.dumps({"pass_s": t1 - t0, "setup_s": t0 - t_start, "tokens": n_tokens, "model_tokens": n_model}))
+
+
+def bench_e2e(tokens: int, threads: int, rounds: int) -> None:
+    """``autointerp sample`` (all 2,048 L6 MLP neurons of gemma3-270m, wiki, batches of 32x64) against a bare
+    forward stopped after layer 6 on the same windows, each a fresh process, alternated ``rounds`` times.
+
+    Both count document tokens (BOS and padding excluded). ``work`` ratio: bare pass seconds / the sample
+    stage's seconds in the manifest (from before the progress bar starts to after the records are written:
+    the pass with tokenisation, capture, state update and progress bar, then writing the records); ``pass``
+    ratio: the same without writing (the manifest's tok/s); ``process`` ratio: whole processes (start-up,
+    imports, model load included) wall to wall."""
+    import json
+
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "TTY_COMPATIBLE": "1", "TTY_INTERACTIVE": "1",
+           "COLUMNS": "120"}  # the progress bar renders as in a terminal
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(rounds):
+            t0 = time.perf_counter()
+            out = subprocess.run([sys.executable, __file__, "--bare-child", str(tokens), "--threads", str(threads)],
+                                 check=True, env=env, capture_output=True, text=True).stdout
+            bare_wall = time.perf_counter() - t0
+            bare = json.loads(out.strip().splitlines()[-1])
+            run = f"{tmp}/run{i}"
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "autointerp", "sample", *E2E_ARGS, "--tokens", str(tokens),
+                            "--threads", str(threads), "--run-dir", run], check=True, env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            sample_wall = time.perf_counter() - t0
+            stage = json.loads(Path(f"{run}/manifest.json").read_text())["stages"]["sample"]
+            assert stage["tokens"] == bare["tokens"], (stage["tokens"], bare["tokens"])
+            bare_tps = bare["tokens"] / bare["pass_s"]
+            work_tps = stage["tokens"] / stage["seconds"]
+            row = {"bare_tps": bare_tps, "sample_work_tps": work_tps, "sample_pass_tps": stage["tokens_per_s"],
+                   "work": work_tps / bare_tps, "pass": stage["tokens_per_s"] / bare_tps,
+                   "process": bare_wall / sample_wall}
+            rows.append(row)
+            print(f"round {i + 1}: {bare['tokens']:,} document tokens ({bare['model_tokens']:,} model tokens); bare "
+                  f"pass {bare['pass_s']:.1f} s = {bare_tps:,.0f} tok/s (process {bare_wall:.1f} s); sample stage "
+                  f"{stage['seconds']:.1f} s = {work_tps:,.0f} tok/s, pass alone {stage['tokens_per_s']:,.0f} tok/s "
+                  f"(process {sample_wall:.1f} s); ratios work {row['work']:.3f}, pass {row['pass']:.3f}, "
+                  f"process {row['process']:.3f}; load {os.getloadavg()[0]:.1f}", flush=True)
+    for k in ("work", "pass", "process"):
+        vals = [r[k] for r in rows]
+        print(f"{k} ratio (goal >= 0.9 for work): mean {np.mean(vals):.3f}, per round {[round(v, 3) for v in vals]}")
 
 
 def main() -> None:
@@ -130,9 +183,20 @@ def main() -> None:
     ap.add_argument("--window", type=int, default=64)
     ap.add_argument("--latents", type=int, default=4096)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--cli-tokens", type=int, default=0, help="also time `autointerp sample` on this many tokens")
+    ap.add_argument("--e2e", type=int, default=0, metavar="TOKENS",
+                    help="only the end-to-end comparison: `autointerp sample` vs the bare forward on TOKENS tokens")
+    ap.add_argument("--rounds", type=int, default=2, help="alternations of the two arms of --e2e")
+    ap.add_argument("--bare-child", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.bare_child:
+        _bare_child(args.bare_child, args.threads)
+        return
+    print(f"load before: {os.getloadavg()}")
+    if args.e2e:
+        bench_e2e(args.e2e, args.threads, args.rounds)
+        print(f"load after: {os.getloadavg()}")
+        return
     print(f"torch {torch.__version__}, {args.threads} threads, {os.cpu_count()} cores, batches of "
           f"{args.batch_size}x{args.window}, {args.batches} timed batches per arm, interleaved")
     for name in args.models:
@@ -143,8 +207,7 @@ def main() -> None:
               f"ratio {r['ratio_neurons']:.3f} (CPU-time ratio {r['cpu_ratio_neurons']:.3f})")
         print(f"  JumpReLU SAE ({args.latents}): bare {t['bare_sae']:.0f} tok/s, sampling {t['sae']:.0f} tok/s, "
               f"ratio {r['ratio_sae']:.3f} (CPU-time ratio {r['cpu_ratio_sae']:.3f})")
-    if args.cli_tokens:
-        bench_cli(args.cli_tokens, args.threads)
+    print(f"load after: {os.getloadavg()}")
 
 
 if __name__ == "__main__":

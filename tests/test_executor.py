@@ -8,6 +8,7 @@ import os
 import signal
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -100,3 +101,33 @@ def test_ray_executor_without_ray_is_one_line_naming_the_extra(
         run_sharded(_setup(tiny_model_dir, tiny_corpus_file), CFG, tmp_path / "r", ExecutorConfig(executor="ray"))
     assert "\n" not in str(e.value)
     assert not (tmp_path / "r" / "shards").exists()
+
+
+@pytest.mark.slow  # two Ray start-ups (~20 s each on 2 busy cores)
+def test_sample_cli_with_ray_starting_beside_the_checks_fails_bad_input_cleanly_and_merges_exactly(
+    tiny_model_dir: Path, tiny_corpus_file: Path, tmp_path: Path
+) -> None:
+    """`sample --executor ray` starts Ray in a background thread while it checks the input: bad input is
+    still one line, exit 2, nothing written, and no Ray left running; good input gives the one-pass records."""
+    ray = pytest.importorskip("ray")
+    from autointerp.cli import main
+
+    setup = _setup(tiny_model_dir, tiny_corpus_file)
+    cfg = replace(CFG, features=None)
+    prepare_sampling(setup, cfg).run(tmp_path / "one")
+    args = ["sample", "--model", str(tiny_model_dir), "--hook", "L1/mlp_neurons", "--corpus", str(tiny_corpus_file),
+            "--threads", "1", "--tokens", str(cfg.tokens), "--window", str(cfg.window), "--batch-size",
+            str(cfg.batch_size), "--n-top", str(cfg.n_top), "--n-train", str(cfg.n_train), "--n-valid",
+            str(cfg.n_valid), "--n-test-top", str(cfg.n_test_top), "--n-quantile-bins", str(cfg.n_quantile_bins),
+            "--per-quantile-bin", str(cfg.per_quantile_bin), "--n-random", str(cfg.n_random),
+            "--checkpoint-every", str(cfg.checkpoint_every), "--executor", "ray", "--workers", "2"]
+    with pytest.raises(SystemExit) as e:
+        main([*args, "--features", "9999", "--run-dir", str(tmp_path / "bad")])
+    assert e.value.code == 2
+    assert not (tmp_path / "bad").exists()
+    assert not ray.is_initialized()
+    try:
+        main([*args, "--run-dir", str(tmp_path / "ray")])
+    finally:
+        ray.shutdown()
+    _assert_same(tmp_path / "one", tmp_path / "ray")

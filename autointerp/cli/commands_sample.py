@@ -84,8 +84,19 @@ def sample(
         "shards": None if execution is None else execution.workers,
     }
     check_run_dir(run_path)
+    ray_start = None
+    if execution is not None and execution.executor == "ray":
+        from autointerp.executor import start_ray
+
+        # Ray starts while the checks below load the model
+        ray_start = start_ray(execution, execution.workers * setup.threads)
     # Bad input (model, hook, SAE, corpus, features, weights) fails here, before anything is written.
-    job = prepare_sampling(setup, cfg)
+    try:
+        job = prepare_sampling(setup, cfg)
+    except BaseException:
+        if ray_start is not None:
+            ray_start.stop()
+        raise
     run = RunDir.create(run_path, STAGE, manifest_cfg)
     console.print(f"run dir [bold]{escape(str(run.path))}[/]")
     run.update_manifest(job.describe())
@@ -96,7 +107,7 @@ def sample(
             TextColumn("[bold]sampling" + ("" if part is None else f" shard {part}")), BarColumn(),
             TextColumn("{task.completed:,.0f}/{task.total:,.0f}" + (" tokens" if execution is None else " shards")),
             TextColumn("{task.fields[rate]}"),
-            TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False,
+            TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False, refresh_per_second=2,
         ) as bar:
             total = cfg.tokens if part is None else -(-cfg.tokens // part.count)
             task = bar.add_task("sampling", total=total, rate="")
@@ -117,7 +128,8 @@ def sample(
 
                 bar.update(task, total=execution.workers, completed=0, rate=f"{execution.executor} shards")
                 result = run_sharded(setup, cfg, run.path, execution,
-                                     progress=lambda d, n: bar.update(task, completed=d, total=n))
+                                     progress=lambda d, n: bar.update(task, completed=d, total=n),
+                                     ray_start=ray_start)
     except BaseException as e:  # never leave the stage "running": say how it ended
         run.set_stage(STAGE, "interrupted" if isinstance(e, KeyboardInterrupt) else "failed",
                       error=f"{type(e).__name__}: {e}")
