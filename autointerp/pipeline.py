@@ -166,6 +166,10 @@ class ExplainConfig:
     own examples_per_prompt examples) in one request, grouping the prompts of latents scored at the same
     time (see --concurrency); the system text is sent once per group. The default 1 is kept: see
     benchmarks/README.md for the measured score difference."""
+    judge_examples_first: bool = False
+    """detection and fuzzing: put the examples before the explanation in the judge prompt, so the shuffled
+    baseline's prompts (the same examples under another label) share them as a prefix the backend's cache
+    serves. The default (explanation first) is kept: see benchmarks/README.md for the measured difference."""
     negatives: str = "random"
     """Non-activating windows for detection, fuzzing, embedding and surprisal: random, or hard (the
     non-firing random windows that share the most top-activating tokens with the feature's examples)."""
@@ -250,6 +254,8 @@ class ExplainConfig:
             raise UserError("--records-per-prompt must be at least 1")
         if self.latents_per_prompt < 1:
             raise UserError("--latents-per-prompt must be at least 1")
+        if self.judge_examples_first and self.latents_per_prompt > 1:
+            raise UserError("--judge-examples-first takes one latent per prompt: drop --latents-per-prompt")
         if self.llm_concurrency < 1:
             raise UserError("--llm-concurrency must be at least 1")
         if self.max_cost < 0:

@@ -433,6 +433,9 @@ class ClassifierSettings:
     judge_probabilities: bool = True
     """Read the judge's P(yes) per example (one extra top-logprobs request per prompt) for the AUC, when the
     judge backend gives logprobs."""
+    examples_first: bool = False
+    """Put the examples before the explanation in the judge prompt, so prompts that judge the same examples
+    under another label (the shuffled baseline) share them as a prefix the backend's cache can serve."""
 
     def __post_init__(self) -> None:
         if self.positives not in POSITIVE_SETS:
@@ -566,6 +569,8 @@ class _Classifier:
     def request_group(self, parts: Sequence[JudgePart]) -> ChatRequest:
         """The judge request for several latents' parts: each explanation with its examples, numbered on
         across the parts; one answer list for all. One part gives the plain one-latent prompt."""
+        if self.settings.examples_first and len(parts) > 1:
+            raise ValueError("examples_first takes one latent per prompt")
         listings, start = [], 0
         for p in parts:
             listings.append(
@@ -573,7 +578,9 @@ class _Classifier:
                  "examples": "\n".join(f"Example {start + i + 1}: {t}" for i, t in enumerate(p.examples))}
             )
             start += len(p.examples)
-        msgs = self.template.render_chat({"parts": listings, "n": start})
+        msgs = self.template.render_chat(
+            {"parts": listings, "n": start, "examples_first": self.settings.examples_first}
+        )
         return ChatRequest(messages=msgs, max_tokens=10 + 4 * start)
 
     async def judge_parts(self, parts: Sequence[JudgePart]) -> list[PartAnswer]:

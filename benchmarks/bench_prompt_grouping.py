@@ -16,6 +16,12 @@ explaining is repeated) are scored twice with the same LLM, in groups of ``--lat
   prompt, judge P(yes) off: it does not change the balanced accuracy), the group's latents scored at once,
   each in its own prompts (default) or their parts in one prompt per round (``latents_per_prompt``).
 
+``--mode layout`` measures instead the judge prompt with the examples before the explanation
+(``judge_examples_first``) against the default (explanation first): each latent's detection under its label
+and under its shuffled baseline label (the source run's ``#baseline`` row), the two run at once so their
+prompts reach the backend one after the other, as the pipeline sends them; paired difference of the
+label's balanced accuracy, and tokens per latent (label + baseline).
+
 Both arms of a group run back to back, so every finished group gives paired values; results are written
 after each group, and a rerun skips the groups already done (resumable under a timeout). Tokens come from
 the simulators' and scorers' own usage (llama.cpp reports the tokens it served from its cache).
@@ -45,6 +51,7 @@ from autointerp.simulate import LogprobSimulator
 
 log = logging.getLogger("bench_prompt_grouping")
 ARMS = ("default", "option")
+LAYOUT_ARMS = ("explanation_first", "examples_first")
 
 
 def _tokens(u: Usage) -> dict[str, int]:
@@ -65,9 +72,17 @@ async def simulate_latent(client: Any, label: str, rec: FeatureRecord, n: int, t
 
 
 async def detect_group(
-    client: Any, labels: list[str], recs: list[FeatureRecord], examples: int, grouped: bool
+    client: Any,
+    labels: list[str],
+    recs: list[FeatureRecord],
+    examples: int,
+    grouped: bool,
+    examples_first: bool = False,
 ) -> list[dict[str, Any]]:
-    settings = ClassifierSettings(n_positive=examples, n_negative=examples, judge_probabilities=False)
+    """Detection of ``recs[i]`` under ``labels[i]``, all at once (grouped: one grouper for all)."""
+    settings = ClassifierSettings(
+        n_positive=examples, n_negative=examples, judge_probabilities=False, examples_first=examples_first
+    )
     grouper = JudgeGrouper(len(recs)) if grouped else None
     scorers = [DetectionScorer(client, settings) for _ in recs]
     for s in scorers:
@@ -141,6 +156,59 @@ async def run(args: argparse.Namespace, results: dict[str, Any]) -> None:
         await client.aclose()
 
 
+def report_layout(results: dict[str, Any]) -> None:
+    done = [f for f, r in results["latents"].items() if all(a in r for a in LAYOUT_ARMS)]
+    print(f"latents with both layouts: {len(done)}; settings: {json.dumps(results['settings'])}")
+    for who in ("label", "baseline"):
+        pairs = [tuple(results["latents"][f][a][who]["detection"] for a in LAYOUT_ARMS) for f in done]
+        both = [(a, b) for a, b in pairs if a is not None and b is not None]
+        ci = bootstrap_ci([b - a for a, b in both])
+        ma, mb = bootstrap_ci([a for a, _ in both]), bootstrap_ci([b for _, b in both])
+        if ci is None or ma is None or mb is None:
+            print(f"detection under the {who}: no latent with both scores defined")
+            continue
+        print(f"detection balanced accuracy under the {who}: explanation first {ma[0]:.3f} [{ma[1]:.3f}, {ma[2]:.3f}], "
+              f"examples first {mb[0]:.3f} [{mb[1]:.3f}, {mb[2]:.3f}]; paired examples first - explanation first "
+              f"{ci[0]:+.3f} [{ci[1]:+.3f}, {ci[2]:+.3f}] (n = {len(both)}, {len(pairs) - len(both)} undefined)")
+    n = max(1, len(done))
+    for arm in LAYOUT_ARMS:
+        for who in ("label", "baseline", "both"):
+            whos = ("label", "baseline") if who == "both" else (who,)
+            t = {k: sum(results["latents"][f][arm][w]["tokens"][k] for f in done for w in whos)
+                 for k in ("sent", "uncached", "requests")}
+            ratio = t["uncached"] / t["sent"] if t["sent"] else float("nan")
+            print(f"{arm:17s} {who:8s}: per latent {t['requests'] / n:.1f} requests, sent {t['sent'] / n:,.0f}, "
+                  f"uncached {t['uncached'] / n:,.0f} ({ratio:.3f} of sent)")
+
+
+async def run_layout(args: argparse.Namespace, results: dict[str, Any]) -> None:
+    from autointerp.llm import ClientConfig, make_client
+
+    data = load_run(args.source_run)
+    rows = list(read_jsonl(args.source_run / "explanations.jsonl"))
+    base = {r["feature"]: r["text"] for r in rows if r.get("baseline")}
+    sel = [r for r in rows if r.get("selected") and r["feature"] in base]
+    sel = sel[: args.max_features] if args.max_features else sel
+    spec = args.llm or sel[0]["explainer"].split("[", 1)[-1].rstrip("]")
+    client = make_client(spec, ClientConfig(cache=False, timeout_s=1800, max_concurrency=16, threads=args.threads))
+    results["settings"].update(llm=spec)
+    try:
+        for r in sel:
+            f = r["feature"]
+            if all(a in results["latents"].get(f, {}) for a in LAYOUT_ARMS):
+                continue
+            t = time.time()
+            rec = data.records[f]
+            for arm in LAYOUT_ARMS:
+                got = await detect_group(client, [r["text"], base[f]], [rec, rec], args.examples, False,
+                                         examples_first=arm == "examples_first")
+                results["latents"].setdefault(f, {})[arm] = {"label": got[0], "baseline": got[1]}
+            args.out.write_text(json.dumps(results, indent=1))
+            print(f"{f} done in {time.time() - t:.0f} s; load average {os.getloadavg()[0]:.2f}", flush=True)
+    finally:
+        await client.aclose()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--source-run", type=Path, help="explain run whose selected labels are scored")
@@ -152,9 +220,22 @@ def main() -> None:
     ap.add_argument("--latents-per-prompt", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--mode", choices=("grouping", "layout"), default="grouping",
+                    help="grouping: records / latents per prompt; layout: examples before the explanation")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     results: dict[str, Any] = json.loads(args.out.read_text()) if args.out.exists() else {"latents": {}, "settings": {}}
+    if args.mode == "layout":
+        if not args.report_only:
+            if args.source_run is None:
+                ap.error("--source-run is needed to score")
+            results["settings"].update(examples=args.examples, examples_per_prompt=5, judge_probabilities=False)
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            print(f"load average before: {os.getloadavg()[0]:.2f}", flush=True)
+            asyncio.run(run_layout(args, results))
+            print(f"load average after: {os.getloadavg()[0]:.2f}")
+        report_layout(results)
+        return
     if not args.report_only:
         if args.source_run is None:
             ap.error("--source-run is needed to score")

@@ -19,7 +19,7 @@ from autointerp.llm.base import ChatRequest
 from autointerp.pipeline import Clients, ExplainConfig, run_explain, run_score
 from autointerp.records import Score, Usage
 from autointerp.rundir import read_jsonl
-from autointerp.score import DetectionScorer, FuzzingScorer, JudgeGrouper, JudgePart, split_usage
+from autointerp.score import ClassifierSettings, DetectionScorer, FuzzingScorer, JudgeGrouper, JudgePart, split_usage
 from autointerp.simulate import LogprobSimulator
 
 KEYWORDS = [" cat", " dog", " bird", " mat"]
@@ -231,3 +231,63 @@ def test_split_usage_shares_add_up_to_the_whole() -> None:
 def test_group_sizes_below_one_are_refused(field: str) -> None:
     with pytest.raises(UserError, match=field.replace("_", "-")):
         ExplainConfig(**{field: 0})
+
+
+# -- examples before the explanation --------------------------------------------------------------------
+
+
+def _common_prefix(a: str, b: str) -> str:
+    n = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+    return a[:n]
+
+
+class OneSlotCacheLLM(FakeLLM):
+    """FakeLLM whose chat usage reports the prompt's common prefix with the previous chat prompt as cached
+    (one cache slot, as llama.cpp keeps it); 4 characters a token."""
+
+    def __init__(self, **kw) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(**kw)
+        self.slot = ""
+        self.usages: list[Usage] = []
+
+    async def chat(self, request: ChatRequest):  # type: ignore[no-untyped-def]
+        resp = await super().chat(request)
+        text = "\n".join(f"<{m.role}>{m.content}" for m in request.messages)
+        common = len(_common_prefix(self.slot, text))
+        self.slot = text
+        resp.usage = Usage(prompt_tokens=len(text) // 4, cached_prompt_tokens=common // 4, requests=1)
+        self.usages.append(resp.usage)
+        return resp
+
+
+async def test_examples_first_prompts_of_two_labels_share_every_example_as_their_prefix() -> None:
+    rec = synthetic_record(0, " cat")
+    for first in (False, True):
+        settings = ClassifierSettings(examples_first=first, judge_probabilities=False)
+        fake = FakeLLM(chat_fn=grouped_judge)
+        for label in ("cat", "dog"):
+            await DetectionScorer(fake, settings).score(label, rec)
+        a, b = fake.chat_requests[0].messages[-1].content, fake.chat_requests[2].messages[-1].content
+        common = _common_prefix(a, b)
+        shared = all(ln in common for ln in a.splitlines() if ln.startswith("Example "))
+        assert shared == first
+
+
+async def test_examples_first_lets_a_prefix_cache_serve_the_baseline_labels_examples() -> None:
+    rec = synthetic_record(0, " cat")
+    uncached = {}
+    for first in (False, True):
+        settings = ClassifierSettings(examples_first=first, judge_probabilities=False)
+        fake = OneSlotCacheLLM(chat_fn=grouped_judge)
+        cat, dog = DetectionScorer(fake, settings), DetectionScorer(fake, settings)
+        for start in range(0, 10, 5):  # the baseline's prompt right after the label's, as a backend sees them
+            for scorer, label in ((cat, "cat"), (dog, "dog")):
+                texts, _ = scorer.examples(rec, np.random.default_rng([0, 0]))
+                await scorer.judge_parts([JudgePart("f", label, tuple(texts[start : start + 5]))])
+        uncached[first] = sum(r.prompt_tokens - r.cached_prompt_tokens for r in fake.usages)
+    assert uncached[True] < 0.8 * uncached[False]
+
+
+def test_examples_first_with_several_latents_per_prompt_is_refused() -> None:
+    with pytest.raises(UserError, match="one latent per prompt"):
+        ExplainConfig(judge_examples_first=True, latents_per_prompt=3)

@@ -49,9 +49,10 @@ def simulation_judge(cfg: ExplainConfig, simulator_spec: str) -> str:
 
 
 def grouping(cfg: ExplainConfig) -> str:
-    """Appended to the judge of detection / fuzzing scores made with several latents per prompt."""
+    """Appended to the judge of detection / fuzzing scores made with several latents per prompt or with the
+    examples before the explanation."""
     k = cfg.latents_per_prompt
-    return f"+latents-per-prompt={k}" if k > 1 else ""
+    return (f"+latents-per-prompt={k}" if k > 1 else "") + ("+examples-first" if cfg.judge_examples_first else "")
 
 
 class _SimulationScorer:
@@ -132,6 +133,7 @@ def classifier_settings(cfg: ExplainConfig) -> ClassifierSettings:
         seed=cfg.seed,
         negatives=cfg.negatives,
         judge_probabilities=cfg.judge_probabilities,
+        examples_first=cfg.judge_examples_first,
     )
 
 
