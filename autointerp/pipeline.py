@@ -98,11 +98,13 @@ SCORE_SETTINGS: tuple[str, ...] = (
     "negatives", "judge_probabilities", "embedding_model", "surprisal_model", "alpha", "steer_multiplier",
     "steer_mode", "steer_prompts", "steer_new_tokens", "steer_prompt_tokens", "steer_corpus", "scorer_device",
     "concurrency", "threads", "timeout_s", "llm_concurrency", "requests_per_minute", "tokens_per_minute",
-    "llm_cache", "prices",
+    "llm_cache", "prices", "latents_per_prompt", "judge_examples_first",
 )
 """Fields of :class:`ExplainConfig` that ``autointerp score`` may change for a rescoring: scorer settings and
 LLM client settings. Fields that decide which records or examples a score reads are left out, so a score
-already in the run is never recomputed on other data under the same key."""
+already in the run is never recomputed on other data under the same key (``records_per_prompt`` too: stored
+simulations are keyed by record, not by how they were asked for; ``latents_per_prompt`` and
+``judge_examples_first`` label their scores' judge)."""
 
 
 @dataclass(frozen=True)
