@@ -138,11 +138,17 @@ async def run(args: argparse.Namespace, results: dict[str, Any]) -> None:
             if all(all(a in results["latents"].get(f, {}) for a in ARMS) for f in feats):
                 continue
             labels, recs = [r["text"] for r in g], [data.records[f] for f in feats]
-            t = time.time()
             for arm in ARMS:
+                if all(arm in results["latents"].get(f, {}) for f in feats):
+                    continue
+                t = time.time()
                 together = arm == "option"
-                jobs = (simulate_latent(client, labels[i], recs[i], args.records, together) for i in range(len(recs)))
-                sims = await asyncio.gather(*jobs)
+                if args.skip_simulation:
+                    no_sim = {"correlation": None, "reason": "not simulated", "tokens": _tokens(Usage())}
+                    sims = [no_sim] * len(recs)
+                else:
+                    jobs = (simulate_latent(client, labels[i], recs[i], args.records, together) for i in range(len(g)))
+                    sims = list(await asyncio.gather(*jobs))
                 dets = await detect_group(client, labels, recs, args.examples, together)
                 for f, s, d in zip(feats, sims, dets, strict=True):
                     results["latents"].setdefault(f, {})[arm] = {
@@ -150,8 +156,9 @@ async def run(args: argparse.Namespace, results: dict[str, Any]) -> None:
                         "detection": d["detection"], "detection_reason": d["reason"], "det_tokens": d["tokens"],
                         "failed_prompts": d["failed_prompts"],
                     }
-            args.out.write_text(json.dumps(results, indent=1))
-            print(f"group {feats} done in {time.time() - t:.0f} s; load average {os.getloadavg()[0]:.2f}", flush=True)
+                args.out.write_text(json.dumps(results, indent=1))
+                print(f"group {feats} {arm} done in {time.time() - t:.0f} s; load average {os.getloadavg()[0]:.2f}",
+                      flush=True)
     finally:
         await client.aclose()
 
@@ -197,14 +204,16 @@ async def run_layout(args: argparse.Namespace, results: dict[str, Any]) -> None:
             f = r["feature"]
             if all(a in results["latents"].get(f, {}) for a in LAYOUT_ARMS):
                 continue
-            t = time.time()
             rec = data.records[f]
             for arm in LAYOUT_ARMS:
+                if arm in results["latents"].get(f, {}):
+                    continue
+                t = time.time()
                 got = await detect_group(client, [r["text"], base[f]], [rec, rec], args.examples, False,
                                          examples_first=arm == "examples_first")
                 results["latents"].setdefault(f, {})[arm] = {"label": got[0], "baseline": got[1]}
-            args.out.write_text(json.dumps(results, indent=1))
-            print(f"{f} done in {time.time() - t:.0f} s; load average {os.getloadavg()[0]:.2f}", flush=True)
+                args.out.write_text(json.dumps(results, indent=1))
+                print(f"{f} {arm} done in {time.time() - t:.0f} s; load average {os.getloadavg()[0]:.2f}", flush=True)
     finally:
         await client.aclose()
 
@@ -220,6 +229,7 @@ def main() -> None:
     ap.add_argument("--latents-per-prompt", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--skip-simulation", action="store_true", help="grouping mode: detection only")
     ap.add_argument("--mode", choices=("grouping", "layout"), default="grouping",
                     help="grouping: records / latents per prompt; layout: examples before the explanation")
     args = ap.parse_args()
