@@ -98,20 +98,24 @@ async def detect_group(
     return out
 
 
+def paired_line(what: str, pairs: list[tuple[float | None, float | None]], arms: tuple[str, str]) -> str:
+    """Means of both arms and the paired difference (second - first) with bootstrap 95% CIs."""
+    both = [(a, b) for a, b in pairs if a is not None and b is not None]
+    ci = bootstrap_ci([b - a for a, b in both])
+    ma, mb = bootstrap_ci([a for a, _ in both]), bootstrap_ci([b for _, b in both])
+    if ci is None or ma is None or mb is None:
+        return f"{what}: no latent with both scores defined"
+    return (f"{what}: {arms[0]} {ma[0]:.3f} [{ma[1]:.3f}, {ma[2]:.3f}], {arms[1]} {mb[0]:.3f} [{mb[1]:.3f}, "
+            f"{mb[2]:.3f}]; paired {arms[1]} - {arms[0]} {ci[0]:+.3f} [{ci[1]:+.3f}, {ci[2]:+.3f}] "
+            f"(n = {len(both)}, {len(pairs) - len(both)} undefined)")
+
+
 def report(results: dict[str, Any]) -> None:
     done = [f for f, r in results["latents"].items() if all(a in r for a in ARMS)]
     print(f"latents with both arms: {len(done)}; settings: {json.dumps(results['settings'])}")
     for name, what in (("correlation", "simulation correlation"), ("detection", "detection balanced accuracy")):
         pairs = [(results["latents"][f]["default"][name], results["latents"][f]["option"][name]) for f in done]
-        both = [(a, b) for a, b in pairs if a is not None and b is not None]
-        ci = bootstrap_ci([b - a for a, b in both])
-        ma, mb = bootstrap_ci([a for a, _ in both]), bootstrap_ci([b for _, b in both])
-        if ci is None or ma is None or mb is None:
-            print(f"{what}: no latent with both scores defined")
-            continue
-        print(f"{what}: default {ma[0]:.3f} [{ma[1]:.3f}, {ma[2]:.3f}], option {mb[0]:.3f} [{mb[1]:.3f}, {mb[2]:.3f}]; "
-              f"paired option - default {ci[0]:+.3f} [{ci[1]:+.3f}, {ci[2]:+.3f}] (n = {len(both)}, "
-              f"{len(pairs) - len(both)} undefined)")
+        print(paired_line(what, pairs, ("default", "option")))
     n = max(1, len(done))
     for arm in ARMS:
         for part, key in (("simulation", "sim_tokens"), ("detection", "det_tokens")):
@@ -167,16 +171,10 @@ def report_layout(results: dict[str, Any]) -> None:
     done = [f for f, r in results["latents"].items() if all(a in r for a in LAYOUT_ARMS)]
     print(f"latents with both layouts: {len(done)}; settings: {json.dumps(results['settings'])}")
     for who in ("label", "baseline"):
-        pairs = [tuple(results["latents"][f][a][who]["detection"] for a in LAYOUT_ARMS) for f in done]
-        both = [(a, b) for a, b in pairs if a is not None and b is not None]
-        ci = bootstrap_ci([b - a for a, b in both])
-        ma, mb = bootstrap_ci([a for a, _ in both]), bootstrap_ci([b for _, b in both])
-        if ci is None or ma is None or mb is None:
-            print(f"detection under the {who}: no latent with both scores defined")
-            continue
-        print(f"detection balanced accuracy under the {who}: explanation first {ma[0]:.3f} [{ma[1]:.3f}, {ma[2]:.3f}], "
-              f"examples first {mb[0]:.3f} [{mb[1]:.3f}, {mb[2]:.3f}]; paired examples first - explanation first "
-              f"{ci[0]:+.3f} [{ci[1]:+.3f}, {ci[2]:+.3f}] (n = {len(both)}, {len(pairs) - len(both)} undefined)")
+        pairs = [(results["latents"][f][LAYOUT_ARMS[0]][who]["detection"],
+                  results["latents"][f][LAYOUT_ARMS[1]][who]["detection"]) for f in done]
+        what = f"detection balanced accuracy under the {who}"
+        print(paired_line(what, pairs, ("explanation first", "examples first")))
     n = max(1, len(done))
     for arm in LAYOUT_ARMS:
         for who in ("label", "baseline", "both"):
