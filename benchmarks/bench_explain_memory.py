@@ -16,7 +16,7 @@ Peak RSS is the kernel's high-water mark (``VmHWM``) of each process; the RSS be
 reported beside it.
 
     flock /tmp/autointerp-heavy.lock .venv/bin/python benchmarks/bench_explain_memory.py [--latents 16384]
-        [--tokens 4096] [--records 1] [--scorers ""] [--sample-run DIR] [--arms 1024,0]
+        [--tokens 4096] [--records 1] [--scorers ""] [--sample-run DIR] [--features N] [--arms 1024,0]
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def child_sample(out: str, latents: int, tokens: int) -> None:
                       "tokens": res.n_tokens, "features": res.n_features, "dead": res.n_dead}))
 
 
-def child_explain(sample_run: str, out: str, range_size: int, records: int, scorers: str) -> None:
+def child_explain(sample_run: str, out: str, range_size: int, records: int, scorers: str, n_features: int) -> None:
     import asyncio
     import logging
 
@@ -73,7 +73,7 @@ def child_explain(sample_run: str, out: str, range_size: int, records: int, scor
     fake = FakeLLM(spec="local:fake", chat_fn=lambda req: "Explanation: the word the")
     cfg = ExplainConfig(range_size=range_size, max_records_per_split=records, scorers=scorers, llm_cache=False)
     t0 = time.perf_counter()
-    stream = RecordStream.of_sample_run(Path(sample_run))
+    stream = RecordStream.of_sample_run(Path(sample_run), list(range(n_features)) if n_features else None)
     summary = asyncio.run(run_explain(cfg, Path(out), stream, Clients(fake, fake, fake)))
     size = sum(f.stat().st_size for f in Path(out).iterdir() if f.is_file()) / 2**20
     print(json.dumps({"peak_rss_mb": _status_mb("VmHWM"), "rss_before_mb": before,
@@ -95,13 +95,14 @@ def main() -> None:
         if kind == "sample":
             child_sample(rest[0], int(rest[1]), int(rest[2]))
         else:
-            child_explain(rest[0], rest[1], int(rest[2]), int(rest[3]), rest[4] if len(rest) > 4 else "")
+            child_explain(rest[0], rest[1], int(rest[2]), int(rest[3]), rest[4], int(rest[5]))
         return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--latents", type=int, default=16_384)
     ap.add_argument("--tokens", type=int, default=4096)
     ap.add_argument("--records", type=int, default=1, help="records simulated per split")
     ap.add_argument("--scorers", default="", help="scorers of the explain run (default none)")
+    ap.add_argument("--features", type=int, default=0, help="explain only the first N latents (default all)")
     ap.add_argument("--sample-run", type=Path, help="an existing sample run (skips sampling)")
     ap.add_argument("--arms", default="1024,0", help="range sizes to compare; 0: one range of every feature")
     args = ap.parse_args()
@@ -116,7 +117,7 @@ def main() -> None:
         for arm in (int(a) for a in args.arms.split(",")):
             size = arm or 10**9
             e = _child(["explain", str(sample_run), str(Path(tmp) / f"explain-{arm}"), str(size), str(args.records),
-                        args.scorers])
+                        args.scorers, str(args.features)])
             what = f"ranges of {arm:,}" if arm else "one range (all in memory)"
             what += f", scorers: {args.scorers or 'none'}"
             print(f"explain, {what}: {e['features']:.0f} features ({e['explained']:.0f} explained) in "
