@@ -2,19 +2,24 @@
 own counter of evaluated tokens, and in the run's usage.json. They must agree.
 
     flock /tmp/autointerp-heavy.lock .venv/bin/python benchmarks/bench_token_accounting.py \
-        [--code DIR] [--features 0-4] [--run-dir DIR]
+        [--code DIR] [--records RECORDS.jsonl] [--run-dir DIR]
 
 One in-process llama.cpp server (Qwen2.5-Coder-1.5B, 2 threads, one slot, prompt cache, /metrics on) sits
 behind a logging proxy on loopback; the main job runs as a subprocess with ``--explainer`` and
 ``--simulator`` set to ``openai-compatible:<proxy>/v1/qwen`` (the same llama.cpp path as ``local:``) and
-``--no-cache``. ``--code DIR`` runs the CLI of another checkout (e.g. the code before issue 16), so
-before/after use the same server, proxy and counting.
+``--no-cache``; its other arguments are those of scripts/quickstart.sh (``--sae gemma3-270m/L6 --features
+1836,1325,140,364,1743 --tokens 20000 --window 32 --explainer-kind highlighted --n-top-examples 8
+--max-records-per-split 3``). The job's wall time is printed, split at the first LLM request the proxy sees
+(before it: start-up and sampling; after it: explain, simulate, score). ``--code DIR`` runs the CLI of another
+checkout (e.g. the code before issue 16), so before/after use the same server, proxy and counting; with
+``--records`` (e.g. the after run's records.jsonl) it samples nothing, so both explain the same records.
 
 The proxy counts, per role (chat requests: explainer; /v1/completions: simulator), every prompt token it
 forwards: each prompt of a multi-prompt request is tokenized by the server's ``/tokenize`` (Qwen adds no
 BOS), chat prompts by the server's reported usage (one prompt per request, chat template included).
 ``/tokenize`` calls of the client itself are counted apart (they evaluate nothing). The server's
-``llamacpp:prompt_tokens_total`` (tokens it evaluated, cache reads excluded) is read before and after.
+``llamacpp:prompt_tokens_total`` (tokens it evaluated, cache reads excluded) is read before and after; the
+explainer's share is the sum of its chat answers' ``timings.prompt_n``, the simulator's the rest.
 
 After the run, the simulation prompts of every simulated record are rebuilt from the run directory and
 tokenized, to give the prompt tokens per latent of each backend path for 6 records (test_top + test_random
@@ -51,6 +56,10 @@ class CountingProxy(LoopbackHTTPServer):
         self.reported: dict[str, int] = {"explainer": 0, "simulator": 0}
         """Prompt tokens the server's answers report (what a client that trusts the report records)."""
         self.requests: dict[str, int] = {"explainer": 0, "simulator": 0, "tokenize": 0, "other": 0}
+        self.chat_evaluated = 0
+        """Prompt tokens the server evaluated for chat requests (the sum of its ``timings.prompt_n``)."""
+        self.first_llm_request: float | None = None
+        """time.time() when the first chat or completion request arrived (the end of sampling)."""
         self._client: httpx.AsyncClient | None = None
 
     async def _count_tokens(self, text: str) -> int:
@@ -61,6 +70,8 @@ class CountingProxy(LoopbackHTTPServer):
     async def handle(self, method: str, path: str, headers: dict[str, str], body: bytes) -> HTTPReply:
         if self._client is None:
             self._client = httpx.AsyncClient(timeout=3600)
+        if self.first_llm_request is None and path.endswith("/completions"):
+            self.first_llm_request = time.time()
         fwd = {k: v for k, v in headers.items() if k in ("content-type", "authorization")}
         r = await self._client.request(method, self.upstream + path, content=body, headers=fwd)
         if path.endswith("/chat/completions"):
@@ -68,6 +79,7 @@ class CountingProxy(LoopbackHTTPServer):
             if r.status_code == 200:
                 self.sent["explainer"] += int(r.json()["usage"]["prompt_tokens"])
                 self.reported["explainer"] += int(r.json()["usage"]["prompt_tokens"])
+                self.chat_evaluated += int(r.json().get("timings", {}).get("prompt_n", 0))
         elif path.endswith("/completions"):
             self.requests["simulator"] += 1
             req = json.loads(body)
@@ -229,13 +241,15 @@ def judge_only(args: argparse.Namespace, spec: str, proxy: CountingProxy, base: 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--code", type=Path, default=Path.cwd(), help="checkout whose CLI runs the job")
-    ap.add_argument("--features", default="0-4")
+    ap.add_argument("--features", default="1836,1325,140,364,1743", help="the main job's latents")
+    ap.add_argument("--tokens", default="20000", help="corpus tokens sampled (the main job's 20,000)")
     ap.add_argument("--run-dir", type=Path, default=Path("/tmp/autointerp-token-bench"))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--llm", default="qwen2.5-coder-1.5b", help="embedded GGUF served (explainer and simulator)")
     ap.add_argument("--records", type=Path, help="records.jsonl to explain (copied into the run dir); no sampling")
     ap.add_argument("--simulate-only", metavar="LABEL", help="no CLI run: simulate --records' test records under LABEL")
     ap.add_argument("--judge-only", action="store_true", help="with --simulate-only's LABEL: detection + fuzzing")
+    ap.add_argument("--paths-only", type=Path, metavar="RUN_DIR", help="no CLI run: tokens per path, RUN_DIR labels")
     ap.add_argument("--timeout-s", default="1800", help="--timeout-s of the job (one slot serves 16 in flight)")
     args = ap.parse_args()
     shutil.rmtree(args.run_dir, ignore_errors=True)
@@ -254,6 +268,10 @@ def main() -> None:
     threading.Thread(target=serve, daemon=True).start()
     ready.wait(10)
     spec = f"openai-compatible:{proxy.url}/v1/qwen"
+    if args.paths_only:
+        print(f"prompt tokens per latent, 6 records, by path: {json.dumps(path_tokens(args.paths_only, base))}")
+        asyncio.run_coroutine_threadsafe(proxy.stop(), loop).result(10)
+        return
     if args.simulate_only and args.judge_only:
         judge_only(args, spec, proxy, base)
         asyncio.run_coroutine_threadsafe(proxy.stop(), loop).result(10)
@@ -262,7 +280,7 @@ def main() -> None:
         simulate_only(args, spec, proxy, base)
         asyncio.run_coroutine_threadsafe(proxy.stop(), loop).result(10)
         return
-    source = ["--model", "gemma3-270m", "--hook", "L6/mlp_neurons", "--tokens", "20000", "--window", "32"]
+    source = ["--sae", "gemma3-270m/L6", "--tokens", args.tokens, "--window", "32"]
     if args.records:  # a run dir holding only records.jsonl is explained as it is (no sampling)
         args.run_dir.mkdir(parents=True)
         shutil.copy(args.records, args.run_dir / "records.jsonl")
@@ -283,16 +301,27 @@ def main() -> None:
     rc = subprocess.run(cmd, env=env, cwd="/tmp").returncode
     dt = time.time() - t
     evaluated = evaluated_total(base) - ev0
-    print(f"exit {rc}; wall {dt / 60:.1f} min; load average before {load0[0]:.1f}, after {os.getloadavg()[0]:.1f}")
+    load1 = os.getloadavg()
+    print(f"exit {rc}; main job wall time {dt:.0f} s ({dt / 60:.1f} min)")
+    if proxy.first_llm_request is not None:
+        before_llm = proxy.first_llm_request - t
+        print(f"  start-up + sampling (to the first LLM request) {before_llm:.0f} s; ", end="")
+        print(f"LLM stages {dt - before_llm:.0f} s")
+    print(f"load average (1, 5, 15 min) before {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}, ", end="")
+    print(f"after {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}")
     usage = json.loads((args.run_dir / "usage.json").read_text())
     print(f"proxy requests: {proxy.requests}")
-    head = f"{'role':<10} {'proxy: sent':>12} {'server reports':>15} {'usage.json: prompt':>19}"
-    print(f"{head} {'usage.json: cached':>19}")
+    # the server evaluates one request at a time (one slot): its counter minus the chat answers' prompt_n is
+    # what the simulator's requests cost it
+    server_ev = {"explainer": proxy.chat_evaluated, "simulator": evaluated - proxy.chat_evaluated}
+    head = f"{'role':<10} {'proxy: sent':>12} {'server reports':>15} {'server evaluated':>17}"
+    print(f"{head} {'usage.json: prompt':>19} {'usage.json: cached':>19} {'usage.json: prompt - cached':>28}")
     for role in ("explainer", "simulator"):
         u = usage.get(role, {})
-        cached = u.get("cached_prompt_tokens", "-")
-        row = f"{role:<10} {proxy.sent[role]:>12,} {proxy.reported[role]:>15,} {u.get('prompt_tokens', 0):>19,}"
-        print(f"{row} {cached:>19}")
+        cached = u.get("cached_prompt_tokens")
+        rec_ev = f"{int(u.get('prompt_tokens', 0)) - int(cached):,}" if cached is not None else "-"
+        row = f"{role:<10} {proxy.sent[role]:>12,} {proxy.reported[role]:>15,} {server_ev[role]:>17,}"
+        print(f"{row} {u.get('prompt_tokens', 0):>19,} {cached if cached is not None else '-':>19} {rec_ev:>28}")
     recorded = sum(int(usage.get(r, {}).get("prompt_tokens", 0)) for r in ("explainer", "simulator"))
     reads = [usage.get(r, {}).get("cached_prompt_tokens") for r in ("explainer", "simulator")]
     uncached = recorded - sum(int(c or 0) for c in reads) if all(c is not None for c in reads) else None
