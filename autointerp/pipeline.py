@@ -106,6 +106,13 @@ already in the run is never recomputed on other data under the same key (``recor
 simulations are keyed by record, not by how they were asked for; ``latents_per_prompt`` and
 ``judge_examples_first`` label their scores' judge)."""
 
+EXECUTION_SETTINGS: tuple[str, ...] = (
+    "concurrency", "threads", "timeout_s", "llm_concurrency", "requests_per_minute", "tokens_per_minute",
+    "llm_cache", "max_cost",
+)
+"""Fields of :class:`ExplainConfig` that change how a run executes, never its results: a run resumes under
+other values of these (e.g. a longer timeout after the endpoint was found slow)."""
+
 
 @dataclass(frozen=True)
 class ExplainConfig:
@@ -1008,7 +1015,10 @@ async def run_explain(
         clients, to_close = open_clients(config)
     try:  # settle, estimate and refuse before the run directory exists
         config, plan = await plan_llm_use(config, load_all, clients)
-        run = RunDir.create(run_dir, "explain", config_to_dict(config))
+        legacy = config_to_dict(ExplainConfig())  # settings added later default to the behaviour before them,
+        if len(stream.features) > config.range_size:  # except ranges: before them, one range held every feature
+            legacy.pop("range_size")
+        run = RunDir.create(run_dir, "explain", config_to_dict(config), legacy=legacy, free=EXECUTION_SETTINGS)
     except BaseException:
         for c in to_close:
             await c.aclose()

@@ -42,7 +42,7 @@ import platform
 import sys
 import tempfile
 import time
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -171,23 +171,40 @@ class RunDir:
 
     # -- creation / opening -------------------------------------------------------------------------
     @classmethod
-    def create(cls, path: Path, command: str, config: dict[str, Any]) -> RunDir:
+    def create(
+        cls,
+        path: Path,
+        command: str,
+        config: dict[str, Any],
+        *,
+        legacy: Mapping[str, Any] | None = None,
+        free: Collection[str] = (),
+    ) -> RunDir:
         """Create ``path`` with a fresh manifest, or reopen it when it holds a run of the same config.
 
-        A directory holding a run with a *different* config is refused (results are never mixed)."""
+        A directory holding a run with a *different* config is refused (results are never mixed). Two kinds
+        of difference are not: a setting the old manifest lacks whose ``legacy`` value (the behaviour before
+        the setting existed) equals the new one, and a change of a ``free`` setting (one that does not change
+        results, such as a timeout or a concurrency). The manifest then takes the new config."""
         run = cls(path)
         if run.manifest_path.exists():
             old = run.manifest()
-            if old.get("command") == command and old.get("config") != config and run.holds_results(old):
-                changed = sorted(
-                    k for k in set(old.get("config", {})) | set(config)
-                    if old.get("config", {}).get(k) != config.get(k)
-                )
+            old_config = dict(old.get("config", {}))
+            seen = {**{k: v for k, v in (legacy or {}).items() if k not in old_config}, **old_config}
+            changed = sorted(
+                k for k in set(seen) | set(config) if seen.get(k) != config.get(k) and k not in free
+            )
+            if old.get("command") == command and changed and run.holds_results(old):
                 raise RunDirError(
                     f"{path} holds a {command} run with other settings ({', '.join(changed)}); "
                     "use a new --run-dir"
                 )
-            if old.get("config") == config or old.get("command") != command:
+            if not changed or old.get("command") != command:
+                if old.get("command") == command and old_config != config:
+                    log.info("%s: resuming with settings that do not change results: %s", path,
+                             ", ".join(sorted(k for k in set(old_config) | set(config)
+                                              if old_config.get(k) != config.get(k))))
+                    run.update_manifest({"config": config})
                 run.update_manifest({"resumed_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
                 for f in sorted(run.path.glob("*.jsonl")):
                     repair_jsonl(f)

@@ -188,3 +188,26 @@ def test_sweep_exits_1_while_a_cell_has_failed_features_then_0_after_a_rerun(
     assert "1 of 1 cells have failed features" in out and "rerun" in out
     llm.down = False
     assert run_cli(args) == 0
+
+
+async def test_a_run_resumes_under_new_execution_settings_and_settings_added_since_but_not_other_results(
+    tmp_path: Path,
+) -> None:
+    from autointerp.rundir import RunDirError
+
+    run = tmp_path / "run"
+    llm = FakeLLM(chat_fn=smart_chat)
+    await run_explain(ExplainConfig(baseline=False), run, _records(2), Clients(llm, llm, llm))
+    sent = len(llm.chat_requests)
+    manifest = json.loads((run / "manifest.json").read_text())
+    # as a run written before range_size and records_per_prompt existed, with the old default timeout
+    for k in ("range_size", "records_per_prompt"):
+        del manifest["config"][k]
+    manifest["config"]["timeout_s"] = 120.0
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    s = await run_explain(ExplainConfig(baseline=False, llm_concurrency=3), run, _records(2), Clients(llm, llm, llm))
+    assert s.n_explained == 2 and len(llm.chat_requests) == sent, "resumed: nothing asked again"
+    config = json.loads((run / "manifest.json").read_text())["config"]
+    assert (config["timeout_s"], config["llm_concurrency"], config["range_size"]) == (0.0, 3, 1024)
+    with pytest.raises(RunDirError, match=r"other settings \(n_top_examples\)"):
+        await run_explain(ExplainConfig(baseline=False, n_top_examples=3), run, _records(2), Clients(llm, llm, llm))
