@@ -200,12 +200,13 @@ class RunDir:
                     "use a new --run-dir"
                 )
             if not changed or old.get("command") != command:
+                old["resumed_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
                 if old.get("command") == command and old_config != config:
                     log.info("%s: resuming with settings that do not change results: %s", path,
                              ", ".join(sorted(k for k in set(old_config) | set(config)
                                               if old_config.get(k) != config.get(k))))
-                    run.update_manifest({"config": config})
-                run.update_manifest({"resumed_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+                    old["config"] = config  # replaced, not merged: a key the new config lacks would differ later
+                atomic_write_json(run.manifest_path, old)
                 for f in sorted(run.path.glob("*.jsonl")):
                     repair_jsonl(f)
                 return run
