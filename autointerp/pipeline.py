@@ -94,24 +94,24 @@ log = logging.getLogger(__name__)
 
 DEFAULT_LLM = "local:qwen2.5-coder-1.5b"
 
-SCORE_SETTINGS: tuple[str, ...] = (
-    "negatives", "judge_probabilities", "embedding_model", "surprisal_model", "alpha", "steer_multiplier",
-    "steer_mode", "steer_prompts", "steer_new_tokens", "steer_prompt_tokens", "steer_corpus", "scorer_device",
-    "concurrency", "threads", "timeout_s", "llm_concurrency", "requests_per_minute", "tokens_per_minute",
-    "llm_cache", "prices", "latents_per_prompt", "judge_examples_first",
-)
-"""Fields of :class:`ExplainConfig` that ``autointerp score`` may change for a rescoring: scorer settings and
-LLM client settings. Fields that decide which records or examples a score reads are left out, so a score
-already in the run is never recomputed on other data under the same key (``records_per_prompt`` too: stored
-simulations are keyed by record, not by how they were asked for; ``latents_per_prompt`` and
-``judge_examples_first`` label their scores' judge)."""
-
 EXECUTION_SETTINGS: tuple[str, ...] = (
     "concurrency", "threads", "timeout_s", "llm_concurrency", "requests_per_minute", "tokens_per_minute",
     "llm_cache", "max_cost",
 )
 """Fields of :class:`ExplainConfig` that change how a run executes, never its results: a run resumes under
 other values of these (e.g. a longer timeout after the endpoint was found slow)."""
+
+SCORE_SETTINGS: tuple[str, ...] = (
+    "negatives", "judge_probabilities", "embedding_model", "surprisal_model", "alpha", "steer_multiplier",
+    "steer_mode", "steer_prompts", "steer_new_tokens", "steer_prompt_tokens", "steer_corpus", "scorer_device",
+    "prices", "latents_per_prompt", "judge_examples_first",
+    *(s for s in EXECUTION_SETTINGS if s != "max_cost"),  # rescoring makes no cost estimate to hold to it
+)
+"""Fields of :class:`ExplainConfig` that ``autointerp score`` may change for a rescoring: scorer settings and
+LLM client settings. Fields that decide which records or examples a score reads are left out, so a score
+already in the run is never recomputed on other data under the same key (``records_per_prompt`` too: stored
+simulations are keyed by record, not by how they were asked for; ``latents_per_prompt`` and
+``judge_examples_first`` label their scores' judge)."""
 
 
 @dataclass(frozen=True)
