@@ -47,7 +47,7 @@ def random_jumprelu(subject: Subject, hook: HookPoint, n_latents: int, calib: to
     g = torch.Generator().manual_seed(0)
     w_enc = torch.randn(d, n_latents, generator=g) / d**0.5
     b_enc = torch.zeros(n_latents)
-    x = subject.run(calib, [hook])[hook].reshape(-1, d).float()
+    x = subject.run(calib, [hook])[hook].reshape(-1, d).float().cpu()
     pre = x @ w_enc + b_enc
     threshold = torch.quantile(pre[: min(len(pre), 2048)], 0.98, dim=0).clamp(min=1e-3)
     np.savez(
@@ -55,8 +55,8 @@ def random_jumprelu(subject: Subject, hook: HookPoint, n_latents: int, calib: to
         W_enc=w_enc.numpy(), W_dec=w_enc.T.contiguous().numpy(), b_enc=b_enc.numpy(),
         b_dec=np.zeros(d, np.float32), threshold=threshold.numpy(),
     )
-    return load_sae(folder / "params.npz", format="gemma_scope", hook=hook, address=f"random-jumprelu-{n_latents}",
-                    model_name=subject.name).to(subject.device)
+    return load_sae(folder / "params.npz", format="gemma_scope", hook=hook,
+                    address=f"random-jumprelu-{n_latents}@{hook}", model_name=subject.name).to(subject.device)
 
 
 def bench_model(name: str, batches: int, batch_size: int, window: int, n_latents: int, threads: int) -> dict:

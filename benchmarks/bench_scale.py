@@ -4,7 +4,9 @@
   tokens (batches of 32 windows of 64 tokens): one process with 2 torch threads, then ``--executor ray
   --workers 2 --threads 1`` (2 shards on a local Ray cluster started in-process). Both are whole commands
   (subprocesses), timed end to end; the merged records are checked equal to the one-process records. On 2
-  cores this measures overhead, not speed-up. Goal: Ray wall time at most 1.15x.
+  cores this measures overhead, not speed-up. Goal: Ray wall time at most 1.15x. ``--cluster`` adds the same
+  2 shards on a local cluster already running (``ray start --head``; ``--ray-address auto``), then one
+  process again.
 - ``multihook``: L3, L6 and L9 MLP neurons of gemma3-270m (all 2,048 each) over the same ``--hook-tokens``
   wiki tokens: one pass with the 3 hooks, one pass with L9 alone, and L3 and L6 alone, all in one process
   (``run_sampling``, 2 threads), timed by wall clock. Goal: the 3-hook pass at most 1.3x the L9 pass.
@@ -47,7 +49,7 @@ def _cli(args: list[str]) -> float:
     return time.perf_counter() - t0
 
 
-def bench_ray(tmp: Path) -> None:
+def bench_ray(tmp: Path, cluster: bool = False) -> None:
     one = _cli(["sample", *SAMPLE, "--threads", "2", "--run-dir", str(tmp / "one")])
     ray = _cli(["sample", *SAMPLE, "--threads", "1", "--executor", "ray", "--workers", "2",
                 "--run-dir", str(tmp / "ray")])
@@ -57,6 +59,25 @@ def bench_ray(tmp: Path) -> None:
     same = a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     print(f"ray: one process (2 threads) {one:.1f} s; 2 Ray shards (1 thread each) {ray:.1f} s; "
           f"ratio {ray / one:.3f} (goal <= 1.15); merged records equal: {same}")
+    if not cluster:
+        return
+    # The same 2 shards on a local Ray cluster that is already running (``ray start --head``, started before
+    # the clock and stopped after it), joined with --ray-address auto: what a cluster user pays per command.
+    ray_bin = str(Path(sys.executable).with_name("ray"))
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    subprocess.run([ray_bin, "start", "--head", "--num-cpus", "2", "--include-dashboard=false",
+                    "--disable-usage-stats"], check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(5)  # let the cluster's start-up finish before the clock starts
+        joined = _cli(["sample", *SAMPLE, "--threads", "1", "--executor", "ray", "--workers", "2",
+                       "--ray-address", "auto", "--run-dir", str(tmp / "ray-cluster")])
+    finally:
+        subprocess.run([ray_bin, "stop", "--force"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    c = read_arrays(tmp / "ray-cluster")
+    same_c = a.keys() == c.keys() and all(np.array_equal(a[k], c[k]) for k in a)
+    one2 = _cli(["sample", *SAMPLE, "--threads", "2", "--run-dir", str(tmp / "one-again")])
+    print(f"ray, running local cluster (--ray-address auto): {joined:.1f} s; one process again {one2:.1f} s; "
+          f"ratio to the mean one-process time {joined / ((one + one2) / 2):.3f}; merged records equal: {same_c}")
 
 
 def bench_multihook(tmp: Path, tokens: int) -> None:
@@ -153,13 +174,15 @@ def main() -> None:
         return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", choices=["ray", "multihook", "memory"])
+    ap.add_argument("--cluster", action="store_true",
+                    help="ray: also 2 shards on an already running local Ray cluster (--ray-address auto)")
     ap.add_argument("--sae-tokens", type=int, default=4096)
     ap.add_argument("--hook-tokens", type=int, default=8192)
     args = ap.parse_args()
     print(f"load before: {os.getloadavg()}")
     with tempfile.TemporaryDirectory(prefix="autointerp-bench-scale-") as tmp:
         if args.only in (None, "ray"):
-            bench_ray(Path(tmp))
+            bench_ray(Path(tmp), args.cluster)
         if args.only in (None, "multihook"):
             bench_multihook(Path(tmp), args.hook_tokens)
         if args.only in (None, "memory"):
