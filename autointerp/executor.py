@@ -13,7 +13,9 @@ its mergeable partial state (autointerp/sampling.py). Running it here or as a Ra
   overlaps the checks and the model load that come before any shard.
 
 Then the partial states are merged into ``<run>/records``, identical to an unsharded run's records. Each shard
-writes ``worker.json`` (host, pid, start time) beside its state, so a cluster run shows where each shard ran.
+writes ``worker.json`` (host, pid, start time) beside its state, so a cluster run shows where each shard ran,
+and ``progress.json`` (its tokens so far, about once a second), so the driver's progress bar counts the
+tokens of every worker.
 Ray is the optional extra ``autointerp[ray]``.
 
 The LLM stage splits the same way by feature range (:func:`run_explain_sharded`): part i of n explains the
@@ -52,7 +54,11 @@ log = logging.getLogger(__name__)
 EXECUTORS = ("local", "ray")
 
 ShardProgress = Callable[[int, int], None]
-"""Called with (shards finished, shards in all)."""
+"""Called with (done, in all): tokens sampled over every shard for a sampling pass, feature ranges for the
+LLM stage."""
+
+PROGRESS_FILE = "progress.json"
+"""A shard's tokens sampled so far (rewritten about once a second), read by the driver's progress display."""
 
 
 @dataclass(frozen=True)
@@ -83,8 +89,10 @@ def shard_dir(run_dir: Path, shard: Shard) -> Path:
     return Path(run_dir) / "shards" / f"{shard.index:03d}-of-{shard.count:03d}"
 
 
-def run_shard(setup: SamplingSetup, config: SamplingConfig, run_dir: Path, shard: Shard) -> dict[str, Any]:
-    """Sample one shard into ``shard_dir(run_dir, shard)`` (resumable; a finished shard returns at once)."""
+def run_shard(setup: SamplingSetup, config: SamplingConfig, run_dir: Path, shard: Shard,
+              progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Sample one shard into ``shard_dir(run_dir, shard)`` (resumable; a finished shard returns at once). Its
+    tokens sampled so far go to ``PROGRESS_FILE`` there about once a second (and to ``progress``, in-process)."""
     job = prepare_sampling(setup, config)
     out = shard_dir(run_dir, shard)
     out.mkdir(parents=True, exist_ok=True)
@@ -92,9 +100,37 @@ def run_shard(setup: SamplingSetup, config: SamplingConfig, run_dir: Path, shard
         "host": socket.gethostname(), "pid": os.getpid(), "started_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "shard": str(shard), "device": setup.device, "threads": setup.threads,
     }))
-    res = job.run(out, shard=shard)
+    last = [0.0]
+
+    def report(done: int, _total: int) -> None:
+        if progress is not None:
+            progress(done)
+        now = time.monotonic()
+        if now - last[0] >= 1.0:
+            last[0] = now
+            _write_progress(out, done)
+
+    res = job.run(out, shard=shard, progress=report)
+    _write_progress(out, res.n_tokens)
     return {"shard": str(shard), "n_tokens": res.n_tokens, "n_windows": res.n_windows, "seconds": res.seconds,
             "resumed": res.resumed}
+
+
+def _write_progress(out: Path, tokens: int) -> None:
+    tmp = out / f".{PROGRESS_FILE}.{os.getpid()}"
+    tmp.write_text(json.dumps({"tokens": int(tokens)}))
+    os.replace(tmp, out / PROGRESS_FILE)
+
+
+def shards_progress(run_dir: Path, shards: list[Shard]) -> int:
+    """Tokens sampled so far over ``shards`` (from their progress files; a shard not started counts 0)."""
+    done = 0
+    for s in shards:
+        try:
+            done += int(json.loads((shard_dir(run_dir, s) / PROGRESS_FILE).read_text())["tokens"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return done
 
 
 def _finished(setup: SamplingSetup, config: SamplingConfig, run_dir: Path) -> SamplingResult | None:
@@ -190,9 +226,8 @@ def run_sharded(
     summaries: list[dict[str, Any]] = []
     if execution.executor == "local":
         for s in shards:
-            summaries.append(run_shard(setup, config, run_dir, s))
-            if progress is not None:
-                progress(len(summaries), n)
+            others = shards_progress(run_dir, [x for x in shards if x != s])
+            summaries.append(run_shard(setup, config, run_dir, s, _offset(progress, others, config.tokens)))
     else:
         summaries = _run_ray(setup, config, run_dir, shards, execution, progress, ray_start)
     parts = [shard_dir(run_dir, s) for s in shards]
@@ -200,6 +235,14 @@ def run_sharded(
     seconds = time.perf_counter() - t0
     tokens_run = sum(int(s["n_tokens"]) for s in summaries if not s["resumed"])
     return replace(result, seconds=seconds, tokens_per_s=tokens_run / seconds if tokens_run and seconds > 0 else None)
+
+
+def _offset(progress: ShardProgress | None, others: int, total: int) -> Callable[[int], None] | None:
+    """One in-process shard's token count as the whole pass's progress (the other shards' tokens added)."""
+    if progress is None:
+        return None
+    report = progress
+    return lambda done: report(others + done, total)
 
 
 def _run_ray(
@@ -218,7 +261,8 @@ def _run_ray(
     task = ray.remote(num_cpus=0 if gpu else setup.threads, num_gpus=1 if gpu else 0,
                       max_retries=execution.max_retries)(run_shard)
     refs = {task.remote(setup, config, Path(run_dir).resolve(), s): s for s in shards}
-    return _gather(ray, refs, None if progress is None else lambda done: progress(done, len(shards)))
+    return _gather(ray, refs, None if progress is None else
+                   lambda _: progress(shards_progress(run_dir, shards), config.tokens))
 
 
 def _start_ray(execution: ExecutorConfig, num_cpus: int) -> Any:

@@ -1009,25 +1009,32 @@ class SamplingJob:
 
     def run(self, run_dir: Path, progress: ProgressCallback | None = None, shard: Shard | None = None
             ) -> SamplingResult:
+        if self.subject.device.type == "meta":
+            raise RuntimeError("this job was prepared with weights=False (checks only); prepare it with weights")
         target: FeatureSource | list[FeatureSource] = self.sources if len(self.sources) > 1 else self.sources[0]
         return run_sampling(self.subject, target, self.windows, self.config, run_dir, progress, shard)
 
 
-def prepare_sampling(setup: SamplingSetup, config: SamplingConfig) -> SamplingJob:
+def prepare_sampling(setup: SamplingSetup, config: SamplingConfig, *, weights: bool = True) -> SamplingJob:
     """Load the subject, the source (moved to the subject's device and dtype) and the corpus, and check the
-    features and the source's weights; every bad input fails here, before anything is written."""
+    features and the source's weights; every bad input fails here, before anything is written.
+
+    ``weights=False`` checks the same inputs without the subject's weights (its model is built on the meta
+    device, and the source stays where it was loaded): the driver of a sharded run, whose workers load the
+    model themselves, so the driver's checks do not cost one more model load. Such a job cannot ``run``."""
     from autointerp.checks import check_source
     from autointerp.corpus import load_corpus
     from autointerp.subject import load_subject
 
     config.validate()
     subject_name, _, loaders = setup.resolve_all()
-    subject = load_subject(subject_name, device=setup.device, dtype=setup.dtype, threads=setup.threads)
+    subject = load_subject(subject_name, device=setup.device, dtype=setup.dtype, threads=setup.threads,
+                           weights=weights)
     sources = []
     for load_source in loaders:
         source = load_source(subject)
         subject.check_hook(source.hook)
-        sources.append(source.to(subject.device, subject.dtype))
+        sources.append(source.to(subject.device, subject.dtype) if weights else source)
     windows = load_corpus(setup.corpus, subject.tokenizer, config.window, max_tokens=config.tokens,
                           seed=config.seed, text_field=setup.text_field)
     for source in sources:

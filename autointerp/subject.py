@@ -253,9 +253,13 @@ def _resolve_path(model: str) -> tuple[str, bool]:
 
 
 def load_subject(
-    model: str, device: str = "cpu", dtype: str = "float32", threads: int | None = None
+    model: str, device: str = "cpu", dtype: str = "float32", threads: int | None = None, *, weights: bool = True
 ) -> Subject:
-    """Load a subject model: an embedded name, a local transformers folder, or a Hugging Face hub id."""
+    """Load a subject model: an embedded name, a local transformers folder, or a Hugging Face hub id.
+
+    ``weights=False`` reads the config and the tokenizer only and builds the model on the ``meta`` device
+    (shapes, no weights, no compute): enough to check hooks and sources, e.g. in the driver of a sharded
+    run whose workers load the weights themselves."""
     if threads is not None:
         torch.set_num_threads(threads)
     torch_dtype = parse_dtype(dtype)
@@ -267,7 +271,14 @@ def load_subject(
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+        if weights:
+            lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+        else:
+            from transformers import AutoConfig
+
+            with torch.device("meta"):
+                lm = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=torch_dtype)
+            dev = torch.device("meta")
     except OSError as e:
         if local:
             raise UserError(f"cannot load model from {path}: {e}".splitlines()[0]) from e

@@ -47,6 +47,21 @@ def test_local_executor_equals_one_pass_and_a_rerun_skips_it(tiny_model_dir: Pat
     assert again.resumed and again.n_windows == res.n_windows
 
 
+def test_progress_counts_the_tokens_of_every_shard(tiny_model_dir: Path, tiny_corpus_file: Path,
+                                                   tmp_path: Path) -> None:
+    """The driver's progress is tokens over all shards (not shards finished): it only grows, and ends at the
+    merged run's token count, which each shard's progress file also sums to."""
+    setup = _setup(tiny_model_dir, tiny_corpus_file)
+    seen: list[tuple[int, int]] = []
+    res = run_sharded(setup, CFG, tmp_path / "loc", ExecutorConfig(executor="local", workers=3),
+                      progress=lambda d, n: seen.append((d, n)))
+    done = [d for d, _ in seen]
+    assert len(seen) > 3 and done == sorted(done) and {n for _, n in seen} == {CFG.tokens}
+    assert done[-1] == res.n_tokens
+    files = [json.loads((shard_dir(tmp_path / "loc", Shard(i, 3)) / "progress.json").read_text()) for i in range(3)]
+    assert sum(f["tokens"] for f in files) == res.n_tokens and all(f["tokens"] > 0 for f in files)
+
+
 def test_executor_settings_are_checked() -> None:
     for bad in (ExecutorConfig(executor="dask"), ExecutorConfig(workers=0), ExecutorConfig(ray_address="auto")):
         with pytest.raises(UserError):

@@ -115,6 +115,34 @@ def test_load_subject_local_folder(tmp_path: Path, tiny_llama: Any) -> None:
     assert out[HookPoint(1, "mlp_neurons")].dtype == torch.bfloat16
 
 
+def test_checks_without_weights_see_the_same_shapes_and_catch_the_same_bad_hooks(
+    tmp_path: Path, tiny_llama: Any
+) -> None:
+    """The driver of a sharded run checks hooks and sources on a meta-device model (no weights read), and
+    those checks agree with the loaded model's; such a job refuses to sample."""
+    from autointerp.sampling import SamplingConfig, SamplingSetup, prepare_sampling
+
+    tiny_llama.model.save_pretrained(tmp_path / "m")
+    tiny_llama.tokenizer.save_pretrained(tmp_path / "m")
+    (tmp_path / "c.txt").write_text("the city of paris is in france and the river is long\n\n" * 40)
+    full = load_subject(str(tmp_path / "m"))
+    meta = load_subject(str(tmp_path / "m"), weights=False)
+    assert meta.device.type == "meta" and all(p.is_meta for p in meta.model.parameters())
+    assert (meta.n_layers, meta.d_model, meta.d_mlp) == (full.n_layers, full.d_model, full.d_mlp)
+    for kind in ALL_KINDS:
+        assert meta.hook_dim(HookPoint(1, kind)) == full.hook_dim(HookPoint(1, kind))
+    cfg = SamplingConfig(tokens=200, window=16)
+    setup = SamplingSetup(model=str(tmp_path / "m"), hook="L1/mlp_neurons", corpus=str(tmp_path / "c.txt"))
+    checked = prepare_sampling(setup, cfg, weights=False)
+    assert checked.describe() == prepare_sampling(setup, cfg).describe()
+    with pytest.raises(RuntimeError, match="weights=False"):
+        checked.run(tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(UserError, match="layer"):
+        prepare_sampling(SamplingSetup(model=str(tmp_path / "m"), hook="L7/mlp_neurons",
+                                       corpus=str(tmp_path / "c.txt")), cfg, weights=False)
+
+
 # -- embedded assets, on a fake chunked package -----------------------------------------------------
 @pytest.fixture
 def fake_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, bytes]:

@@ -90,9 +90,10 @@ def sample(
 
         # Ray starts while the checks below load the model
         ray_start = start_ray(execution, execution.workers * setup.threads)
-    # Bad input (model, hook, SAE, corpus, features, weights) fails here, before anything is written.
+    # Bad input (model, hook, SAE, corpus, features, weights) fails here, before anything is written. With an
+    # executor the shards load the model themselves, so the checks here skip the subject's weights.
     try:
-        job = prepare_sampling(setup, cfg)
+        job = prepare_sampling(setup, cfg, weights=execution is None)
     except BaseException:
         if ray_start is not None:
             ray_start.stop()
@@ -104,8 +105,10 @@ def sample(
     start = time.perf_counter()
     try:
         with Progress(
-            TextColumn("[bold]sampling" + ("" if part is None else f" shard {part}")), BarColumn(),
-            TextColumn("{task.completed:,.0f}/{task.total:,.0f}" + (" tokens" if execution is None else " shards")),
+            TextColumn("[bold]sampling" + ("" if part is None else f" shard {part}")
+                       + ("" if execution is None else f" ({execution.workers} {execution.executor} shards)")),
+            BarColumn(),
+            TextColumn("{task.completed:,.0f}/{task.total:,.0f} tokens"),
             TextColumn("{task.fields[rate]}"),
             TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False, refresh_per_second=2,
         ) as bar:
@@ -126,10 +129,7 @@ def sample(
             else:
                 from autointerp.executor import run_sharded
 
-                bar.update(task, total=execution.workers, completed=0, rate=f"{execution.executor} shards")
-                result = run_sharded(setup, cfg, run.path, execution,
-                                     progress=lambda d, n: bar.update(task, completed=d, total=n),
-                                     ray_start=ray_start)
+                result = run_sharded(setup, cfg, run.path, execution, progress=progress, ray_start=ray_start)
     except BaseException as e:  # never leave the stage "running": say how it ended
         run.set_stage(STAGE, "interrupted" if isinstance(e, KeyboardInterrupt) else "failed",
                       error=f"{type(e).__name__}: {e}")
