@@ -81,7 +81,7 @@ async def test_concurrent_requests_share_one_forward_pass(backend: TransformersB
         TopLogprobsRequest(prompt="the cat sat", positions=(3, 11), top_k=3),
         TopLogprobsRequest(prompt="a dog ran to the park and one two three", positions=(5, 39), top_k=3),
         TopLogprobsRequest(prompt="red blue", positions=(5,), top_k=3),  # 5 is inside "blue"
-        TopLogprobsRequest(prompt="red blue green", positions=(3,), top_k=3),
+        TopLogprobsRequest(prompt="red blue green", positions=(3,), top_k=6),  # another k in the same batch
     ]
     before = backend.forward_passes
     out = await asyncio.gather(*(backend.top_logprobs(r) for r in reqs), return_exceptions=True)

@@ -72,6 +72,8 @@ class TransformersBackend:
         )
         self.forward_passes = 0
         """Forward passes run for top_logprobs (a batch of requests counts once)."""
+        self._decoded: dict[int, str] = {}
+        """Token id -> its text decoded alone (a vocabulary's worth at most)."""
 
     @classmethod
     def load(cls, spec: str, name: str, config: ClientConfig) -> TransformersBackend:
@@ -124,9 +126,9 @@ class TransformersBackend:
 
         prepared: list[tuple[int, list[int], np.ndarray]] = []
         out: list[LLMResponse | LLMError | None] = [None] * len(requests)
+        encs = self.tokenizer([r.prompt for r in requests], return_offsets_mapping=True)  # one batched call
         for i, req in enumerate(requests):
-            enc = self.tokenizer(req.prompt, return_offsets_mapping=True)
-            offsets = np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2)
+            offsets = np.asarray(encs["offset_mapping"][i], dtype=np.int64).reshape(-1, 2)
             idx = token_indices(offsets, np.asarray(req.positions, dtype=np.int64))
             bad = [p for p, j in zip(req.positions, idx.tolist(), strict=True) if j < 0]
             if bad:
@@ -135,7 +137,7 @@ class TransformersBackend:
                     "position right after a complete token (e.g. after a separator)"
                 )
                 continue
-            prepared.append((i, list(enc["input_ids"]), idx))
+            prepared.append((i, list(encs["input_ids"][i]), idx))
         if prepared:
             with self._lock, torch.inference_mode():
                 self.forward_passes += 1
@@ -157,21 +159,31 @@ class TransformersBackend:
                     logits = self.model(input_ids=ids_t, attention_mask=mask).logits
                     col = {j: j for j in range(t)}
                 logp = torch.log_softmax(logits.float(), dim=-1)
-                for b, (i, ids, idx) in enumerate(prepared):
-                    req = requests[i]
-                    cols = torch.tensor([col[int(j)] for j in idx], dtype=torch.long, device=logp.device)
-                    k = min(req.top_k, logp.shape[-1])
-                    vals, tok_ids = logp[b, cols].topk(k, dim=-1)
-                    texts = self.tokenizer.batch_decode(tok_ids.reshape(-1, 1).cpu().tolist())
-                    vals_l = vals.cpu().tolist()
-                    lps: list[TokenLogprobs] = []
-                    for r in range(len(idx)):
-                        top: dict[str, float] = {}
-                        for text, v in zip(texts[r * k : (r + 1) * k], vals_l[r], strict=True):
-                            top.setdefault(text, float(v))  # distinct ids can decode alike: keep the best
-                        lps.append(TokenLogprobs(top=top))
-                    out[i] = LLMResponse(logprobs=lps, usage=Usage(prompt_tokens=len(ids), requests=1), model=self.spec)
+                # One top-k over the whole batch and one copy to the host; each request then reads its rows.
+                k_max = min(max(requests[i].top_k for i, _, _ in prepared), logp.shape[-1])
+                vals_all, ids_all = (x.cpu().numpy() for x in logp.topk(k_max, dim=-1))
+            for b, (i, ids, idx) in enumerate(prepared):
+                req = requests[i]
+                k = min(req.top_k, k_max)
+                rows = [col[int(j)] for j in idx]
+                vals, tok_ids = vals_all[b, rows, :k], ids_all[b, rows, :k]
+                texts = self._texts(tok_ids.ravel().tolist())
+                lps: list[TokenLogprobs] = []
+                for r in range(len(idx)):
+                    top: dict[str, float] = {}
+                    for text, v in zip(texts[r * k : (r + 1) * k], vals[r].tolist(), strict=True):
+                        top.setdefault(text, float(v))  # distinct ids can decode alike: keep the best
+                    lps.append(TokenLogprobs(top=top))
+                out[i] = LLMResponse(logprobs=lps, usage=Usage(prompt_tokens=len(ids), requests=1), model=self.spec)
         return [o if o is not None else LLMError("internal: no result") for o in out]
+
+    def _texts(self, token_ids: list[int]) -> list[str]:
+        """Each token id decoded on its own (as ``batch_decode`` of single ids), each id decoded once."""
+        missing = sorted({t for t in token_ids if t not in self._decoded})
+        if missing:
+            texts = self.tokenizer.batch_decode([[t] for t in missing])
+            self._decoded.update(zip(missing, texts, strict=True))
+        return [self._decoded[t] for t in token_ids]
 
     # -- generation ---------------------------------------------------------------------------------
 
