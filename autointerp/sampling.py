@@ -38,6 +38,7 @@ them before anything is written); the ``sample`` CLI command, ``explain`` and sw
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -176,6 +177,87 @@ def parse_feature_ranges(text: str) -> list[int]:
     if not out:
         raise UserError(f"no features in {text!r}; write e.g. 0-99,200,300-310")
     return sorted(out)
+
+
+RANDOM_PREFIX = "random:"
+
+
+@dataclass(frozen=True)
+class RandomFeatures:
+    """``random:N[,min=K][,seed=S]``: N features drawn without replacement (``numpy.random.default_rng(S)``)
+    among the sampled features that fired on at least K tokens of the sample, sorted. A documented rule
+    instead of a hand-picked list: the same sample, N, K and S give the same features."""
+
+    n: int
+    min_count: int = 20
+    seed: int = 0
+
+    @classmethod
+    def parse(cls, text: str) -> RandomFeatures:
+        head, *opts = [p.strip() for p in text[len(RANDOM_PREFIX):].split(",")]
+        fix = "write e.g. random:25 or random:25,min=20,seed=0"
+        try:
+            kw = {"n": int(head)}
+            for o in opts:
+                key, sep, val = o.partition("=")
+                if not sep or key not in ("min", "seed"):
+                    raise ValueError(o)
+                kw["min_count" if key == "min" else "seed"] = int(val)
+        except ValueError:
+            raise UserError(f"bad --features {text!r}; {fix}") from None
+        rule = cls(**kw)
+        if rule.n < 1 or rule.min_count < 1:
+            raise UserError(f"bad --features {text!r}: N and min must be at least 1; {fix}")
+        return rule
+
+    def choose(self, stats: Sequence[dict[str, Any]]) -> list[int]:
+        """The chosen feature indices, from a records store's per-feature statistics (``stats.json``)."""
+        live = [int(x["feature"]) for x in stats if round(x["frequency"] * x["n_tokens"]) >= self.min_count]
+        if len(live) < self.n:
+            raise UserError(
+                f"only {len(live)} sampled features fired on at least {self.min_count} tokens, fewer than the "
+                f"{self.n} asked for; lower N or min=, or sample more tokens"
+            )
+        rng = np.random.default_rng(self.seed)
+        return sorted(int(f) for f in rng.choice(np.asarray(live), size=self.n, replace=False))
+
+    def describe(self) -> str:
+        return f"{RANDOM_PREFIX}{self.n},min={self.min_count},seed={self.seed}"
+
+
+def sampling_features(text: str | None) -> tuple[int, ...] | None:
+    """The features a sampling pass must track for ``--features text``: the ranges, or every feature (None)
+    for no selection and for ``random:`` (which chooses among the sampled features afterwards)."""
+    if not text or text.strip().startswith(RANDOM_PREFIX):
+        if text:
+            RandomFeatures.parse(text.strip())  # bad input fails before the pass
+        return None
+    return tuple(parse_feature_ranges(text))
+
+
+def choose_features(sample_run: Path, text: str | None) -> list[int] | None:
+    """The features of finished sample run ``sample_run`` that ``--features text`` selects (None: all of them).
+    Ranges must have been sampled; ``random:`` draws among the run's features (one source only)."""
+    if not text:
+        return None
+    dirs = source_dirs(Path(sample_run))
+    if text.strip().startswith(RANDOM_PREFIX):
+        rule = RandomFeatures.parse(text.strip())
+        if len(dirs) != 1:
+            raise UserError(f"--features {text} draws from one source, but {sample_run} holds {len(dirs)}; "
+                            "sample one source, or give feature ranges")
+        chosen = rule.choose(json.loads((dirs[0] / "records" / "stats.json").read_text()))
+        log.info("--features %s chose %d features: %s", rule.describe(), len(chosen), chosen)
+        return chosen
+    feats = parse_feature_ranges(text)
+    for d in dirs:
+        sampled = {int(f) for f in load_records_meta(d)["features"]}
+        missing = [f for f in feats if f not in sampled]
+        if missing:
+            raise UserError(
+                f"features {missing[:5]} were not sampled in {sample_run}; pass sampled features or sample them again"
+            )
+    return feats
 
 
 # -- keys ----------------------------------------------------------------------------------------------

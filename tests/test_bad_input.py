@@ -150,6 +150,10 @@ CASES: list[tuple[str, str, list[str], str]] = [
     ("explain --shard with --executor", "explain", [*NEURONS, "--shard", "0/2", "--executor", "local"],
      "give only one"),
     ("explain --range-size 0", "explain", [*NEURONS, "--range-size", "0"], "--range-size must be at least 1"),
+    ("sample --features random:", "sample", [*NEURONS, "--features", "random:3"], "use it with `autointerp explain`"),
+    ("explain --features random: malformed", "explain", [*NEURONS, "--features", "random:3,k=2"],
+     "write e.g. random:25"),
+    ("explain --features random:0", "explain", [*NEURONS, "--features", "random:0"], "must be at least 1"),
     ("explain SAE with NaN weights", "explain", [*TINY, "--sae", "{nansae}"], "NaN/Inf"),
     (
         "explain features beyond the SAE width",

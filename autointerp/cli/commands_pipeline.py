@@ -54,14 +54,14 @@ def _prepare_sampling(
     :class:`~autointerp.scorers.base.Models`) so scorers that need them (steering) check them now and reuse
     them later."""
     from autointerp.pipeline import RecordStream
-    from autointerp.sampling import SamplingConfig, SamplingSetup, parse_feature_ranges, prepare_sampling
+    from autointerp.sampling import SamplingConfig, SamplingSetup, choose_features, prepare_sampling, sampling_features
 
     if not (sae or hook):
         raise UserError(
             "give --sample-run DIR, or --sae ADDRESS, or --model NAME with --hook HOOK (e.g. L6/mlp_neurons)"
         )
     cfg = SamplingConfig(
-        tokens=tokens, window=window, features=tuple(parse_feature_ranges(features)) if features else None,
+        tokens=tokens, window=window, features=sampling_features(features),
         n_train_random=n_train_random,
     )
     setup = SamplingSetup(model=model, hook=hook, sae=sae, sae_dir=sae_dir, corpus=corpus, device=device,
@@ -76,7 +76,8 @@ def _prepare_sampling(
         names = ", ".join(s.address for s in job.sources)
         console.print(f"sampling {tokens} tokens of {corpus} through {escape(names)} ...")
         job.run(sample_run)
-        return RecordStream.of_sample_run(sample_run)
+        chosen = choose_features(sample_run, features) if cfg.features is None else None
+        return RecordStream.of_sample_run(sample_run, chosen)
 
     return sample
 
@@ -84,18 +85,9 @@ def _prepare_sampling(
 def _load_sample_run(sample_run: Path, features: str | None) -> Any:
     """The records of ``sample_run`` as a :class:`~autointerp.pipeline.RecordStream` (read range by range)."""
     from autointerp.pipeline import RecordStream
-    from autointerp.record_store import load_records_meta
-    from autointerp.sampling import parse_feature_ranges, source_dirs
+    from autointerp.sampling import choose_features
 
-    feats = parse_feature_ranges(features) if features else None
-    for d in source_dirs(sample_run) if feats is not None else ():
-        sampled = {int(f) for f in load_records_meta(d)["features"]}
-        missing = [f for f in feats or () if f not in sampled]
-        if missing:
-            raise UserError(
-                f"features {missing[:5]} were not sampled in {sample_run}; pass sampled features or sample them again"
-            )
-    return RecordStream.of_sample_run(sample_run, feats)
+    return RecordStream.of_sample_run(sample_run, choose_features(sample_run, features))
 
 
 def _print_usage(usage: dict[str, Any]) -> None:
@@ -193,7 +185,10 @@ def explain(
         None, "--model", help="Subject model, e.g. gemma3-270m; with --sae, default the SAE's own model."
     ),
     hook: str | None = typer.Option(None, "--hook", help="Hook point of the neurons, e.g. L6/mlp_neurons."),
-    features: str | None = typer.Option(None, "--features", help="Feature ranges, e.g. 0-99,200; default all."),
+    features: str | None = typer.Option(
+        None, "--features", help="Feature ranges, e.g. 0-99,200; or random:N[,min=K][,seed=S]: N features drawn "
+        "(seeded) among the sampled features that fired on at least K tokens (default 20); default all."
+    ),
     tokens: int = typer.Option(50_000, "--tokens", help="Corpus tokens to sample when no --sample-run is given."),
     window: int = typer.Option(64, "--window", help="Tokens per sampled window when no --sample-run is given."),
     corpus: str = typer.Option("wiki", "--corpus", help="Corpus to sample from (wiki, lee, a file, hf:<name>)."),
@@ -293,9 +288,9 @@ def _run_split(
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from autointerp.executor import run_explain_sharded
-    from autointerp.sampling import parse_feature_ranges
+    from autointerp.sampling import choose_features
 
-    feats = parse_feature_ranges(features) if features else None
+    feats = choose_features(sample_run, features)
     with Progress(TextColumn(f"[bold]explaining in {execution.workers} parts ({execution.executor})"), BarColumn(),
                   TextColumn("{task.completed:,.0f}/{task.total:,.0f} feature ranges"), TimeElapsedColumn(),
                   console=console) as bar:

@@ -59,8 +59,11 @@ def sample(
     from autointerp.corpus import Shard
     from autointerp.paths import default_run_dir
     from autointerp.rundir import RunDir
-    from autointerp.sampling import parse_feature_ranges, prepare_sampling
+    from autointerp.sampling import RANDOM_PREFIX, parse_feature_ranges, prepare_sampling
 
+    if features and features.strip().startswith(RANDOM_PREFIX):
+        raise UserError(f"--features {features} chooses among sampled features: use it with `autointerp explain`; "
+                        "`sample` takes feature ranges (e.g. 0-99,200) or samples every feature")
     cfg = replace(config, features=tuple(parse_feature_ranges(features)) if features else None)
     cfg.validate()
     part = Shard.parse(shard) if shard else None
