@@ -9,7 +9,9 @@ with the CPU float32 reference:
 - top windows: the share of (feature, window) pairs of the top splits that both runs chose;
 - activations: the largest |difference| on the windows both chose, relative to the feature's max;
 - simulation: the all-at-once logprob simulator (the tiny Gemma 3 model on the device as the simulator LLM,
-  through the transformers backend) on 8 records; the largest |difference| of the expected values (0..9).
+  through the transformers backend) on 8 records; the largest |difference| of the expected values (0..9);
+- steering: the subject steered as the intervention scorers steer it (a neuron clamped, or an SAE latent's
+  decoder row added at its hook), next-token log-probabilities on 4 prompts; the largest |difference|.
 
     .venv/bin/python benchmarks/gpu_check.py                 # cuda; prints "no CUDA device" without one
     .venv/bin/python benchmarks/gpu_check.py --device cpu    # the same comparison on the CPU (bfloat16 vs float32)
@@ -35,6 +37,7 @@ import torch
 F32_TOP_AGREEMENT = 0.99
 F32_ACT_TOL = 1e-3
 F32_SIM_TOL = 1e-2
+F32_STEER_TOL = 1e-3
 
 
 @dataclass
@@ -45,12 +48,16 @@ class Row:
     top_agreement: float
     max_rel_act_diff: float
     max_sim_diff: float | None
+    max_steer_diff: float | None = None
+    """Largest |difference| of the steered next-token log-probabilities (intervention scorers' path)."""
 
     def ok(self) -> bool:
         if self.dtype != "float32":
             return True
         sim_ok = self.max_sim_diff is None or self.max_sim_diff <= F32_SIM_TOL
-        return self.top_agreement >= F32_TOP_AGREEMENT and self.max_rel_act_diff <= F32_ACT_TOL and sim_ok
+        steer_ok = self.max_steer_diff is None or self.max_steer_diff <= F32_STEER_TOL
+        return (self.top_agreement >= F32_TOP_AGREEMENT and self.max_rel_act_diff <= F32_ACT_TOL and sim_ok
+                and steer_ok)
 
 
 def _corpus(folder: Path) -> Path:
@@ -148,6 +155,24 @@ def _simulate(records: list[Any], device: str, dtype: str) -> list[np.ndarray | 
     return asyncio.run(run())
 
 
+def _steered_logprobs(arch: str, kind: str, device: str, dtype: str) -> torch.Tensor:
+    """Next-token log-probabilities of the tiny subject on 4 fixed prompts while steered as the intervention
+    scorers steer (neurons: clamp neuron 3 to 4.0; SAEs: add 4 x latent 3's decoder row at the hook)."""
+    from autointerp.steering import steer
+
+    subject = _subject(arch, device, dtype)
+    source = _source(kind, subject).to(subject.device, subject.dtype)
+    g = torch.Generator().manual_seed(5)
+    ids = torch.randint(3, len(subject.tokenizer), (4, 12), generator=g).to(subject.device)
+    if kind == "neurons":
+        ctx = steer(subject, source.hook, torch.zeros(subject.hook_dim(source.hook)), 4.0, mode="clamp", feature=3)
+    else:
+        ctx = steer(subject, source.hook, source.decoder_rows([3])[0], 4.0)
+    with ctx, torch.inference_mode():
+        logits = subject.model(input_ids=ids, use_cache=False).logits.float()
+    return torch.log_softmax(logits, dim=-1).cpu()
+
+
 def _sim_diff(ref: list[np.ndarray | None], got: list[np.ndarray | None]) -> float | None:
     diffs = [float(np.abs(a - b).max()) for a, b in zip(ref, got, strict=True) if a is not None and b is not None]
     return max(diffs) if diffs else None
@@ -170,13 +195,15 @@ def check(device: str, dtypes: list[str], archs: tuple[str, ...] = ARCHS, source
                 ref = _sample(arch, kind, "cpu", "float32", corpus, root / f"{arch}-{kind}-ref")
                 live = [r for r in ref if r.train][:8]
                 sim_ref = _simulate(live, "cpu", "float32") if kind == "neurons" else None
+                steer_ref = _steered_logprobs(arch, kind, "cpu", "float32")
                 for dtype in dtypes:
                     got = _sample(arch, kind, device, dtype, corpus, root / f"{arch}-{kind}-{device}-{dtype}")
                     agree, worst = _compare_records(ref, got)
                     sim = None
                     if sim_ref is not None:
                         sim = _sim_diff(sim_ref, _simulate(live, device, dtype))
-                    rows.append(Row(arch, kind, dtype, agree, worst, sim))
+                    steered = float((_steered_logprobs(arch, kind, device, dtype) - steer_ref).abs().max())
+                    rows.append(Row(arch, kind, dtype, agree, worst, sim, steered))
     return rows
 
 
@@ -192,11 +219,13 @@ def main(argv: list[str] | None = None) -> int:
     name = torch.cuda.get_device_name(args.device) if torch.device(args.device).type == "cuda" else "CPU"
     print(f"device {args.device} ({name}), torch {torch.__version__}; reference: CPU float32")
     rows = check(args.device, args.dtypes)
-    print(f"{'model':8s} {'source':9s} {'dtype':9s} {'top agree':>9s} {'max rel dact':>12s} {'max dEV sim':>11s}  ok")
+    print(f"{'model':8s} {'source':9s} {'dtype':9s} {'top agree':>9s} {'max rel dact':>12s} {'max dEV sim':>11s} "
+          f"{'max dlogp steer':>15s}  ok")
     for r in rows:
         sim = "-" if r.max_sim_diff is None else f"{r.max_sim_diff:.4f}"
+        st = "-" if r.max_steer_diff is None else f"{r.max_steer_diff:.2e}"
         print(f"{r.arch:8s} {r.source:9s} {r.dtype:9s} {r.top_agreement:9.3f} {r.max_rel_act_diff:12.2e} "
-              f"{sim:>11s}  {'yes' if r.ok() else 'NO'}")
+              f"{sim:>11s} {st:>15s}  {'yes' if r.ok() else 'NO'}")
     return 0 if all(r.ok() for r in rows) else 1
 
 

@@ -16,7 +16,7 @@ def test_gpu_check_cpu_path_float32_matches_the_reference() -> None:
     rows = gpu_check.check("cpu", ["float32"], archs=("gpt2",), sources=("neurons", "sae-topk"), threads=1)
     assert [(r.arch, r.source) for r in rows] == [("gpt2", "neurons"), ("gpt2", "sae-topk")]
     for r in rows:
-        assert r.top_agreement == 1.0 and r.max_rel_act_diff == 0.0 and r.ok()
+        assert r.top_agreement == 1.0 and r.max_rel_act_diff == 0.0 and r.max_steer_diff == 0.0 and r.ok()
     assert rows[0].max_sim_diff == 0.0  # the simulator path ran (neurons rows simulate) and is deterministic
 
 
