@@ -22,9 +22,13 @@ import asyncio
 import random
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_gpu_scale import build_random, sync
 
 from autointerp.llm.base import TopLogprobsRequest
 from autointerp.llm.transformers_backend import TransformersBackend
@@ -41,15 +45,7 @@ def qwen_1p5b(device: str, dtype: torch.dtype, tiny: bool) -> Any:
                      num_attention_heads=2, num_key_value_heads=1)
     cfg = Qwen2Config(**sizes, max_position_embeddings=4096, tie_word_embeddings=True, bos_token_id=1,
                       pad_token_id=0, eos_token_id=2)
-    torch.manual_seed(0)
-    prev = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            model = Qwen2ForCausalLM(cfg)
-    finally:
-        torch.set_default_dtype(prev)
-    return model.eval()
+    return build_random(Qwen2ForCausalLM, cfg, device, dtype)
 
 
 def requests(n: int, words: int, slots: int, top_k: int, seed: int = 0) -> list[TopLogprobsRequest]:
@@ -63,11 +59,6 @@ def requests(n: int, words: int, slots: int, top_k: int, seed: int = 0) -> list[
             pos.append(len(text) - 2)  # right after the word, before its value slot
         out.append(TopLogprobsRequest(prompt=text, positions=tuple(pos), top_k=top_k))
     return out
-
-
-def _sync(device: str) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,16 +93,16 @@ def main(argv: list[str] | None = None) -> int:
 
         asyncio.run(run_all())  # warm-up (kernels, allocator)
         backend.forward_passes = 0
-        _sync(args.device)
+        sync(args.device)
         t = time.perf_counter()
         answers = asyncio.run(run_all())
-        _sync(args.device)
+        sync(args.device)
         t_backend = time.perf_counter() - t
         assert all(len(a.logprobs) == args.slots for a in answers)
         passes = backend.forward_passes
 
         def bare(mb: int = mb) -> float:
-            _sync(args.device)
+            sync(args.device)
             t0 = time.perf_counter()
             with torch.inference_mode():
                 for s in range(0, len(ids), mb):
@@ -122,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
                         x[j, : len(row)] = torch.tensor(row)
                     keep = torch.arange(width - 2 * args.slots, width, 2)
                     model(input_ids=x.to(args.device), logits_to_keep=keep.to(args.device))
-            _sync(args.device)
+            sync(args.device)
             return time.perf_counter() - t0
 
         bare()  # warm-up

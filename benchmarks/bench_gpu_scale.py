@@ -54,18 +54,24 @@ def gemma2_2b(device: str, dtype: torch.dtype, tiny: bool = False) -> Any:
         sliding_window=4096, query_pre_attn_scalar=256, attn_logit_softcapping=50.0,
         final_logit_softcapping=30.0, bos_token_id=1, pad_token_id=0, eos_token_id=2,
     )
+    return build_random(Gemma2ForCausalLM, cfg, device, dtype)
+
+
+def build_random(model_class: Any, cfg: Any, device: str, dtype: torch.dtype) -> Any:
+    """``model_class(cfg)`` with seeded random weights, built directly on ``device`` in ``dtype``."""
     torch.manual_seed(0)
     prev = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
         with torch.device(device):
-            model = Gemma2ForCausalLM(cfg)
+            model = model_class(cfg)
     finally:
         torch.set_default_dtype(prev)
     return model.eval()
 
 
-def _sync(device: str) -> None:
+def sync(device: str) -> None:
+    """Wait for the device's queued work (a no-op off CUDA), so wall clocks time the work itself."""
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
 
@@ -123,21 +129,21 @@ def main(argv: list[str] | None = None) -> int:
 
         def bare() -> float:
             subject.forward_bare(batches[0].input_ids.to(args.device), [hook])  # warm-up
-            _sync(args.device)
+            sync(args.device)
             t = time.perf_counter()
             for b in batches:
                 subject.forward_bare(b.input_ids.to(args.device), [hook])
-            _sync(args.device)
+            sync(args.device)
             return time.perf_counter() - t
 
         def sample(sources: list[Any], tag: str) -> tuple[float, float]:
             cfg = SamplingConfig(tokens=args.tokens, window=args.window, batch_size=args.batch)
             run_sampling(subject, sources, windows,
                          SamplingConfig(tokens=1, window=args.window, batch_size=args.batch), root / f"warm-{tag}")
-            _sync(args.device)
+            sync(args.device)
             t = time.perf_counter()
             res = run_sampling(subject, sources, windows, cfg, root / f"run-{tag}")
-            _sync(args.device)
+            sync(args.device)
             wall = time.perf_counter() - t
             return wall, float(res.tokens_per_s or 0.0)
 
