@@ -225,12 +225,18 @@ class RandomFeatures:
         return f"{RANDOM_PREFIX}{self.n},min={self.min_count},seed={self.seed}"
 
 
+def feature_rule(text: str | None) -> RandomFeatures | None:
+    """The ``random:`` rule that ``--features text`` gives (UserError when malformed); None for ranges or none."""
+    if text and text.strip().startswith(RANDOM_PREFIX):
+        return RandomFeatures.parse(text.strip())
+    return None
+
+
 def sampling_features(text: str | None) -> tuple[int, ...] | None:
     """The features a sampling pass must track for ``--features text``: the ranges, or every feature (None)
-    for no selection and for ``random:`` (which chooses among the sampled features afterwards)."""
-    if not text or text.strip().startswith(RANDOM_PREFIX):
-        if text:
-            RandomFeatures.parse(text.strip())  # bad input fails before the pass
+    for no selection and for ``random:`` (which chooses among the sampled features afterwards; a malformed
+    rule fails here, before the pass)."""
+    if not text or feature_rule(text) is not None:
         return None
     return tuple(parse_feature_ranges(text))
 
@@ -241,8 +247,8 @@ def choose_features(sample_run: Path, text: str | None) -> list[int] | None:
     if not text:
         return None
     dirs = source_dirs(Path(sample_run))
-    if text.strip().startswith(RANDOM_PREFIX):
-        rule = RandomFeatures.parse(text.strip())
+    rule = feature_rule(text)
+    if rule is not None:
         if len(dirs) != 1:
             raise UserError(f"--features {text} draws from one source, but {sample_run} holds {len(dirs)}; "
                             "sample one source, or give feature ranges")

@@ -59,9 +59,9 @@ def sample(
     from autointerp.corpus import Shard
     from autointerp.paths import default_run_dir
     from autointerp.rundir import RunDir
-    from autointerp.sampling import RANDOM_PREFIX, parse_feature_ranges, prepare_sampling
+    from autointerp.sampling import feature_rule, parse_feature_ranges, prepare_sampling
 
-    if features and features.strip().startswith(RANDOM_PREFIX):
+    if feature_rule(features) is not None:
         raise UserError(f"--features {features} chooses among sampled features: use it with `autointerp explain`; "
                         "`sample` takes feature ranges (e.g. 0-99,200) or samples every feature")
     cfg = replace(config, features=tuple(parse_feature_ranges(features)) if features else None)
