@@ -87,8 +87,8 @@ from autointerp.score import (
     label_prior_correlation,
 )
 from autointerp.scorers.base import Models, ScoreContext, Timer, limit_records, with_cost
-from autointerp.scorers.registry import SCORERS, check_scorers, scorer_entries, simulation_judge
-from autointerp.simulate import SIMULATOR_KINDS, make_simulator
+from autointerp.scorers.registry import SCORERS, check_scorers, neutral_id, scorer_entries, simulation_judge
+from autointerp.simulate import NEUTRAL_LABEL, SIMULATOR_KINDS, make_simulator, subtract_prior
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ other values of these (e.g. a longer timeout after the endpoint was found slow).
 SCORE_SETTINGS: tuple[str, ...] = (
     "negatives", "judge_probabilities", "embedding_model", "surprisal_model", "alpha", "steer_multiplier",
     "steer_mode", "steer_prompts", "steer_new_tokens", "steer_prompt_tokens", "steer_corpus", "scorer_device",
-    "prices", "latents_per_prompt", "judge_examples_first",
+    "prices", "latents_per_prompt", "judge_examples_first", "subtract_prior", "neutral_label",
     *(s for s in EXECUTION_SETTINGS if s != "max_cost"),  # rescoring makes no cost estimate to hold to it
 )
 """Fields of :class:`ExplainConfig` that ``autointerp score`` may change for a rescoring: scorer settings and
@@ -152,6 +152,14 @@ class ExplainConfig:
     """Sampling temperature of candidates after the first (the first is greedy)."""
     simulator_kind: str = "auto"
     """Simulator: logprob (all-at-once), json (chat APIs), or auto (logprob when the backend can)."""
+    subtract_prior: bool = False
+    """simulation scorer: score the simulation under the label minus the simulation of the same record under
+    --neutral-label, token by token, so a correlation measures what the label adds to the simulator's prior
+    about the text. The neutral simulation is made once per record and shared by every explanation of the
+    feature (stored as FEATURE#neutral): one more simulation per record, not per explanation. Scores are
+    stored apart (judge ...+prior-subtracted)."""
+    neutral_label: str = NEUTRAL_LABEL
+    """The label of the neutral simulation that --subtract-prior subtracts."""
     scorers: str = "simulation"
     """Comma-separated scorers (see autointerp/scorers/registry.py): simulation (correlation, r_squared,
     ...), detection, fuzzing, saebench_detection, embedding, surprisal (input side); intervention,
@@ -263,6 +271,8 @@ class ExplainConfig:
             raise UserError("--records-per-prompt must be at least 1")
         if self.latents_per_prompt < 1:
             raise UserError("--latents-per-prompt must be at least 1")
+        if self.subtract_prior and not self.neutral_label.strip():
+            raise UserError("--neutral-label is empty; give a label that says nothing about the feature, e.g. unknown")
         if self.judge_examples_first and self.latents_per_prompt > 1:
             raise UserError("--judge-examples-first takes one latent per prompt: drop --latents-per-prompt")
         if self.llm_concurrency < 1:
@@ -459,9 +469,10 @@ class RunSummary:
     """Per score label: mean over features of (explained - shuffled baseline) on the same feature, with its
     bootstrap 95% CI; None when no feature has both."""
     n_paired: dict[str, int] = field(default_factory=dict)
-    label_prior: tuple[float, int] | None = None
-    """(median, n) of :func:`autointerp.score.label_prior_correlation` over the explained features: how much
-    the simulations under a label equal those under a shuffled label (near 1: the label is ignored)."""
+    label_prior: dict[str, tuple[float, int]] = field(default_factory=dict)
+    """(median, n) of :func:`autointerp.score.label_prior_correlation` over the explained features, by score
+    label (``label_prior_correlation``, or ``...@<judge>`` in a run scored by several simulators): how much the
+    simulations under a label equal those under a shuffled label (near 1: the label is ignored)."""
     flags: list[str] = field(default_factory=list)
     """Warnings about what the scores can mean (e.g. simulations that do not depend on the label)."""
     n_calibration_refused: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -599,7 +610,8 @@ class _Runner:
         self.data = session.data
         self.clients = clients = session.clients
         self.models = models or Models(device=config.scorer_device, threads=config.threads)
-        self.context = ScoreContext(config, clients.judge, clients.simulator, self.simulations, self.models)
+        self.context = ScoreContext(config, clients.judge, clients.simulator, self.scored_simulations, self.models)
+        self._sim_locks: dict[tuple[str, str, tuple[int, ...]], asyncio.Lock] = {}
         settings = config.explainer_settings()
         self.explainer_settings = settings
         self.explainer = Explainer(clients.explainer, settings)
@@ -619,26 +631,52 @@ class _Runner:
         else:
             want = list(indices)
         sims = self.data.simulations
-        missing = [i for i in want if (eid, split, i) not in sims or ("sim", (eid, split, i)) in self.stale]
         usage = Usage()
-        if missing:
-            k = self.config.records_per_prompt
-            groups = [missing[j : j + k] for j in range(0, len(missing), k)]
-            watched = [_Watched(self.clients.simulator) for _ in groups]
-            simulators = [make_simulator(self.config.simulator_kind, w, text) for w in watched]
-            pairs = zip(simulators, groups, strict=True)
-            results = await asyncio.gather(*(s.simulate_many([recs[i].tokens for i in g]) for s, g in pairs))
-            done: dict[str, list[tuple[int, Simulation]]] = {}  # by simulator spec: one write each
-            for g, s, w, res in zip(groups, simulators, watched, results, strict=True):
-                usage = usage + s.usage
-                if not w.failures:
-                    done.setdefault(s.spec, []).extend(zip(g, res, strict=True))
-            for spec, batch in done.items():
-                self.data.add_simulations(eid, str(record.id), split, spec, batch)
-                self.stale -= {("sim", (eid, split, i)) for i, _ in batch}
-            for w in watched:
-                w.check("simulator")
+        # Callers asking for the same records at once (the selected label and the baseline share a feature's
+        # neutral simulations) wait for one computation instead of each sending the requests.
+        async with self._sim_locks.setdefault((eid, split, tuple(want)), asyncio.Lock()):
+            missing = [i for i in want if (eid, split, i) not in sims or ("sim", (eid, split, i)) in self.stale]
+            if missing:
+                usage = await self._simulate_missing(eid, text, record, split, missing)
         return [sims[(eid, split, i)] for i in want], usage
+
+    async def scored_simulations(
+        self, eid: str, text: str, record: FeatureRecord, split: str, indices: Sequence[int] | None = None
+    ) -> tuple[list[Simulation], Usage]:
+        """:meth:`simulations` as the scores read them: with ``subtract_prior``, minus the feature's
+        neutral-label simulations of the same records (:func:`autointerp.simulate.subtract_prior`)."""
+        if not self.config.subtract_prior:
+            return await self.simulations(eid, text, record, split, indices)
+        neutral_eid, neutral_text = neutral_id(self.config, str(record.id)), self.config.neutral_label
+        (sims, usage), (neutral, u2) = await asyncio.gather(
+            self.simulations(eid, text, record, split, indices),
+            self.simulations(neutral_eid, neutral_text, record, split, indices),
+        )
+        return [subtract_prior(a, b) for a, b in zip(sims, neutral, strict=True)], usage + u2
+
+    async def _simulate_missing(
+        self, eid: str, text: str, record: FeatureRecord, split: str, missing: list[int]
+    ) -> Usage:
+        """Simulate the records at ``missing`` of ``split`` under ``text`` and store them; the usage spent."""
+        recs = getattr(record, split)
+        usage = Usage()
+        k = self.config.records_per_prompt
+        groups = [missing[j : j + k] for j in range(0, len(missing), k)]
+        watched = [_Watched(self.clients.simulator) for _ in groups]
+        simulators = [make_simulator(self.config.simulator_kind, w, text) for w in watched]
+        pairs = zip(simulators, groups, strict=True)
+        results = await asyncio.gather(*(s.simulate_many([recs[i].tokens for i in g]) for s, g in pairs))
+        done: dict[str, list[tuple[int, Simulation]]] = {}  # by simulator spec: one write each
+        for g, s, w, res in zip(groups, simulators, watched, results, strict=True):
+            usage = usage + s.usage
+            if not w.failures:
+                done.setdefault(s.spec, []).extend(zip(g, res, strict=True))
+        for spec, batch in done.items():
+            self.data.add_simulations(eid, str(record.id), split, spec, batch)
+            self.stale -= {("sim", (eid, split, i)) for i, _ in batch}
+        for w in watched:
+            w.check("simulator")
+        return usage
 
     # -- phase 1: explain and select ----------------------------------------------------------------
     async def explain_feature(self, record: FeatureRecord) -> None:
@@ -670,7 +708,7 @@ class _Runner:
             best_value = -np.inf
             for ex in candidates:
                 eid = f"{fid}#{ex.candidate}"
-                sims, _ = await self.simulations(eid, ex.text, record, "valid")
+                sims, _ = await self.scored_simulations(eid, ex.text, record, "valid")
                 recs = limit_records(record.valid, cfg.max_records_per_split)
                 s = correlation_score("valid_correlation", recs, sims, cfg.max_failed_fraction)
                 value = s.value if s.value is not None else -np.inf
@@ -737,8 +775,9 @@ class _Runner:
 
     def add_label_prior(self, features: Sequence[str]) -> None:
         """Score each feature's selected label by :func:`label_prior_correlation` against its shuffled
-        baseline, from the stored simulations of the test splits (no LLM request); a feature whose
-        simulations are missing (failed requests, retried on rerun) is left for then."""
+        baseline, from the stored simulations of the test splits (no LLM request), as the scores read them
+        (with ``subtract_prior``, both minus the neutral-label simulation); a feature whose simulations are
+        missing (failed requests, retried on rerun) is left for then."""
         cfg = self.config
         if "simulation" not in cfg.scorer_list:
             return
@@ -750,19 +789,19 @@ class _Runner:
                 continue
             if self._have_score(sel.explanation_id, LABEL_DEPENDENCE, spec):
                 continue
+            neutral = neutral_id(cfg, f) if cfg.subtract_prior else None
             keys = [
                 (split, i)
                 for split in cfg.scored_test_splits
                 for i in range(len(limit_records(getattr(record, split), cfg.max_records_per_split)))
             ]
-            pairs = [
-                (sims[(sel.explanation_id, sp, i)], sims[(base.explanation_id, sp, i)])
-                for sp, i in keys
-                if (sel.explanation_id, sp, i) in sims and (base.explanation_id, sp, i) in sims
-            ]
-            if not keys or len(pairs) < len(keys):
+            eids = [e for e in (sel.explanation_id, base.explanation_id, neutral) if e is not None]
+            stored = [[sims[(e, sp, i)] for e in eids] for sp, i in keys if all((e, sp, i) in sims for e in eids)]
+            if not keys or len(stored) < len(keys):
                 continue
-            sc = label_prior_correlation([a for a, _ in pairs], [b for _, b in pairs], cfg.max_failed_fraction)
+            if neutral is not None:
+                stored = [[subtract_prior(a, n), subtract_prior(b, n)] for a, b, n in stored]
+            sc = label_prior_correlation([s[0] for s in stored], [s[1] for s in stored], cfg.max_failed_fraction)
             self._add_score(sel.explanation_id, f, False, spec, sc)
 
     # -- orchestration --------------------------------------------------------------------------
@@ -876,7 +915,7 @@ def summarize(
     feats = data.features()
     by: dict[str, dict[str, list[float | None]]] = {}
     gains: dict[str, list[float | None]] = {}
-    prior: list[float] = []
+    prior: dict[str, list[float]] = {}
     refused: dict[str, dict[str, int]] = {}
     n_explained = n_failed = 0
     for f in feats:
@@ -886,7 +925,8 @@ def summarize(
         for group, e in (("explained", sel), ("baseline", base)):
             for label, sc in data.scores_of(e).items():
                 if sc.name == LABEL_DEPENDENCE:
-                    prior += [sc.value] if sc.value is not None and group == "explained" else []
+                    if sc.value is not None and group == "explained":
+                        prior.setdefault(label, []).append(sc.value)
                     continue
                 by.setdefault(label, {"explained": [], "baseline": []})[group].append(sc.value)
                 if sc.value is None and (sc.reason or "").startswith(CALIBRATION_REFUSED):
@@ -898,14 +938,14 @@ def summarize(
                 gains.setdefault(label, []).append(None if a is None or b is None else a - b)
     scores = {name: {g: bootstrap_ci(v, n=1000, seed=0) for g, v in groups.items()} for name, groups in by.items()}
     n_scored = {name: {g: sum(x is not None for x in v) for g, v in groups.items()} for name, groups in by.items()}
-    label_prior = (float(np.median(prior)), len(prior)) if prior else None
-    flags = []
-    if label_prior is not None and label_prior[0] >= LABEL_PRIOR_FLAG:
-        flags.append(
-            f"the simulator barely reads the label: its predictions under each feature's label and under a "
-            f"shuffled label correlate at a median of {label_prior[0]:.2f} (n={label_prior[1]}), so the "
-            "correlation scores mostly measure its prior about the text; compare them with the baseline"
-        )
+    label_prior = {k: (float(np.median(v)), len(v)) for k, v in prior.items() if v}
+    flags = [
+        f"the simulator barely reads the label ({label}): its predictions under each feature's label and under a "
+        f"shuffled label correlate at a median of {median:.2f} (n={n}), so the correlation scores mostly measure "
+        "its prior about the text; compare them with the baseline, or rescore with --subtract-prior"
+        for label, (median, n) in label_prior.items()
+        if median >= LABEL_PRIOR_FLAG
+    ]
     return RunSummary(
         run_dir=Path(run_dir),
         n_features=len(data.stats),

@@ -28,6 +28,13 @@ A simulation that cannot be made is ``Simulation(expected=None, failed=reason)``
   per token; the answer is validated strictly (length, every index once, integer values in range);
   anything else is a failed simulation with the reason. Its ``simulate_many`` sends one request per record.
 
+* :class:`PriorSubtractedSimulator` wraps a simulator under the explanation and the same simulator under a
+  neutral label, and returns the difference token by token (:func:`subtract_prior`): what the label adds to
+  the simulator's prior about the text. A small simulator predicts mostly from that prior (names, numbers,
+  capitals), whatever the label says; the difference is what a correlation of a *label* should measure. The
+  pipeline (``ExplainConfig.subtract_prior``) stores the neutral simulation once per record and shares it
+  between every explanation of the feature, with the same :func:`subtract_prior`.
+
 * :class:`LinearCalibratedSimulator` and :class:`PercentileCalibratedSimulator` wrap a simulator and map
   its values onto the feature's activation scale, fitted on calibration (``valid``) records. A linear
   fit with slope <= 0 is refused (:class:`CalibrationError`), never applied (it would flip the sign).
@@ -62,7 +69,11 @@ _BODY = "\x00BODY\x00"
 @runtime_checkable
 class Simulator(Protocol):
     spec: str
-    usage: Usage
+
+    @property
+    def usage(self) -> Usage:
+        """LLM usage spent so far."""
+        ...
 
     async def simulate(self, tokens: Sequence[str]) -> Simulation: ...
 
@@ -308,6 +319,53 @@ def make_simulator(kind: str, client: LLMClient, explanation: str) -> Simulator:
     if kind == "logprob" or (kind == "auto" and client.supports_logprobs):
         return LogprobSimulator(client, explanation)
     return JsonSimulator(client, explanation)
+
+
+# -- prior subtraction ------------------------------------------------------------------------------
+
+NEUTRAL_LABEL = "unknown"
+"""The default neutral label of prior-subtracted simulations: says nothing about the feature, so the simulator
+falls back on its prior about the text."""
+
+
+def subtract_prior(under_label: Simulation, neutral: Simulation) -> Simulation:
+    """The simulation under a label minus the simulation of the same tokens under a neutral label, token by
+    token (no distribution: a difference of expected values is not one). Failed when either side failed (with
+    that side's reason) or their lengths differ; never a guess."""
+    if under_label.expected is None:
+        return under_label
+    if neutral.expected is None:
+        return Simulation(expected=None, failed=f"neutral-label simulation failed: {neutral.failed}")
+    if len(under_label.expected) != len(neutral.expected):
+        return Simulation(
+            expected=None,
+            failed=f"neutral-label simulation has {len(neutral.expected)} values for {len(under_label.expected)}",
+        )
+    diff = np.asarray(under_label.expected, dtype=np.float32) - np.asarray(neutral.expected, dtype=np.float32)
+    return Simulation(expected=diff)
+
+
+class PriorSubtractedSimulator:
+    """Wraps a simulator under the explanation and one under a neutral label (the same kind and client);
+    simulates with both and returns :func:`subtract_prior` of each document. Itself a simulator."""
+
+    def __init__(self, inner: Simulator, neutral: Simulator) -> None:
+        self.inner = inner
+        self.neutral = neutral
+        self.spec = f"prior-subtracted[{inner.spec}]"
+
+    @property
+    def usage(self) -> Usage:
+        return self.inner.usage + self.neutral.usage
+
+    async def simulate(self, tokens: Sequence[str]) -> Simulation:
+        return (await self.simulate_many([tokens]))[0]
+
+    async def simulate_many(self, documents: Sequence[Sequence[str]]) -> list[Simulation]:
+        labelled, neutral = await asyncio.gather(
+            self.inner.simulate_many(documents), self.neutral.simulate_many(documents)
+        )
+        return [subtract_prior(a, b) for a, b in zip(labelled, neutral, strict=True)]
 
 
 # -- calibration -------------------------------------------------------------------------------------

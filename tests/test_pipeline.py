@@ -202,8 +202,8 @@ async def test_label_prior_correlation_flags_a_simulator_that_ignores_the_label(
     cfg = ExplainConfig(scorers="simulation", n_top_examples=4, max_records_per_split=3)
     reads = FakeLLM(spec="local:fake", chat_fn=smart_chat)
     summary = await run_explain(cfg, tmp_path / "reads", _records(), Clients(reads, reads, reads))
-    assert summary.label_prior is not None and summary.label_prior[1] == 4
-    assert summary.label_prior[0] < 0.5 and not summary.flags
+    assert summary.label_prior["label_prior_correlation"][1] == 4
+    assert summary.label_prior["label_prior_correlation"][0] < 0.5 and not summary.flags
     gain = summary.paired_gain["correlation"]
     assert gain is not None and gain[1] > 0 and summary.n_paired["correlation"] == 4
     rows = [r for r in read_jsonl(tmp_path / "reads" / "scores.jsonl")
@@ -218,7 +218,7 @@ async def test_label_prior_correlation_flags_a_simulator_that_ignores_the_label(
 
     ignores = FakeLLM(spec="local:fake", chat_fn=smart_chat, logprob_fn=prior_only)
     summary = await run_explain(cfg, tmp_path / "ignores", _records(), Clients(ignores, ignores, ignores))
-    assert summary.label_prior is not None and summary.label_prior[0] == pytest.approx(1.0)
+    assert summary.label_prior["label_prior_correlation"][0] == pytest.approx(1.0)
     assert summary.flags and "barely reads the label" in summary.flags[0]
     gain = summary.paired_gain["correlation"]
     assert gain is not None and gain[0] == pytest.approx(0.0, abs=1e-6)

@@ -117,20 +117,20 @@ def _print_usage(usage: dict[str, Any]) -> None:
 def _print_label_checks(summary: Any) -> None:
     """The paired gain over the shuffled baseline and how much the simulations read the label, each with a
     sentence on what it means."""
-    gain = summary.paired_gain.get("correlation")
-    if gain is not None:
+    # Labels are "<name>" or "<name>@<judge>" (one per simulator setting of a run scored by several).
+    for label, gain in sorted(summary.paired_gain.items()):
+        if label.partition("@")[0] != "correlation" or gain is None:
+            continue
         console.print(
-            f"correlation gain over the shuffled baseline (same features, paired): {gain[0]:+.3f} "
-            f"[{gain[1]:+.2f}, {gain[2]:+.2f}], n={summary.n_paired.get('correlation', 0)}: how much better each "
+            f"{escape(label)} gain over the shuffled baseline (same features, paired): {gain[0]:+.3f} "
+            f"[{gain[1]:+.2f}, {gain[2]:+.2f}], n={summary.n_paired.get(label, 0)}: how much better each "
             "label predicts its own feature than another feature's label does; a CI above 0 means the labels "
             "carry information about their features."
         )
-    if summary.label_prior is not None:
-        median, n = summary.label_prior
+    for label, (median, n) in sorted(summary.label_prior.items()):
         console.print(
-            f"label prior correlation (median of {n}): {median:.2f}: how alike the simulations under the label "
-            "and under a shuffled label are; near 1, the simulator predicts from the text alone and ignores "
-            "the label."
+            f"{escape(label)} (median of {n}): {median:.2f}: how alike the simulations under the label and under "
+            "a shuffled label are; near 1, the simulator predicts from the text alone and ignores the label."
         )
     for flag in summary.flags:
         console.print(f"[yellow]warning[/]: {escape(flag)}")

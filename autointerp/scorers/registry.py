@@ -42,10 +42,24 @@ class ScorerEntry:
 
 
 def simulation_judge(cfg: ExplainConfig, simulator_spec: str) -> str:
-    """The ``judge`` of simulation scores: the simulator kind and spec, and ``+records-per-prompt=K`` when
-    ``K`` records share a prompt (so such scores are stored and reported apart from one-record ones)."""
+    """The ``judge`` of simulation scores: the simulator kind and spec, ``+records-per-prompt=K`` when ``K``
+    records share a prompt, and ``+prior-subtracted`` (with its neutral label when not the default) when the
+    neutral-label simulation is subtracted: such scores are stored and reported apart."""
+    from autointerp.simulate import NEUTRAL_LABEL
+
     k = cfg.records_per_prompt
-    return f"{cfg.simulator_kind}[{simulator_spec}]" + (f"+records-per-prompt={k}" if k > 1 else "")
+    judge = f"{cfg.simulator_kind}[{simulator_spec}]" + (f"+records-per-prompt={k}" if k > 1 else "")
+    if cfg.subtract_prior:
+        judge += "+prior-subtracted" + ("" if cfg.neutral_label == NEUTRAL_LABEL else f"[{cfg.neutral_label}]")
+    return judge
+
+
+def neutral_id(cfg: ExplainConfig, feature: str) -> str:
+    """The explanation id under which a feature's neutral-label simulations are stored (``--subtract-prior``);
+    one per neutral label, shared by every explanation of the feature."""
+    from autointerp.simulate import NEUTRAL_LABEL
+
+    return f"{feature}#neutral" + ("" if cfg.neutral_label == NEUTRAL_LABEL else f"[{cfg.neutral_label}]")
 
 
 def grouping(cfg: ExplainConfig) -> str:

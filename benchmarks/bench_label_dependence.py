@@ -1,0 +1,117 @@
+"""Issue #15: does the correlation score read the label? Rescore a finished explain run with
+``--subtract-prior`` and compare it, latent by latent, with the run's plain simulation scores.
+
+    flock /tmp/autointerp-heavy.lock .venv/bin/python benchmarks/bench_label_dependence.py --run RUN --out OUT
+
+RUN (an ``autointerp explain`` run with the simulation scorer and its shuffled baseline) is copied to OUT and
+left as it is. ``autointerp score OUT --scorers simulation --subtract-prior`` then adds the prior-subtracted
+scores beside the plain ones (timed; its only LLM requests are the neutral-label simulations, one per
+record). For each setting (plain, prior-subtracted) it prints the mean correlation of the labels and of the
+shuffled baselines with bootstrap 95% CIs, the paired gain (label - baseline, per latent), the median label
+prior correlation (simulations under the label vs under the shuffled label), and the paired differences
+(prior-subtracted - plain) of the correlation and of the gain. ``--again`` reuses OUT (a rerun resumes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from bench_prompt_grouping import paired_line
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def per_latent(run: Path) -> dict[str, dict[str, dict[str, float | None]]]:
+    """{setting: {feature: {correlation, baseline, label_prior}}} over the run's simulation judges."""
+    from autointerp.rundir import load_run
+
+    data = load_run(run, records=False, simulations=False)
+    out: dict[str, dict[str, dict[str, float | None]]] = {}
+    for (eid, name, judge), sc in data.score_rows.items():
+        if name not in ("correlation", "label_prior_correlation"):
+            continue
+        expl = data.explanations.get(eid)
+        if expl is None:
+            continue
+        setting = "prior-subtracted" if "+prior-subtracted" in judge else "plain"
+        row = out.setdefault(setting, {}).setdefault(expl.feature, {})
+        key = "label_prior" if name == "label_prior_correlation" else ("baseline" if expl.baseline else "label")
+        row[key] = sc.value
+    return out
+
+
+def report(run: Path) -> None:
+    from autointerp.score import bootstrap_ci
+
+    rows = per_latent(run)
+    for setting, feats in sorted(rows.items()):
+        lab = [r.get("label") for r in feats.values()]
+        base = [r.get("baseline") for r in feats.values()]
+        prior = [v for r in feats.values() if (v := r.get("label_prior")) is not None]
+        print(paired_line(f"{setting}: correlation, shuffled baseline -> label",
+                          list(zip(base, lab, strict=True)), ("baseline", "label")))
+        med = f"{np.median(prior):.2f}" if prior else "-"
+        print(f"{setting}: median label prior correlation {med} (n = {len(prior)})")
+        ci = bootstrap_ci(lab)
+        print(f"{setting}: mean correlation {'-' if ci is None else f'{ci[0]:.3f} [{ci[1]:.3f}, {ci[2]:.3f}]'}")
+    if {"plain", "prior-subtracted"} <= rows.keys():
+        plain, sub = rows["plain"], rows["prior-subtracted"]
+        both = sorted(plain.keys() & sub.keys())
+
+        def gain(r: dict[str, float | None]) -> float | None:
+            a, b = r.get("label"), r.get("baseline")
+            return None if a is None or b is None else a - b
+
+        print(paired_line("correlation of the label", [(plain[f].get("label"), sub[f].get("label")) for f in both],
+                          ("plain", "prior-subtracted")))
+        print(paired_line("gain over the shuffled baseline", [(gain(plain[f]), gain(sub[f])) for f in both],
+                          ("plain", "prior-subtracted")))
+        print(paired_line("label prior correlation",
+                          [(plain[f].get("label_prior"), sub[f].get("label_prior")) for f in both],
+                          ("plain", "prior-subtracted")))
+        print("\nfeature | plain: label / baseline / prior | prior-subtracted: label / baseline / prior")
+
+        def fmt(v: float | None) -> str:
+            return "-" if v is None else f"{v:+.2f}"
+
+        for f in both:
+            p, s = plain[f], sub[f]
+            print(f"{f} | {fmt(p.get('label'))} / {fmt(p.get('baseline'))} / {fmt(p.get('label_prior'))} | "
+                  f"{fmt(s.get('label'))} / {fmt(s.get('baseline'))} / {fmt(s.get('label_prior'))}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--run", type=Path, required=True, help="a finished explain run (left as it is)")
+    ap.add_argument("--out", type=Path, required=True, help="where the rescored copy goes")
+    ap.add_argument("--again", action="store_true", help="reuse --out (resume, or only report)")
+    ap.add_argument("--neutral-label", default=None)
+    args = ap.parse_args()
+    if not args.again:
+        if args.out.exists():
+            sys.exit(f"{args.out} exists; pass --again to reuse it, or another --out")
+        shutil.copytree(args.run, args.out)
+    cmd = [str(ROOT / ".venv/bin/autointerp"), "score", str(args.out), "--scorers", "simulation", "--subtract-prior"]
+    if args.neutral_label:
+        cmd += ["--neutral-label", args.neutral_label]
+    load = os.getloadavg()
+    t0 = time.perf_counter()
+    rc = subprocess.run(cmd, stdout=subprocess.DEVNULL).returncode
+    seconds = time.perf_counter() - t0
+    print(f"rescore: rc {rc}, {seconds:.0f} s, load {load[0]:.1f} -> {os.getloadavg()[0]:.1f}")
+    usage = json.loads((args.out / "usage.json").read_text()) if (args.out / "usage.json").exists() else {}
+    print(f"usage.json simulator: {json.dumps(usage.get('simulator', usage.get('roles', {}).get('simulator')))}")
+    report(args.out)
+
+
+if __name__ == "__main__":
+    main()
