@@ -10,7 +10,10 @@ its mergeable partial state (autointerp/sampling.py). Running it here or as a Ra
   (``num_gpus=1``); on CPUs each asks for ``threads`` CPUs and sets that many torch threads. Ray starts
   in-process by default (``ray.init(num_cpus=workers * threads)``; the workers inherit this process's
   environment), or joins ``ray_address``. ``start_ray`` does that in a background thread, so Ray's start-up
-  overlaps the checks and the model load that come before any shard.
+  overlaps the checks that come before any shard. The checks themselves run on the workers
+  (:func:`check_on_workers`: every input check of ``prepare_sampling``, with the model loaded), so the
+  driver never loads the model or its tokenizer, and a worker keeps the job it prepared for its shard
+  task instead of loading the model again.
 
 Then the partial states are merged into ``<run>/records``, identical to an unsharded run's records. Each shard
 writes ``worker.json`` (host, pid, start time) beside its state, so a cluster run shows where each shard ran,
@@ -85,6 +88,48 @@ class ExecutorConfig:
             raise UserError("--ray-address only applies with --executor ray; drop it, or add --executor ray")
 
 
+_PREPARED: dict[str, Any] = {}
+"""The sampling job this (worker) process prepared in :func:`check_shard_inputs`, by its inputs: the shard task
+that lands on the same worker reuses it (model, tokenizer and source loaded once per worker)."""
+
+
+def _job_key(setup: SamplingSetup, config: SamplingConfig) -> str:
+    from autointerp.config import config_to_dict
+
+    # CUDA_VISIBLE_DEVICES: a job prepared on one GPU is never reused by a task given another
+    return json.dumps([repr(setup), config_to_dict(config), os.environ.get("CUDA_VISIBLE_DEVICES")], default=str)
+
+
+def check_shard_inputs(setup: SamplingSetup, config: SamplingConfig) -> dict[str, Any]:
+    """Prepare the sampling job here (every input check of ``prepare_sampling``, weights loaded), keep it for
+    a shard task of this process, and return its manifest entries (``SamplingJob.describe``)."""
+    job = prepare_sampling(setup, config)
+    _PREPARED.clear()  # one job per worker process
+    _PREPARED[_job_key(setup, config)] = job
+    return job.describe()
+
+
+def check_on_workers(
+    setup: SamplingSetup, config: SamplingConfig, execution: ExecutorConfig, ray_start: RayStart | None = None
+) -> dict[str, Any]:
+    """Check the inputs of a Ray pass on the workers (one :func:`check_shard_inputs` task per worker, with the
+    shards' resources) and return the job's manifest entries. Bad input raises its UserError (one line) before
+    anything is written; the workers keep their prepared jobs for the shard tasks that follow."""
+    if ray_start is not None:
+        ray_start.wait()
+    ray = _start_ray(execution, execution.workers * setup.threads)
+    task = _remote(ray, check_shard_inputs, setup, execution)
+    refs = {task.remote(setup, config): Shard(i, execution.workers) for i in range(execution.workers)}
+    return _gather(ray, refs, None)[0]
+
+
+def _remote(ray: Any, fn: Callable[..., Any], setup: SamplingSetup, execution: ExecutorConfig) -> Any:
+    """``fn`` as a Ray task with a shard's resources (one GPU, or ``threads`` CPUs) and Ray's retries."""
+    gpu = setup.device.startswith("cuda")
+    return ray.remote(num_cpus=0 if gpu else setup.threads, num_gpus=1 if gpu else 0,
+                      max_retries=execution.max_retries)(fn)
+
+
 def shard_dir(run_dir: Path, shard: Shard) -> Path:
     return Path(run_dir) / "shards" / f"{shard.index:03d}-of-{shard.count:03d}"
 
@@ -92,8 +137,9 @@ def shard_dir(run_dir: Path, shard: Shard) -> Path:
 def run_shard(setup: SamplingSetup, config: SamplingConfig, run_dir: Path, shard: Shard,
               progress: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Sample one shard into ``shard_dir(run_dir, shard)`` (resumable; a finished shard returns at once). Its
-    tokens sampled so far go to ``PROGRESS_FILE`` there about once a second (and to ``progress``, in-process)."""
-    job = prepare_sampling(setup, config)
+    tokens sampled so far go to ``PROGRESS_FILE`` there about once a second (and to ``progress``, in-process).
+    A job this process prepared for the same inputs (:func:`check_shard_inputs`) is reused."""
+    job = _PREPARED.get(_job_key(setup, config)) or prepare_sampling(setup, config)
     out = shard_dir(run_dir, shard)
     out.mkdir(parents=True, exist_ok=True)
     (out / "worker.json").write_text(json.dumps({
@@ -257,9 +303,7 @@ def _run_ray(
     if ray_start is not None:
         ray_start.wait()
     ray = _start_ray(execution, execution.workers * setup.threads)
-    gpu = setup.device.startswith("cuda")
-    task = ray.remote(num_cpus=0 if gpu else setup.threads, num_gpus=1 if gpu else 0,
-                      max_retries=execution.max_retries)(run_shard)
+    task = _remote(ray, run_shard, setup, execution)
     refs = {task.remote(setup, config, Path(run_dir).resolve(), s): s for s in shards}
     return _gather(ray, refs, None if progress is None else
                    lambda _: progress(shards_progress(run_dir, shards), config.tokens))

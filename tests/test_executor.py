@@ -62,6 +62,26 @@ def test_progress_counts_the_tokens_of_every_shard(tiny_model_dir: Path, tiny_co
     assert sum(f["tokens"] for f in files) == res.n_tokens and all(f["tokens"] > 0 for f in files)
 
 
+def test_a_worker_reuses_the_job_its_check_prepared(tiny_model_dir: Path, tiny_corpus_file: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The checks of a Ray pass run on the workers (``check_shard_inputs``); the shard task that follows on
+    the same worker samples with the job they prepared instead of loading the model again, and a task with
+    other inputs prepares its own."""
+    import autointerp.executor as ex
+
+    monkeypatch.setattr(ex, "_PREPARED", {})
+    setup = _setup(tiny_model_dir, tiny_corpus_file)
+    described = ex.check_shard_inputs(setup, CFG)
+    assert described["model"] == str(tiny_model_dir) and described["corpus"]["window"] == CFG.window
+    prepared: list[Any] = []
+    real = ex.prepare_sampling
+    monkeypatch.setattr(ex, "prepare_sampling", lambda *a, **k: prepared.append(a) or real(*a, **k))
+    ex.run_shard(setup, CFG, tmp_path / "r", Shard(0, 2))
+    assert prepared == []
+    ex.run_shard(setup, replace(CFG, seed=1), tmp_path / "s", Shard(0, 2))
+    assert len(prepared) == 1
+
+
 def test_executor_settings_are_checked() -> None:
     for bad in (ExecutorConfig(executor="dask"), ExecutorConfig(workers=0), ExecutorConfig(ray_address="auto")):
         with pytest.raises(UserError):

@@ -94,16 +94,24 @@ def sample(
         # Ray starts while the checks below load the model
         ray_start = start_ray(execution, execution.workers * setup.threads)
     # Bad input (model, hook, SAE, corpus, features, weights) fails here, before anything is written. With an
-    # executor the shards load the model themselves, so the checks here skip the subject's weights.
+    # executor the shards load the model themselves: the local one checks here without the subject's weights,
+    # Ray checks on its workers (the driver loads no model or tokenizer; each worker keeps its job).
+    job = None
     try:
-        job = prepare_sampling(setup, cfg, weights=execution is None)
+        if ray_start is not None and execution is not None:
+            from autointerp.executor import check_on_workers
+
+            described = check_on_workers(setup, cfg, execution, ray_start)
+        else:
+            job = prepare_sampling(setup, cfg, weights=execution is None)
+            described = job.describe()
     except BaseException:
         if ray_start is not None:
             ray_start.stop()
         raise
     run = RunDir.create(run_path, STAGE, manifest_cfg)
     console.print(f"run dir [bold]{escape(str(run.path))}[/]")
-    run.update_manifest(job.describe())
+    run.update_manifest(described)
     run.set_stage(STAGE, "running")
     start = time.perf_counter()
     try:
@@ -128,6 +136,7 @@ def sample(
                 bar.update(task, completed=min(done, total), rate=rate)
 
             if execution is None:
+                assert job is not None
                 result = job.run(run.path, progress=progress, shard=part)
             else:
                 from autointerp.executor import run_sharded
