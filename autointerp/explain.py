@@ -209,6 +209,12 @@ class ExplainerSettings:
     n_negatives: int = 5
     """contrastive format: hard negatives shown (the non-firing train_random windows that share the most
     top-activating tokens with the feature's train examples)."""
+    token_stats: int = 0
+    """Also show the this many tokens most often marked in the shown examples (with counts) and the this many
+    with the largest summed activation over them (``prompts/explain_token_stats.j2``); 0: no."""
+    trim: int = 0
+    """Show each example as its marked tokens with this many tokens of context on each side ("..." where cut);
+    0: the whole window."""
 
 
 def explainer_negatives(record: FeatureRecord, settings: ExplainerSettings) -> list[ActivationRecord]:
@@ -227,6 +233,51 @@ def explainer_negatives(record: FeatureRecord, settings: ExplainerSettings) -> l
     return hard_negatives(record, settings.n_negatives, pool="train_random", below=cut)
 
 
+def token_stats(records: Sequence[ActivationRecord], threshold: float, n: int) -> tuple[str, str]:
+    """(most often marked tokens with counts, tokens by summed activation scaled to 10), ``n`` of each, over
+    the shown examples ``records``; a token is marked as by :func:`format_highlighted`, and tokens count by
+    their stripped, escaped text."""
+    top = max((r.max_activation for r in records), default=0.0)
+    cut = threshold * top if top > 0 else 0.0
+    marked: dict[str, int] = {}
+    weight: dict[str, float] = {}
+    for r in records:
+        for tok, a in zip(r.tokens, np.asarray(r.activations, dtype=np.float64).tolist(), strict=True):
+            key = escape_text(tok.strip()) or escape_text(tok)
+            if a > cut:
+                marked[key] = marked.get(key, 0) + 1
+            if a > 0:
+                weight[key] = weight.get(key, 0.0) + a
+    frequent = sorted(marked.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+    heavy = sorted(weight.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+    scale = 10.0 / heavy[0][1] if heavy else 0.0
+    return (", ".join(f'"{t}" ({c})' for t, c in frequent) or "none",
+            ", ".join(f'"{t}" {w * scale:.1f}' for t, w in heavy) or "none")
+
+
+def trim_examples(records: Sequence[ActivationRecord], threshold: float, context: int) -> list[ActivationRecord]:
+    """Each record cut to its marked tokens (as :func:`format_highlighted` marks them) with ``context`` tokens
+    on each side, "..." standing for a cut part (activation 0); a record with no marked token is unchanged."""
+    top = max((r.max_activation for r in records), default=0.0)
+    cut = threshold * top if top > 0 else 0.0
+    out = []
+    for r in records:
+        active = np.flatnonzero(np.asarray(r.activations) > cut)
+        if len(active) == 0:
+            out.append(r)
+            continue
+        lo, hi = max(0, int(active[0]) - context), min(len(r.tokens), int(active[-1]) + 1 + context)
+        head, tail = (["..."] if lo > 0 else []), (["..."] if hi < len(r.tokens) else [])
+        acts = np.asarray(r.activations[lo:hi], dtype=np.float32)
+        out.append(ActivationRecord(
+            tokens=head + list(r.tokens[lo:hi]) + tail,
+            token_ids=[-1] * len(head) + list(r.token_ids[lo:hi]) + [-1] * len(tail),
+            activations=np.concatenate([np.zeros(len(head)), acts, np.zeros(len(tail))]).astype(np.float32),
+            window=r.window,
+        ))
+    return out
+
+
 def select_train_examples(record: FeatureRecord, n_top: int, n_quantile: int) -> list[ActivationRecord]:
     """The first ``n_top`` train examples by max activation, then ``n_quantile`` others spread evenly."""
     ordered = sorted(record.train, key=lambda r: r.max_activation, reverse=True)
@@ -241,11 +292,19 @@ def select_train_examples(record: FeatureRecord, n_top: int, n_quantile: int) ->
 def explainer_prompt_hash(settings: ExplainerSettings) -> str:
     """Hash of the prompt template(s) an explainer with ``settings`` renders (stored with each label)."""
     template = load_template(_TEMPLATES[settings.kind])
-    if not settings.show_vocab:
+    extra = explainer_extra_templates(settings)
+    if not extra:
         return template.hash
     from autointerp.rundir import short_hash
 
-    return short_hash(template.text + load_template("explain_vocab.j2").text)
+    return short_hash(template.text + "".join(load_template(name).text for name in extra))
+
+
+def explainer_extra_templates(settings: ExplainerSettings) -> list[str]:
+    """The templates an explainer with ``settings`` appends to its examples (vocabulary, token statistics)."""
+    return (["explain_vocab.j2"] if settings.show_vocab else []) + (
+        ["explain_token_stats.j2"] if settings.token_stats > 0 else []
+    )
 
 
 def build_explainer_request(
@@ -258,10 +317,14 @@ def build_explainer_request(
     vocabulary projection when ``show_vocab``): what :meth:`Explainer.explain` sends, and what the report
     shows as a label's exact prompt (see :func:`explainer_request_for`)."""
     s = settings
+    listed = trim_examples(examples, s.highlight_threshold, s.trim) if s.trim > 0 else examples
     if s.kind == "token_activation_pair":
-        body = format_token_activation_pairs(examples, s.max_value)
+        body = format_token_activation_pairs(listed, s.max_value)
     else:
-        body = format_highlighted(examples, s.highlight_threshold)
+        body = format_highlighted(listed, s.highlight_threshold)
+    if s.token_stats > 0:
+        frequent, weighted = token_stats(examples, s.highlight_threshold, s.token_stats)
+        body += load_template("explain_token_stats.j2").render({"frequent": frequent, "weighted": weighted})
     shown_negatives = "\n".join(
         f"Counterexample {i}: " + "".join(escape_text(t) for t in r.tokens) for i, r in enumerate(negatives, 1)
     )

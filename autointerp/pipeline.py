@@ -48,7 +48,13 @@ import numpy as np
 from autointerp.config import config_to_dict
 from autointerp.corpus import Shard
 from autointerp.errors import RunDirError, UserError
-from autointerp.explain import EXPLAINER_KINDS, Explainer, ExplainerSettings, ExplanationFailed
+from autointerp.explain import (
+    EXPLAINER_KINDS,
+    Explainer,
+    ExplainerSettings,
+    ExplanationFailed,
+    explainer_extra_templates,
+)
 from autointerp.llm.base import (
     ChatRequest,
     ClientConfig,
@@ -146,6 +152,12 @@ class ExplainConfig:
     feature record; 0: no."""
     show_vocab: bool = False
     """Show the vocabulary projection to the explainer beside the examples (needs --vocab-projection)."""
+    token_stats: int = 0
+    """Show the explainer the this many tokens most often marked in its examples (with counts) and the this
+    many with the largest summed activation over them, after the examples; 0: no."""
+    trim_examples: int = 0
+    """Show the explainer each example as its marked tokens with this many tokens of context on each side
+    ("..." where cut); 0: whole windows."""
     n_candidates: int = 1
     """Candidate explanations per feature; with more than 1 the best by simulation on 'valid' is kept."""
     candidate_temperature: float = 0.7
@@ -261,6 +273,8 @@ class ExplainConfig:
         parse_alpha(self.alpha)  # not a number: UserError
         if self.show_vocab and self.vocab_projection < 1:
             raise UserError("--show-vocab needs the projection: give --vocab-projection N (e.g. 10)")
+        if self.token_stats < 0 or self.trim_examples < 0:
+            raise UserError("--token-stats and --trim-examples must be 0 (off) or a positive number of tokens")
         if self.vocab_projection < 0:
             raise UserError("--vocab-projection must be 0 (off) or a number of tokens")
         if self.explainer_kind == "contrastive" and self.contrastive_negatives < 1:
@@ -293,6 +307,8 @@ class ExplainConfig:
             cot=self.cot,
             highlight_threshold=self.highlight_threshold,
             show_vocab=self.show_vocab,
+            token_stats=self.token_stats,
+            trim=self.trim_examples,
             n_negatives=self.contrastive_negatives,
         )
 
@@ -894,8 +910,7 @@ def _prompt_names(config: ExplainConfig) -> list[str]:
         if config.explainer_kind == "token_activation_pair"
         else "explain_highlighted.j2"
     ]
-    if config.show_vocab:
-        names.append("explain_vocab.j2")
+    names += explainer_extra_templates(config.explainer_settings())
     names += ["simulate_all_at_once.j2", "simulate_json.j2"]
     for e in scorer_entries(config.scorer_list):
         names += [n for n in e.prompts if n not in names]

@@ -126,3 +126,49 @@ async def test_copied_few_shot_label_is_failed() -> None:
     fake = FakeLLM(chat_fn=lambda r: "Explanation: years in dates")
     with pytest.raises(ExplanationFailed, match="copies a few-shot"):
         await Explainer(fake).explain(synthetic_record(0))
+
+
+def test_token_stats_count_marked_tokens_and_weigh_by_activation() -> None:
+    from autointerp.explain import token_stats
+
+    recs = [_rec(["the", " cat", " sat"], [0, 4.0, 1.0]), _rec([" cat", " dog", "\n"], [2.0, 0, 0.2])]
+    frequent, weighted = token_stats(recs, threshold=0.1, n=2)  # marked: above 0.4
+    assert frequent == '"cat" (2), "sat" (1)'
+    assert weighted == '"cat" 10.0, "sat" 1.7'  # 6.0 and 1.0, scaled so the first is 10
+    assert token_stats([_rec(["a"], [0.0])], 0.1, 3) == ("none", "none")
+
+
+def test_trimmed_examples_keep_the_marked_span_and_its_context() -> None:
+    from autointerp.explain import trim_examples
+
+    rec = ActivationRecord(tokens=list("abcdefgh"), token_ids=list(range(8)),
+                           activations=np.array([0, 0, 0, 3.0, 0, 2.0, 0, 0]), window=7)
+    (out,) = trim_examples([rec], threshold=0.1, context=1)
+    assert out.tokens == ["...", "c", "d", "e", "f", "g", "..."]
+    assert out.token_ids == [-1, 2, 3, 4, 5, 6, -1] and out.window == 7
+    assert out.activations.tolist() == [0, 0, 3.0, 0, 2.0, 0, 0]
+    quiet = _rec(["x", "y"], [0, 0])
+    assert trim_examples([quiet], 0.1, 1) == [quiet]
+    (edge,) = trim_examples([_rec(["a", "b", "c"], [5.0, 0, 0])], 0.1, 1)
+    assert edge.tokens == ["a", "b", "..."]
+
+
+def test_token_stats_and_trimming_reach_the_prompt_and_its_hash() -> None:
+    from autointerp.explain import build_explainer_request, explainer_prompt_hash
+    from autointerp.pipeline import ExplainConfig
+    from autointerp.report.report import _explainer_settings
+
+    rec = synthetic_record(0, " cat")
+    plain = ExplainerSettings(kind="highlighted", n_top=4, highlight_threshold=0.1)
+    rich = ExplainerSettings(kind="highlighted", n_top=4, highlight_threshold=0.1, token_stats=3, trim=1)
+    examples = select_train_examples(rec, 4, 0)
+    text = build_explainer_request(rich, examples).messages[-1].content
+    assert 'Marked tokens, most frequent first (times marked): "cat" (8)' in text
+    assert "..." in text and "..." not in build_explainer_request(plain, examples).messages[-1].content
+    assert explainer_prompt_hash(rich) != explainer_prompt_hash(plain)
+    # the report rebuilds a run's explainer settings through the run's own config
+    cfg = ExplainConfig(explainer_kind="highlighted", token_stats=3, trim_examples=1)
+    from autointerp.config import config_to_dict
+
+    settings, why = _explainer_settings({"config": config_to_dict(cfg)})
+    assert why is None and settings == cfg.explainer_settings() and settings.token_stats == 3

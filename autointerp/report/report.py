@@ -172,21 +172,25 @@ def read_run(path: Path, *, records: bool = True) -> tuple[RunData, list[str]]:
 
 # -- cards -------------------------------------------------------------------------------------------
 
-_SETTINGS_KEYS = {"kind": "explainer_kind", "n_top": "n_top_examples", "n_quantile": "n_quantile_examples",
-                  "cot": "cot", "highlight_threshold": "highlight_threshold", "show_vocab": "show_vocab",
-                  "n_negatives": "contrastive_negatives"}
+_NEEDED = ("explainer_kind", "n_top_examples", "n_quantile_examples", "cot", "highlight_threshold")
+"""Config fields a manifest must record to rebuild the explainer prompt (the rest, added later, default off)."""
 
 
 def _explainer_settings(manifest: dict[str, Any]) -> tuple[Any, str | None]:
-    """The run's ExplainerSettings from its manifest config, or (None, why not)."""
-    from autointerp.explain import EXPLAINER_KINDS, ExplainerSettings
+    """The run's ExplainerSettings from its manifest config (``ExplainConfig.explainer_settings``, the run's
+    own), or (None, why not)."""
+    from autointerp.errors import UserError
+    from autointerp.explain import EXPLAINER_KINDS
+    from autointerp.pipeline import ExplainConfig
 
     cfg = manifest.get("config", {})
-    missing = [k for k in _SETTINGS_KEYS.values() if k not in cfg and k not in ("show_vocab", "contrastive_negatives")]
-    if missing or cfg.get("explainer_kind") not in EXPLAINER_KINDS:
-        return None, "the run's manifest does not record the explainer settings needed to rebuild the prompt"
-    kwargs = {field: cfg[key] for field, key in _SETTINGS_KEYS.items() if key in cfg}
-    return ExplainerSettings(**kwargs), None
+    why = "the run's manifest does not record the explainer settings needed to rebuild the prompt"
+    if any(k not in cfg for k in _NEEDED) or cfg.get("explainer_kind") not in EXPLAINER_KINDS:
+        return None, why
+    try:
+        return ExplainConfig.from_dict(cfg).explainer_settings(), None
+    except (UserError, TypeError, ValueError):
+        return None, why
 
 
 def _explainer_prompt(run: RunData, fid: str, expl: ExplanationRow | None, settings: Any, why: str | None
