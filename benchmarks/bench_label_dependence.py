@@ -1,24 +1,27 @@
 """Issue #15: does the correlation score read the label? Rescore a finished explain run with
 ``--subtract-prior`` and compare it, latent by latent, with the run's plain simulation scores.
 
-    flock /tmp/autointerp-heavy.lock .venv/bin/python benchmarks/bench_label_dependence.py --run RUN --out OUT
+    .venv/bin/python benchmarks/bench_label_dependence.py --run RUN --out OUT [--every 2]
 
 RUN (an ``autointerp explain`` run with the simulation scorer and its shuffled baseline) is copied to OUT and
-left as it is. ``autointerp score OUT --scorers simulation --subtract-prior`` then adds the prior-subtracted
-scores beside the plain ones (timed; its only LLM requests are the neutral-label simulations, one per
-record). For each setting (plain, prior-subtracted) it prints the mean correlation of the labels and of the
-shuffled baselines with bootstrap 95% CIs, the paired gain (label - baseline, per latent), the median label
-prior correlation (simulations under the label vs under the shuffled label), and the paired differences
-(prior-subtracted - plain) of the correlation and of the gain. ``--again`` reuses OUT (a rerun resumes).
+left as it is. ``run_score(OUT, "simulation", settings={"subtract_prior": True})`` (what ``autointerp score
+OUT --scorers simulation --subtract-prior`` runs) then adds the prior-subtracted scores beside the plain ones,
+on every feature or, with ``--every K``, on every K-th feature of the run in id order (timed; its only LLM
+requests are the neutral-label simulations, one per record). For each setting (plain, prior-subtracted) it
+prints the mean correlation of the labels and of the shuffled baselines with bootstrap 95% CIs, the paired
+gain (label - baseline, per latent), the median label prior correlation (simulations under the label vs under
+the shuffled label), and the paired differences (prior-subtracted - plain) of the correlation and of the gain.
+``--again`` reuses OUT (a rerun resumes).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import logging
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,7 +30,6 @@ import numpy as np
 from bench_prompt_grouping import paired_line
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def per_latent(run: Path) -> dict[str, dict[str, dict[str, float | None]]]:
@@ -95,21 +97,29 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True, help="where the rescored copy goes")
     ap.add_argument("--again", action="store_true", help="reuse --out (resume, or only report)")
     ap.add_argument("--neutral-label", default=None)
+    ap.add_argument("--every", type=int, default=1, help="rescore every K-th feature of the run (id order)")
     args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    from autointerp.pipeline import run_score
+    from autointerp.rundir import load_run
+
     if not args.again:
         if args.out.exists():
             sys.exit(f"{args.out} exists; pass --again to reuse it, or another --out")
         shutil.copytree(args.run, args.out)
-    cmd = [str(ROOT / ".venv/bin/autointerp"), "score", str(args.out), "--scorers", "simulation", "--subtract-prior"]
+    data = load_run(args.out, records=False, simulations=False)
+    feats = sorted(data.stats, key=lambda f: (len(f), f))[:: args.every]
+    settings: dict[str, object] = {"subtract_prior": True}
     if args.neutral_label:
-        cmd += ["--neutral-label", args.neutral_label]
+        settings["neutral_label"] = args.neutral_label
     load = os.getloadavg()
     t0 = time.perf_counter()
-    rc = subprocess.run(cmd, stdout=subprocess.DEVNULL).returncode
+    summary = asyncio.run(run_score(args.out, "simulation", settings=settings, features=feats))
     seconds = time.perf_counter() - t0
-    print(f"rescore: rc {rc}, {seconds:.0f} s, load {load[0]:.1f} -> {os.getloadavg()[0]:.1f}")
-    usage = json.loads((args.out / "usage.json").read_text()) if (args.out / "usage.json").exists() else {}
-    print(f"usage.json simulator: {json.dumps(usage.get('simulator', usage.get('roles', {}).get('simulator')))}")
+    print(f"rescore of {len(feats)} features: {seconds:.0f} s ({seconds / max(1, len(feats)):.1f} s per feature), "
+          f"failed {len(summary.failed_features)}, load {load[0]:.1f} -> {os.getloadavg()[0]:.1f}")
+    sim = {k: v.to_json() if hasattr(v, "to_json") else v for k, v in summary.usage.items()}
+    print(f"usage of the rescoring: {json.dumps(sim, default=str)}")
     report(args.out)
 
 
