@@ -139,12 +139,14 @@ def run_shard(setup: SamplingSetup, config: SamplingConfig, run_dir: Path, shard
     """Sample one shard into ``shard_dir(run_dir, shard)`` (resumable; a finished shard returns at once). Its
     tokens sampled so far go to ``PROGRESS_FILE`` there about once a second (and to ``progress``, in-process).
     A job this process prepared for the same inputs (:func:`check_shard_inputs`) is reused."""
-    job = _PREPARED.get(_job_key(setup, config)) or prepare_sampling(setup, config)
+    job = _PREPARED.get(_job_key(setup, config))
+    reused = job is not None
+    job = job or prepare_sampling(setup, config)
     out = shard_dir(run_dir, shard)
     out.mkdir(parents=True, exist_ok=True)
     (out / "worker.json").write_text(json.dumps({
         "host": socket.gethostname(), "pid": os.getpid(), "started_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "shard": str(shard), "device": setup.device, "threads": setup.threads,
+        "shard": str(shard), "device": setup.device, "threads": setup.threads, "reused_checked_job": reused,
     }))
     last = [0.0]
 

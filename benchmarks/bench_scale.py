@@ -49,6 +49,12 @@ def _cli(args: list[str]) -> float:
     return time.perf_counter() - t0
 
 
+def _reused(run: Path) -> str:
+    """How many shards of ``run`` sampled with the job their worker's input check had prepared."""
+    flags = [json.loads(w.read_text()).get("reused_checked_job") for w in sorted(run.glob("shards/*/worker.json"))]
+    return f"{sum(bool(f) for f in flags)} of {len(flags)} shards reused their worker's checked job"
+
+
 def bench_ray(tmp: Path, cluster: bool = False) -> None:
     one = _cli(["sample", *SAMPLE, "--threads", "2", "--run-dir", str(tmp / "one")])
     ray = _cli(["sample", *SAMPLE, "--threads", "1", "--executor", "ray", "--workers", "2",
@@ -58,7 +64,7 @@ def bench_ray(tmp: Path, cluster: bool = False) -> None:
     a, b = read_arrays(tmp / "one"), read_arrays(tmp / "ray")
     same = a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     print(f"ray: one process (2 threads) {one:.1f} s; 2 Ray shards (1 thread each) {ray:.1f} s; "
-          f"ratio {ray / one:.3f} (goal <= 1.15); merged records equal: {same}")
+          f"ratio {ray / one:.3f} (goal <= 1.15); merged records equal: {same}; {_reused(tmp / 'ray')}")
     if not cluster:
         return
     # The same 2 shards on a local Ray cluster that is already running (``ray start --head``, started before
@@ -77,7 +83,8 @@ def bench_ray(tmp: Path, cluster: bool = False) -> None:
     same_c = a.keys() == c.keys() and all(np.array_equal(a[k], c[k]) for k in a)
     one2 = _cli(["sample", *SAMPLE, "--threads", "2", "--run-dir", str(tmp / "one-again")])
     print(f"ray, running local cluster (--ray-address auto): {joined:.1f} s; one process again {one2:.1f} s; "
-          f"ratio to the mean one-process time {joined / ((one + one2) / 2):.3f}; merged records equal: {same_c}")
+          f"ratio to the mean one-process time {joined / ((one + one2) / 2):.3f}; merged records equal: {same_c}; "
+          f"{_reused(tmp / 'ray-cluster')}")
 
 
 def bench_multihook(tmp: Path, tokens: int) -> None:

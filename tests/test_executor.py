@@ -78,6 +78,7 @@ def test_a_worker_reuses_the_job_its_check_prepared(tiny_model_dir: Path, tiny_c
     monkeypatch.setattr(ex, "prepare_sampling", lambda *a, **k: prepared.append(a) or real(*a, **k))
     ex.run_shard(setup, CFG, tmp_path / "r", Shard(0, 2))
     assert prepared == []
+    assert json.loads((ex.shard_dir(tmp_path / "r", Shard(0, 2)) / "worker.json").read_text())["reused_checked_job"]
     ex.run_shard(setup, replace(CFG, seed=1), tmp_path / "s", Shard(0, 2))
     assert len(prepared) == 1
 
