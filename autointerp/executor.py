@@ -120,7 +120,7 @@ def check_on_workers(
     ray = _start_ray(execution, execution.workers * setup.threads)
     task = _remote(ray, check_shard_inputs, setup, execution)
     refs = {task.remote(setup, config): Shard(i, execution.workers) for i in range(execution.workers)}
-    return _gather(ray, refs, None)[0]
+    return _gather(ray, refs, None, "input check on the worker of shard")[0]
 
 
 def _remote(ray: Any, fn: Callable[..., Any], setup: SamplingSetup, execution: ExecutorConfig) -> Any:
@@ -324,7 +324,8 @@ def _start_ray(execution: ExecutorConfig, num_cpus: int) -> Any:
     return ray
 
 
-def _gather(ray: Any, refs: dict[Any, Shard], tick: Callable[[int], None] | None) -> list[dict[str, Any]]:
+def _gather(ray: Any, refs: dict[Any, Shard], tick: Callable[[int], None] | None, what: str = "shard"
+            ) -> list[dict[str, Any]]:
     """The results of the tasks ``refs`` (ref -> shard) as they finish; ``tick(tasks done)`` after each and
     every 2 s. A task's UserError is raised as such (one line)."""
     pending = list(refs)
@@ -339,7 +340,7 @@ def _gather(ray: Any, refs: dict[Any, Shard], tick: Callable[[int], None] | None
                 if isinstance(cause, UserError):
                     raise cause from None
                 raise
-            log.info("shard %s finished (%d of %d)", refs[ref], len(done), len(refs))
+            log.info("%s %s finished (%d of %d)", what, refs[ref], len(done), len(refs))
         if tick is not None:
             tick(len(done))
     return done

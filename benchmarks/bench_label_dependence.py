@@ -6,7 +6,8 @@
 RUN (an ``autointerp explain`` run with the simulation scorer and its shuffled baseline) is copied to OUT and
 left as it is. ``run_score(OUT, "simulation", settings={"subtract_prior": True})`` (what ``autointerp score
 OUT --scorers simulation --subtract-prior`` runs) then adds the prior-subtracted scores beside the plain ones,
-on every feature or, with ``--every K``, on every K-th feature of the run in id order (timed; its only LLM
+on every feature whose label and baseline have plain scores or, with ``--every K`` / ``--max N``, on every K-th
+of them in id order, at most N (timed; its only LLM
 requests are the neutral-label simulations, one per record). For each setting (plain, prior-subtracted) it
 prints the mean correlation of the labels and of the shuffled baselines with bootstrap 95% CIs, the paired
 gain (label - baseline, per latent), the median label prior correlation (simulations under the label vs under
@@ -98,6 +99,7 @@ def main() -> None:
     ap.add_argument("--again", action="store_true", help="reuse --out (resume, or only report)")
     ap.add_argument("--neutral-label", default=None)
     ap.add_argument("--every", type=int, default=1, help="rescore every K-th feature of the run (id order)")
+    ap.add_argument("--max", type=int, default=0, help="at most this many features (0: all)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     from autointerp.pipeline import run_score
@@ -108,7 +110,11 @@ def main() -> None:
             sys.exit(f"{args.out} exists; pass --again to reuse it, or another --out")
         shutil.copytree(args.run, args.out)
     data = load_run(args.out, records=False, simulations=False)
-    feats = sorted(data.stats, key=lambda f: (len(f), f))[:: args.every]
+    # features whose label and shuffled baseline both have their plain scores (a run cut short has fewer)
+    plain = per_latent(args.out).get("plain", {})
+    scored = {f for f, r in plain.items() if r.get("label") is not None or r.get("baseline") is not None}
+    both = [f for f in data.stats if f in scored and {"label", "baseline"} <= plain[f].keys()]
+    feats = sorted(both, key=lambda f: (len(f), f))[:: args.every][: args.max or None]
     settings: dict[str, object] = {"subtract_prior": True}
     if args.neutral_label:
         settings["neutral_label"] = args.neutral_label
