@@ -790,35 +790,19 @@ class _Runner:
         self.stale.discard(("score", (eid, score.name, judge)))
 
     def add_label_prior(self, features: Sequence[str]) -> None:
-        """Score each feature's selected label by :func:`label_prior_correlation` against its shuffled
-        baseline, from the stored simulations of the test splits (no LLM request), as the scores read them
-        (with ``subtract_prior``, both minus the neutral-label simulation); a feature whose simulations are
-        missing (failed requests, retried on rerun) is left for then."""
+        """Score each feature's selected label by :func:`stored_label_prior` (no LLM request); a feature whose
+        simulations are missing (failed requests, retried on rerun) is left for then."""
         cfg = self.config
         if "simulation" not in cfg.scorer_list:
             return
         spec = simulation_judge(cfg, self.clients.simulator.spec)
-        sims = self.data.simulations
         for f in features:
-            sel, base, record = self.data.selected(f), self.data.baseline(f), self.data.records.get(f)
-            if sel is None or base is None or record is None:
+            sel = self.data.selected(f)
+            if sel is None or self._have_score(sel.explanation_id, LABEL_DEPENDENCE, spec):
                 continue
-            if self._have_score(sel.explanation_id, LABEL_DEPENDENCE, spec):
-                continue
-            neutral = neutral_id(cfg, f) if cfg.subtract_prior else None
-            keys = [
-                (split, i)
-                for split in cfg.scored_test_splits
-                for i in range(len(limit_records(getattr(record, split), cfg.max_records_per_split)))
-            ]
-            eids = [e for e in (sel.explanation_id, base.explanation_id, neutral) if e is not None]
-            stored = [[sims[(e, sp, i)] for e in eids] for sp, i in keys if all((e, sp, i) in sims for e in eids)]
-            if not keys or len(stored) < len(keys):
-                continue
-            if neutral is not None:
-                stored = [[subtract_prior(a, n), subtract_prior(b, n)] for a, b, n in stored]
-            sc = label_prior_correlation([s[0] for s in stored], [s[1] for s in stored], cfg.max_failed_fraction)
-            self._add_score(sel.explanation_id, f, False, spec, sc)
+            sc = stored_label_prior(self.data, cfg, f)
+            if sc is not None:
+                self._add_score(sel.explanation_id, f, False, spec, sc)
 
     # -- orchestration --------------------------------------------------------------------------
     async def guarded(self, feature: str, stage: str, coro: Any) -> None:
@@ -843,6 +827,29 @@ class _Runner:
             if e is not None and e.feature in self.data.records
         ]
         await asyncio.gather(*(self.guarded(e.feature, "score", self.score_explanation(e)) for e in todo))
+
+
+def stored_label_prior(data: RunData, cfg: ExplainConfig, feature: str) -> Score | None:
+    """:func:`label_prior_correlation` of ``feature``'s selected label against its shuffled baseline, from the
+    stored simulations of the scored test splits, as the scores read them (with ``subtract_prior``, both minus
+    the neutral-label simulation); None while a simulation it needs is missing."""
+    sel, base, record = data.selected(feature), data.baseline(feature), data.records.get(feature)
+    if sel is None or base is None or record is None:
+        return None
+    sims = data.simulations
+    neutral = neutral_id(cfg, feature) if cfg.subtract_prior else None
+    keys = [
+        (split, i)
+        for split in cfg.scored_test_splits
+        for i in range(len(limit_records(getattr(record, split), cfg.max_records_per_split)))
+    ]
+    eids = [e for e in (sel.explanation_id, base.explanation_id, neutral) if e is not None]
+    stored = [[sims[(e, sp, i)] for e in eids] for sp, i in keys if all((e, sp, i) in sims for e in eids)]
+    if not keys or len(stored) < len(keys):
+        return None
+    if neutral is not None:
+        stored = [[subtract_prior(a, n), subtract_prior(b, n)] for a, b, n in stored]
+    return label_prior_correlation([x[0] for x in stored], [x[1] for x in stored], cfg.max_failed_fraction)
 
 
 async def plan_llm_use(

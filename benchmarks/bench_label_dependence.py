@@ -49,7 +49,25 @@ def per_latent(run: Path) -> dict[str, dict[str, dict[str, float | None]]]:
         row = out.setdefault(setting, {}).setdefault(expl.feature, {})
         key = "label_prior" if name == "label_prior_correlation" else ("baseline" if expl.baseline else "label")
         row[key] = sc.value
+    _plain_label_prior(run, out.get("plain", {}))
     return out
+
+
+def _plain_label_prior(run: Path, plain: dict[str, dict[str, float | None]]) -> None:
+    """The plain label prior correlation of features that lack it (a run cut before its end, when the pipeline
+    adds it), from the stored simulations of the scored test splits, with the pipeline's function."""
+    from autointerp.pipeline import ExplainConfig, stored_label_prior
+    from autointerp.rundir import load_run
+
+    todo = [f for f, r in plain.items() if "label_prior" not in r and {"label", "baseline"} <= r.keys()]
+    if not todo:
+        return
+    data = load_run(run, features=set(todo))
+    cfg = ExplainConfig.from_dict({**data.manifest.get("config", {}), "subtract_prior": False})
+    for f in todo:
+        sc = stored_label_prior(data, cfg, f)
+        if sc is not None:
+            plain[f]["label_prior"] = sc.value
 
 
 def report(run: Path) -> None:
