@@ -4,7 +4,7 @@
 # chosen by a documented rule (seeded random among the latents that fired on at least 20 of the sampled
 # tokens; not a hand-picked list) with the embedded Qwen2.5-Coder-1.5B, simulate and score them beside a
 # shuffled-label baseline, print a table with the baseline gain and how much the simulations read the
-# label, and write an HTML report. ~10 min on 2 cores.
+# label, and write an HTML report. ~15 min on 2 cores (an estimate from 42 random latents; not yet timed).
 #   bash scripts/quickstart.sh [RUN_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
