@@ -115,12 +115,17 @@ def check_on_workers(
     """Check the inputs of a Ray pass on the workers (one :func:`check_shard_inputs` task per worker, with the
     shards' resources) and return the job's manifest entries. Bad input raises its UserError (one line) before
     anything is written; the workers keep their prepared jobs for the shard tasks that follow."""
-    if ray_start is not None:
-        ray_start.wait()
-    ray = _start_ray(execution, execution.workers * setup.threads)
+    ray = _ray_up(setup, execution, ray_start)
     task = _remote(ray, check_shard_inputs, setup, execution)
     refs = {task.remote(setup, config): Shard(i, execution.workers) for i in range(execution.workers)}
     return _gather(ray, refs, None, "input check on the worker of shard")[0]
+
+
+def _ray_up(setup: SamplingSetup, execution: ExecutorConfig, ray_start: RayStart | None) -> Any:
+    """Ray, once the background start-up (if any) is done, with CPUs for every worker."""
+    if ray_start is not None:
+        ray_start.wait()
+    return _start_ray(execution, execution.workers * setup.threads)
 
 
 def _remote(ray: Any, fn: Callable[..., Any], setup: SamplingSetup, execution: ExecutorConfig) -> Any:
@@ -302,9 +307,7 @@ def _run_ray(
     progress: ShardProgress | None,
     ray_start: RayStart | None,
 ) -> list[dict[str, Any]]:
-    if ray_start is not None:
-        ray_start.wait()
-    ray = _start_ray(execution, execution.workers * setup.threads)
+    ray = _ray_up(setup, execution, ray_start)
     task = _remote(ray, run_shard, setup, execution)
     refs = {task.remote(setup, config, Path(run_dir).resolve(), s): s for s in shards}
     return _gather(ray, refs, None if progress is None else

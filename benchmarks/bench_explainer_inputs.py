@@ -24,7 +24,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from bench_label_dependence import per_latent
+from bench_label_dependence import gain, per_latent
 from bench_prompt_grouping import paired_line
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,10 +61,6 @@ def main() -> None:
         if arm == "default":
             continue
         both = sorted(base.keys() & feats.keys())
-
-        def gain(r: dict[str, float | None]) -> float | None:
-            a, b = r.get("label"), r.get("baseline")
-            return None if a is None or b is None else a - b
 
         for what, get in (("correlation of the label", lambda r: r.get("label")), ("gain over the baseline", gain),
                           ("label prior correlation", lambda r: r.get("label_prior"))):

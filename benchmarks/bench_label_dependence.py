@@ -70,6 +70,12 @@ def _plain_label_prior(run: Path, plain: dict[str, dict[str, float | None]]) -> 
             plain[f]["label_prior"] = sc.value
 
 
+def gain(r: dict[str, float | None]) -> float | None:
+    """A latent's paired gain: its label's correlation minus its shuffled baseline's (None if either is)."""
+    a, b = r.get("label"), r.get("baseline")
+    return None if a is None or b is None else a - b
+
+
 def report(run: Path) -> None:
     from autointerp.score import bootstrap_ci
 
@@ -87,10 +93,6 @@ def report(run: Path) -> None:
     if {"plain", "prior-subtracted"} <= rows.keys():
         plain, sub = rows["plain"], rows["prior-subtracted"]
         both = sorted(plain.keys() & sub.keys())
-
-        def gain(r: dict[str, float | None]) -> float | None:
-            a, b = r.get("label"), r.get("baseline")
-            return None if a is None or b is None else a - b
 
         print(paired_line("correlation of the label", [(plain[f].get("label"), sub[f].get("label")) for f in both],
                           ("plain", "prior-subtracted")))

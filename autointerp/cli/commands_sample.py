@@ -91,7 +91,7 @@ def sample(
     if execution is not None and execution.executor == "ray":
         from autointerp.executor import start_ray
 
-        # Ray starts while the checks below load the model
+        # Ray starts in the background while the command resolves its inputs; the checks then run on its workers
         ray_start = start_ray(execution, execution.workers * setup.threads)
     # Bad input (model, hook, SAE, corpus, features, weights) fails here, before anything is written. With an
     # executor the shards load the model themselves: the local one checks here without the subject's weights,
