@@ -114,7 +114,6 @@ def estimate_run(
     client: LLMClient = NoClient()
     explainer_settings = cfg.explainer_settings()
     scored = 2 if cfg.baseline else 1  # each feature's label, and a baseline label from another feature
-    splits = [*cfg.scored_test_splits, "valid"]
     classifiers = [
         cls(client, ClassifierSettings(cfg.classifier_examples, cfg.classifier_examples, cfg.examples_per_prompt))
         for name, cls in (("detection", DetectionScorer), ("fuzzing", FuzzingScorer))
@@ -127,12 +126,14 @@ def estimate_run(
         if examples:
             chars["explainer"] += cfg.n_candidates * _chat_chars(explainer_request_for(explainer_settings, record))
             requests["explainer"] += cfg.n_candidates
-        texts = [r.tokens for s in splits for r in _limit(getattr(record, s), cfg.max_records_per_split)]
+        texts = [getattr(record, s)[i].tokens for s, idx in cfg.simulated_records(record) for i in idx]
         valid = [r.tokens for r in _limit(record.valid, cfg.max_records_per_split)]
         if "simulation" in cfg.scorer_list:
             c, n = simulation_chars(texts, strategy, cfg.simulator_kind)
-            chars["simulator"] += scored * c
-            requests["simulator"] += scored * n
+            # each explanation's simulations, and with --subtract-prior the feature's neutral ones (shared)
+            times = scored + (1 if cfg.subtract_prior else 0)
+            chars["simulator"] += times * c
+            requests["simulator"] += times * n
         if cfg.n_candidates > 1:  # candidates are compared by simulation on the valid records
             c, n = simulation_chars(valid, strategy, cfg.simulator_kind)
             chars["simulator"] += (cfg.n_candidates - 1) * c

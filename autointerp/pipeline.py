@@ -186,6 +186,11 @@ class ExplainConfig:
     measured score difference."""
     score_quantiles: bool = False
     """Also simulate the test_quantiles records (for correlation_quantiles; costs one more split)."""
+    calibrate: bool = True
+    """simulation scorer: also simulate the calibration records (held-out top 'valid' records and as many
+    spare 'test_random' ones, OpenAI's 1:1 calibration set) to fit r_squared and absolute_deviation_explained.
+    --no-calibrate leaves those two undefined and roughly halves the simulator's requests; the correlation
+    scores never read the calibration records."""
     classifier_examples: int = 50
     """Activating and non-activating examples each, per detection/fuzzing scorer (delphi: 50 + 50)."""
     examples_per_prompt: int = 5
@@ -355,6 +360,22 @@ class ExplainConfig:
         """The test splits simulated and scored: test_top and test_random, and test_quantiles with
         ``score_quantiles``."""
         return [s for s in TEST_SPLITS if s != "test_quantiles" or self.score_quantiles]
+
+    def simulated_records(self, record: FeatureRecord) -> list[tuple[str, list[int]]]:
+        """What the simulation scorer simulates for ``record`` under one explanation, as (split, record
+        indices): each scored test split's first ``max_records_per_split`` records, then, with ``calibrate``,
+        the calibration records (:func:`~autointerp.score.calibration_indices`: ``valid``, then
+        ``test_random``). The scorer and the cost estimate both read this list."""
+        from autointerp.score import calibration_indices
+
+        out = [
+            (s, list(range(len(limit_records(getattr(record, s), self.max_records_per_split)))))
+            for s in self.scored_test_splits
+        ]
+        if self.calibrate:
+            top, rnd = calibration_indices(record, self.max_records_per_split)
+            out += [("valid", top), ("test_random", rnd)]
+        return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ExplainConfig:

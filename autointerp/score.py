@@ -53,7 +53,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -215,7 +215,7 @@ def calibration_indices(record: FeatureRecord, limit: int) -> tuple[list[int], l
 
 
 def simulation_scores(
-    splits: dict[str, tuple[Sequence[ActivationRecord], Sequence[Simulation]]],
+    splits: Mapping[str, tuple[Sequence[ActivationRecord], Sequence[Simulation]]],
     calibration: tuple[Sequence[ActivationRecord], Sequence[Simulation]] | None = None,
     max_failed_fraction: float = 0.2,
 ) -> list[Score]:
@@ -223,7 +223,8 @@ def simulation_scores(
 
     ``splits`` maps ``test_top``/``test_random``/``test_quantiles`` to (records, simulations);
     ``calibration`` is (records, their simulations) for the linear calibration of r_squared and
-    absolute_deviation_explained: held-out top and random records 1:1 (:func:`calibration_indices`)."""
+    absolute_deviation_explained: held-out top and random records 1:1 (:func:`calibration_indices`); None:
+    not calibrated (both undefined)."""
     empty: tuple[Sequence[ActivationRecord], Sequence[Simulation]] = ([], [])
     top = splits.get("test_top", empty)
     rnd = splits.get("test_random", empty)
@@ -245,8 +246,10 @@ def simulation_scores(
     names = ("r_squared", "absolute_deviation_explained")
     if calibration is None or not calibration[0]:
         reason = (
-            "no calibration records: a 1:1 top/random calibration needs test_random records beyond the scored "
-            "ones (sample more with --n-random, or lower --max-records-per-split)"
+            "not calibrated (--no-calibrate): the calibration records were not simulated"
+            if calibration is None
+            else "no calibration records: a 1:1 top/random calibration needs test_random records beyond the "
+            "scored ones (sample more with --n-random, or lower --max-records-per-split)"
         )
         out += [Score(n, None, reason=reason, settings=settings) for n in names]
         return out

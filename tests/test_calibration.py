@@ -51,3 +51,40 @@ async def test_refused_calibrations_are_counted_per_score(tmp_path: Path) -> Non
     refused = summary.n_calibration_refused
     assert refused["r_squared"]["explained"] == 3 and refused["absolute_deviation_explained"]["explained"] == 3
     assert summary.n_scored["r_squared"]["explained"] == 0
+
+
+async def test_no_calibrate_skips_the_calibration_records_and_leaves_the_correlations_unchanged(
+    tmp_path: Path,
+) -> None:
+    records = [synthetic_record(i) for i in range(3)]  # 3 valid, 4 test_random: 1 top + 1 random calibrate
+    summaries, requests = {}, {}
+    for calibrate in (True, False):
+        fake = FakeLLM()
+        cfg = ExplainConfig(max_records_per_split=3, calibrate=calibrate)
+        summaries[calibrate] = await run_explain(cfg, tmp_path / str(calibrate), records, Clients(fake, fake, fake))
+        requests[calibrate] = len(fake.logprob_requests)
+    # per feature, label and baseline: 3 test_top + 3 test_random, plus 2 calibration records when calibrating
+    assert requests == {True: 3 * 2 * 8, False: 3 * 2 * 6}
+    on, off = summaries[True], summaries[False]
+    assert off.scores["correlation"] == on.scores["correlation"]
+    assert on.n_scored["r_squared"]["explained"] == 3 and off.n_scored["r_squared"]["explained"] == 0
+    run = load_run(tmp_path / "False")
+    for f in run.features():
+        r2 = run.scores_of(run.selected(f))["r_squared"]  # type: ignore[arg-type]
+        assert r2.value is None and "not calibrated (--no-calibrate)" in (r2.reason or "")
+        assert not any(k[1] == "valid" for k in run.simulations)
+
+
+async def test_the_estimate_counts_the_simulations_the_run_sends(tmp_path: Path) -> None:
+    """The cost estimate reads the scorer's own list of simulated records: calibration records, and with
+    --subtract-prior the neutral simulations (once per record, shared by the label and its baseline)."""
+    import json
+
+    records = [synthetic_record(i) for i in range(2)]
+    for calibrate, prior in ((True, False), (False, False), (True, True)):
+        fake = FakeLLM()
+        cfg = ExplainConfig(max_records_per_split=3, calibrate=calibrate, subtract_prior=prior)
+        run = tmp_path / f"{calibrate}-{prior}"
+        await run_explain(cfg, run, records, Clients(fake, fake, fake))
+        estimate = json.loads((run / "manifest.json").read_text())["llm"]["estimate"]["simulator"]
+        assert estimate["requests"] == len(fake.logprob_requests), (calibrate, prior)

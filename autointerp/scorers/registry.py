@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from autointerp.errors import UserError
-from autointerp.records import ActivationRecord, FeatureRecord, Score, Simulation, Usage
-from autointerp.scorers.base import Models, ScoreContext, Scored, Scorer, limit_records, usage_of
+from autointerp.records import FeatureRecord, Score, Usage
+from autointerp.scorers.base import Models, ScoreContext, Scored, Scorer, usage_of
 
 if TYPE_CHECKING:
     from autointerp.pipeline import ExplainConfig
@@ -78,32 +78,25 @@ class _SimulationScorer:
         self.score_names: tuple[str, ...] = SIMULATION_SCORES
 
     async def score(self, eid: str, text: str, record: FeatureRecord) -> Scored:
-        from autointerp.score import calibration_indices, simulation_scores
+        from autointerp.score import simulation_scores
 
         cfg = self.ctx.config
-        usage = Usage()
-        splits: dict[str, tuple[Sequence[ActivationRecord], Sequence[Simulation]]] = {}
-        names = cfg.scored_test_splits
-        top, rnd = calibration_indices(record, cfg.max_records_per_split)
+        plan = cfg.simulated_records(record)  # the scored test splits, then the calibration records
         # Every simulation of this explanation is asked for at once, so its requests (which share the template
         # and the explanation, the prompt's prefix) reach the backend together and reuse its prefix cache.
         done = await asyncio.gather(
-            *(self.ctx.simulations(eid, text, record, split) for split in names),
-            self.ctx.simulations(eid, text, record, "valid", top),
-            self.ctx.simulations(eid, text, record, "test_random", rnd),
-            return_exceptions=True,
+            *(self.ctx.simulations(eid, text, record, split, idx) for split, idx in plan), return_exceptions=True
         )
         failed = next((d for d in done if isinstance(d, BaseException)), None)
         if failed is not None:
             raise failed
         results = [d for d in done if not isinstance(d, BaseException)]
-        for split, (sims, u) in zip(names, results, strict=False):
-            usage = usage + u
-            splits[split] = (limit_records(getattr(record, split), cfg.max_records_per_split), sims)
-        (cal_top, u), (cal_rnd, u2) = results[-2], results[-1]
-        usage = usage + u + u2
-        cal_recs = [record.valid[i] for i in top] + [record.test_random[i] for i in rnd]
-        cal = (cal_recs, cal_top + cal_rnd)
+        usage = sum((u for _, u in results), Usage())
+        recs = [[getattr(record, split)[i] for i in idx] for split, idx in plan]
+        sims = [s for s, _ in results]
+        n = len(cfg.scored_test_splits)
+        splits = {split: (recs[j], sims[j]) for j, (split, _) in enumerate(plan[:n])}
+        cal = ([r for rs in recs[n:] for r in rs], [x for xs in sims[n:] for x in xs]) if cfg.calibrate else None
         return Scored(simulation_scores(splits, cal, cfg.max_failed_fraction), usage)
 
 
