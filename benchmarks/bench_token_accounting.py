@@ -8,7 +8,7 @@ One in-process llama.cpp server (Qwen2.5-Coder-1.5B, 2 threads, one slot, prompt
 behind a logging proxy on loopback; the main job runs as a subprocess with ``--explainer`` and
 ``--simulator`` set to ``openai-compatible:<proxy>/v1/qwen`` (the same llama.cpp path as ``local:``) and
 ``--no-cache``; its other arguments are those of scripts/quickstart.sh (``--sae gemma3-270m/L6 --features
-1836,1325,140,364,1743 --tokens 20000 --window 32 --explainer-kind highlighted --n-top-examples 8
+random:5,min=20,seed=0 --tokens 20000 --window 32 --explainer-kind highlighted --n-top-examples 8
 --max-records-per-split 3``). The job's wall time is printed, split at the first LLM request the proxy sees
 (before it: start-up and sampling; after it: explain, simulate, score). ``--code DIR`` runs the CLI of another
 checkout (e.g. the code before issue 16), so before/after use the same server, proxy and counting; with
@@ -241,7 +241,7 @@ def judge_only(args: argparse.Namespace, spec: str, proxy: CountingProxy, base: 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--code", type=Path, default=Path.cwd(), help="checkout whose CLI runs the job")
-    ap.add_argument("--features", default="1836,1325,140,364,1743", help="the main job's latents")
+    ap.add_argument("--features", default="random:5,min=20,seed=0", help="the main job's latents (its rule)")
     ap.add_argument("--tokens", default="20000", help="corpus tokens sampled (the main job's 20,000)")
     ap.add_argument("--run-dir", type=Path, default=Path("/tmp/autointerp-token-bench"))
     ap.add_argument("--threads", type=int, default=2)
