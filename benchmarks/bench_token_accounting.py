@@ -9,8 +9,10 @@ behind a logging proxy on loopback; the main job runs as a subprocess with ``--e
 ``--simulator`` set to ``openai-compatible:<proxy>/v1/qwen`` (the same llama.cpp path as ``local:``) and
 ``--no-cache``; its other arguments are those of scripts/quickstart.sh (``--sae gemma3-270m/L6 --features
 random:5,min=20,seed=0 --tokens 20000 --window 32 --explainer-kind highlighted --n-top-examples 8
---max-records-per-split 3``). The job's wall time is printed, split at the first LLM request the proxy sees
-(before it: start-up and sampling; after it: explain, simulate, score). ``--code DIR`` runs the CLI of another
+--max-records-per-split 3``; with the calibration records, which the main job skips since 2026-11-30 with
+``--no-calibrate``: the ``--code`` of earlier versions has no such option). The job's wall time is printed,
+split at the first LLM request the proxy sees (before it: start-up and sampling; after it: explain, simulate,
+score). ``--code DIR`` runs the CLI of another
 checkout (e.g. the code before issue 16), so before/after use the same server, proxy and counting; with
 ``--records`` (e.g. the after run's records.jsonl) it samples nothing, so both explain the same records.
 

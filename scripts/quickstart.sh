@@ -4,7 +4,8 @@
 # chosen by a documented rule (seeded random among the latents that fired on at least 20 of the sampled
 # tokens; not a hand-picked list) with the embedded Qwen2.5-Coder-1.5B, simulate and score them beside a
 # shuffled-label baseline, print a table with the baseline gain and how much the simulations read the
-# label, and write an HTML report. ~15 min on 2 cores (an estimate from 42 random latents; not yet timed).
+# label, and write an HTML report. --no-calibrate: the correlation scores without the calibrated r_squared,
+# which would double the simulator's requests. Time on 2 cores: see README.md.
 #   bash scripts/quickstart.sh [RUN_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +13,7 @@ bash scripts/setup.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 RUN_DIR="${1:-${AUTOINTERP_RUNS:-$HOME/autointerp-runs}/quickstart}"
 .venv/bin/autointerp explain --sae gemma3-270m/L6 --features random:5,min=20,seed=0 --tokens 20000 \
-  --window 32 --explainer-kind highlighted --n-top-examples 8 --max-records-per-split 3 --run-dir "$RUN_DIR"
+  --window 32 --explainer-kind highlighted --n-top-examples 8 --max-records-per-split 3 --no-calibrate \
+  --run-dir "$RUN_DIR"
 .venv/bin/autointerp report "$RUN_DIR"
 echo "run directory: $RUN_DIR  (open $RUN_DIR/report.html in a browser)"
