@@ -11,9 +11,12 @@ Each arm is one ``autointerp explain --sample-run SAMPLE`` run in ``OUT/<arm>`` 
 - ``token-stats``: ``--token-stats 10`` (the most often marked tokens with counts, tokens by summed activation);
 - ``trim``: ``--trim-examples 4`` (each example cut to its marked tokens and 4 tokens of context a side).
 
-A rerun resumes every arm. The report prints, per arm against ``default`` and paired by latent, the
-correlation of the label, its gain over the shuffled baseline, and the label prior correlation, with bootstrap
-95% CIs (``bench_label_dependence.per_latent``); with ``--subtract-prior`` the runs are scored that way too.
+``--extra`` adds options to the arms other than ``default``: with ``--no-baseline --no-calibrate`` an arm
+costs a quarter of the requests and gives the label's correlation only (no gain, no label prior); the
+correlation scores do not read the calibration records. A rerun resumes every arm. The report prints, per
+arm against ``default`` and paired by latent, the correlation of the label, its gain over the shuffled
+baseline, and the label prior correlation, with bootstrap 95% CIs (``bench_label_dependence.per_latent``);
+with ``--subtract-prior`` the runs are scored that way too.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--arms", default=",".join(ARMS))
     ap.add_argument("--subtract-prior", action="store_true")
+    ap.add_argument("--extra", default="", help="more explain options for the arms other than default, e.g. "
+                    "'--no-baseline --no-calibrate' (the label's correlation only: a quarter of the requests)")
     ap.add_argument("--report-only", action="store_true")
     args = ap.parse_args()
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
@@ -51,6 +56,8 @@ def main() -> None:
                args.features, *MAIN_JOB, *ARMS[arm], "--run-dir", str(args.out / arm)]
         if args.subtract_prior:
             cmd.append("--subtract-prior")
+        if arm != "default":
+            cmd += args.extra.split()
         t0 = time.perf_counter()
         rc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL).returncode
         print(f"{arm}: rc {rc}, {time.perf_counter() - t0:.0f} s, load {os.getloadavg()[0]:.1f}")
