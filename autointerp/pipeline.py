@@ -162,6 +162,10 @@ class ExplainConfig:
     """Candidate explanations per feature; with more than 1 the best by simulation on 'valid' is kept."""
     candidate_temperature: float = 0.7
     """Sampling temperature of candidates after the first (the first is greedy)."""
+    explain_retries: int = 1
+    """When every candidate's answer is unusable (its label copies a few-shot example of the prompt, or
+    cannot be parsed), ask for up to this many more candidates at --candidate-temperature; the unusable ones
+    stay in explanations.jsonl as failed. 0: none."""
     simulator_kind: str = "auto"
     """Simulator: logprob (all-at-once), json (chat APIs), or auto (logprob when the backend can)."""
     subtract_prior: bool = False
@@ -726,7 +730,10 @@ class _Runner:
         candidates: list[Explanation] = []
         watch = _Watched(self.clients.explainer)
         explainer = Explainer(watch, self.explainer_settings)
-        for c in range(cfg.n_candidates):
+        c, retries = 0, cfg.explain_retries
+        while c < cfg.n_candidates or (not candidates and retries > 0 and rows and rows[-1]["raw"]):
+            if c >= cfg.n_candidates:  # every answer so far was unusable: one more try, sampled
+                retries -= 1
             temp = 0.0 if c == 0 else cfg.candidate_temperature
             try:
                 ex = await explainer.explain(record, candidate=c, temperature=temp, seed=cfg.seed + c)
@@ -735,8 +742,10 @@ class _Runner:
                     record.id, "", self.explainer.spec, self.explainer.prompt_hash, e.raw, e.usage, c
                 )
                 rows.append({**failed.to_json(), "explanation_id": f"{fid}#{c}", "selected": False, "failed": e.reason})
+                c += 1
                 continue
             candidates.append(ex)
+            c += 1
         watch.check("explainer")  # nothing is written for a feature whose explainer requests failed
         best: Explanation | None = None
         if len(candidates) == 1:

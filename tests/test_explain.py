@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from fake_llm import FakeLLM, synthetic_record
@@ -172,3 +174,26 @@ def test_token_stats_and_trimming_reach_the_prompt_and_its_hash() -> None:
 
     settings, why = _explainer_settings({"config": config_to_dict(cfg)})
     assert why is None and settings == cfg.explainer_settings() and settings.token_stats == 3
+
+
+async def test_an_unusable_label_is_retried_once_sampled_and_the_failure_is_kept(tmp_path: Path) -> None:
+    """A greedy answer that copies a few-shot example is failed; one more candidate at the candidate
+    temperature is asked for, and the copy stays in explanations.jsonl as failed (explain_retries=0: not)."""
+    from autointerp.llm.base import ChatRequest
+    from autointerp.pipeline import Clients, ExplainConfig, run_explain
+    from autointerp.rundir import read_jsonl
+
+    def chat(req: ChatRequest) -> str:
+        shown = [m.content for m in req.messages if m.role == "assistant"]
+        return shown[0] if req.temperature == 0 else "Explanation: the word cat"
+
+    for retries, explained in ((1, 2), (0, 0)):
+        fake = FakeLLM(chat_fn=chat)
+        run = tmp_path / str(retries)
+        cfg = ExplainConfig(max_records_per_split=2, baseline=False, explain_retries=retries)
+        summary = await run_explain(cfg, run, [synthetic_record(i) for i in range(2)], Clients(fake, fake, fake))
+        assert summary.n_explained == explained
+        rows = list(read_jsonl(run / "explanations.jsonl"))
+        assert sum("copies a few-shot" in (r.get("failed") or "") for r in rows) == 2
+        assert [r["text"] for r in rows if r["selected"]] == ["the word cat"] * explained
+        assert len(fake.chat_requests) == 2 * (1 + retries)
