@@ -365,17 +365,22 @@ class ExplainConfig:
         ``score_quantiles``."""
         return [s for s in TEST_SPLITS if s != "test_quantiles" or self.score_quantiles]
 
-    def simulated_records(self, record: FeatureRecord) -> list[tuple[str, list[int]]]:
-        """What the simulation scorer simulates for ``record`` under one explanation, as (split, record
-        indices): each scored test split's first ``max_records_per_split`` records, then, with ``calibrate``,
-        the calibration records (:func:`~autointerp.score.calibration_indices`: ``valid``, then
-        ``test_random``). The scorer and the cost estimate both read this list."""
-        from autointerp.score import calibration_indices
-
-        out = [
+    def scored_records(self, record: FeatureRecord) -> list[tuple[str, list[int]]]:
+        """The records the test scores read, as (split, record indices): each scored test split's first
+        ``max_records_per_split`` records."""
+        return [
             (s, list(range(len(limit_records(getattr(record, s), self.max_records_per_split)))))
             for s in self.scored_test_splits
         ]
+
+    def simulated_records(self, record: FeatureRecord) -> list[tuple[str, list[int]]]:
+        """What the simulation scorer simulates for ``record`` under one explanation, as (split, record
+        indices): :meth:`scored_records`, then, with ``calibrate``, the calibration records
+        (:func:`~autointerp.score.calibration_indices`: ``valid``, then ``test_random``). The scorer and the
+        cost estimate both read this list."""
+        from autointerp.score import calibration_indices
+
+        out = self.scored_records(record)
         if self.calibrate:
             top, rnd = calibration_indices(record, self.max_records_per_split)
             out += [("valid", top), ("test_random", rnd)]
@@ -730,10 +735,10 @@ class _Runner:
         candidates: list[Explanation] = []
         watch = _Watched(self.clients.explainer)
         explainer = Explainer(watch, self.explainer_settings)
-        c, retries = 0, cfg.explain_retries
-        while c < cfg.n_candidates or (not candidates and retries > 0 and rows and rows[-1]["raw"]):
-            if c >= cfg.n_candidates:  # every answer so far was unusable: one more try, sampled
-                retries -= 1
+        for c in range(cfg.n_candidates + cfg.explain_retries):
+            # past the candidates, one more sampled try only while every answer so far was unusable
+            if c >= cfg.n_candidates and (candidates or not rows[-1]["raw"]):
+                break
             temp = 0.0 if c == 0 else cfg.candidate_temperature
             try:
                 ex = await explainer.explain(record, candidate=c, temperature=temp, seed=cfg.seed + c)
@@ -742,10 +747,8 @@ class _Runner:
                     record.id, "", self.explainer.spec, self.explainer.prompt_hash, e.raw, e.usage, c
                 )
                 rows.append({**failed.to_json(), "explanation_id": f"{fid}#{c}", "selected": False, "failed": e.reason})
-                c += 1
                 continue
             candidates.append(ex)
-            c += 1
         watch.check("explainer")  # nothing is written for a feature whose explainer requests failed
         best: Explanation | None = None
         if len(candidates) == 1:
@@ -868,11 +871,7 @@ def stored_label_prior(data: RunData, cfg: ExplainConfig, feature: str) -> Score
         return None
     sims = data.simulations
     neutral = neutral_id(cfg, feature) if cfg.subtract_prior else None
-    keys = [
-        (split, i)
-        for split in cfg.scored_test_splits
-        for i in range(len(limit_records(getattr(record, split), cfg.max_records_per_split)))
-    ]
+    keys = [(split, i) for split, idx in cfg.scored_records(record) for i in idx]
     eids = [e for e in (sel.explanation_id, base.explanation_id, neutral) if e is not None]
     stored = [[sims[(e, sp, i)] for e in eids] for sp, i in keys if all((e, sp, i) in sims for e in eids)]
     if not keys or len(stored) < len(keys):
