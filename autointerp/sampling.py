@@ -576,12 +576,17 @@ def selected_features(config: SamplingConfig, source: FeatureSource) -> list[int
 
 
 def _check_finite(t: torch.Tensor, source: FeatureSource, what: str, dtype: torch.dtype) -> None:
-    if not bool(torch.isfinite(t).all()):
-        name = str(dtype).removeprefix("torch.")
-        raise UserError(
-            f"non-finite {what} at hook {source.hook} ({source.address}) in {name} (e.g. float16 overflow); "
-            "run with --dtype bfloat16 or --dtype float32"
-        )
+    # A sum is finite exactly when every element is (NaN and +-inf propagate), unless the sum itself overflows,
+    # which the exact test then tells apart. One reduction instead of isfinite().all() (a bool copy of the
+    # whole tensor, then a pass over it): ~10x cheaper, ~30% of the state update of a dense batch on CPU.
+    acc = torch.float64 if t.dtype == torch.float64 else torch.float32
+    if math.isfinite(float(t.sum(dtype=acc))) or bool(torch.isfinite(t).all()):
+        return
+    name = str(dtype).removeprefix("torch.")
+    raise UserError(
+        f"non-finite {what} at hook {source.hook} ({source.address}) in {name} (e.g. float16 overflow); "
+        "run with --dtype bfloat16 or --dtype float32"
+    )
 
 
 class Sampler:

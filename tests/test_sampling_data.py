@@ -3,6 +3,7 @@ is refused on resume, duplicated text never crosses splits, non-finite activatio
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,7 +17,7 @@ from autointerp.errors import RunDirError, UserError
 from autointerp.hooks import HookPoint
 from autointerp.record_store import load_feature_records, load_records_meta, normalise_text
 from autointerp.records import SPLITS
-from autointerp.sampling import SamplingConfig, SamplingSetup, prepare_sampling, run_sampling
+from autointerp.sampling import SamplingConfig, SamplingSetup, _check_finite, prepare_sampling, run_sampling
 from autointerp.sources.base import DenseActs
 from autointerp.sources.neurons import NeuronSource
 from autointerp.sources.sae import random_sae
@@ -141,3 +142,25 @@ def test_non_finite_activations_stop_with_one_line_naming_hook_and_fix(tiny_llam
     msg = str(e.value)
     assert "\n" not in msg and "L1/mlp_neurons" in msg and "bfloat16" in msg and "float32" in msg
     assert not (tmp_path / "r" / "records" / "meta.json").exists()
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_finite_check_catches_any_non_finite_element_and_passes_sums_that_only_overflow(bad: float,
+                                                                                       dtype: torch.dtype) -> None:
+    src = NeuronSource("m", HOOK, 8)
+    x = torch.zeros(64, 8, dtype=dtype)
+    _check_finite(x, src, "feature activations", dtype)  # all finite: no error
+    x[37, 5] = bad
+    with pytest.raises(UserError, match="non-finite feature activations"):
+        _check_finite(x, src, "feature activations", dtype)
+    if dtype in (torch.float16, torch.float64):
+        return
+    # finite values whose float32 sum overflows (only representable in float32 / bfloat16) are not an error
+    big = torch.full((64, 8), 3e38, dtype=dtype)
+    assert not math.isfinite(float(big.sum(dtype=torch.float32)))
+    _check_finite(big, src, "feature activations", dtype)
+    both = big.clone()
+    both[0, 0], both[1, 1] = math.inf, -math.inf  # +inf and -inf: a NaN sum, still caught
+    with pytest.raises(UserError):
+        _check_finite(both, src, "feature activations", dtype)
