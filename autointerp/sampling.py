@@ -252,7 +252,11 @@ def choose_features(sample_run: Path, text: str | None) -> list[int] | None:
         if len(dirs) != 1:
             raise UserError(f"--features {text} draws from one source, but {sample_run} holds {len(dirs)}; "
                             "sample one source, or give feature ranges")
-        chosen = rule.choose(json.loads((dirs[0] / "records" / "stats.json").read_text()))
+        stats = dirs[0] / "records" / "stats.json"
+        if not stats.exists():
+            raise UserError(f"--features {text} draws among the sampled features' statistics, but {sample_run} has "
+                            "no records/stats.json; pass the folder of a finished `autointerp sample` run")
+        chosen = rule.choose(json.loads(stats.read_text()))
         log.info("--features %s chose %d features: %s", rule.describe(), len(chosen), chosen)
         return chosen
     feats = parse_feature_ranges(text)

@@ -62,8 +62,10 @@ class SweepSpec:
     sample: dict[str, Any] = field(default_factory=dict)
     """Instead of sample_run: sampling settings (model, hook, sae, tokens, ...) sampled once into SWEEP_DIR/sample
     (old key: cache)."""
-    features: list[int] | None = None
-    """Indices of the features to explain (the same set in every cell); None = every feature in the sample run."""
+    features: list[int] | str | None = None
+    """The features to explain (the same set in every cell): a list of indices, a string as `--features` takes
+    (ranges '0-99,200', or the rule 'random:N[,min=K][,seed=S]', drawn among the sampled features that fired on
+    at least K tokens), or None for every feature in the sample run."""
     base: dict[str, Any] = field(default_factory=dict)
     """Explain settings shared by every cell."""
     grid: dict[str, list[Any]] = field(default_factory=dict)
@@ -122,13 +124,26 @@ def spec_from_dict(raw: dict[str, Any], where: str = "sweep") -> SweepSpec:
             f"{where}: give either `sample_run` (an existing sample run) or `sample` (settings), not both"
         )
     feats = raw.get("features")
-    if feats is not None and (not isinstance(feats, list) or not all(isinstance(i, int) for i in feats)):
-        raise UserError(f"{where}: `features` must be a list of feature indices, e.g. [0, 5, 17]")
+    if isinstance(feats, str):
+        from autointerp.sampling import sampling_features
+
+        if not feats.strip():
+            raise UserError(f"{where}: `features` is empty; list feature indices, give ranges, or remove the key")
+
+        try:
+            sampling_features(feats)  # parses ranges and checks a random: rule
+        except UserError as e:
+            raise UserError(f"{where}: `features`: {e}") from None
+    elif feats is not None and (not isinstance(feats, list) or not all(isinstance(i, int) for i in feats)):
+        raise UserError(
+            f"{where}: `features` must be a list of feature indices, e.g. [0, 5, 17], ranges such as '0-99,200', "
+            "or a rule such as 'random:25,min=20,seed=0'"
+        )
     return SweepSpec(
         name=str(raw.get("name", "sweep")),
         sample_run=None if raw.get("sample_run") is None else str(raw["sample_run"]),
         sample=dict(raw.get("sample") or {}),
-        features=None if feats is None else [int(i) for i in feats],
+        features=feats.strip() if isinstance(feats, str) else None if feats is None else [int(i) for i in feats],
         base=dict(base),
         grid={str(k): list(v) for k, v in grid.items()},
         n_boot=int(raw.get("n_boot", 2000)),
@@ -241,6 +256,26 @@ CellRunner = Callable[[Cell, Path, list[FeatureRecord]], Awaitable[None]]
 """Runs one cell: explain ``records`` with ``cell.config`` into the run directory given."""
 
 
+def _tracked_features(features: list[int] | str | None) -> Sequence[int] | None:
+    """The features the sweep's sampling pass must track: a list or ranges as given; all (None) for a rule."""
+    if isinstance(features, str):
+        from autointerp.sampling import sampling_features
+
+        return sampling_features(features)
+    return features
+
+
+def _chosen_features(features: list[int] | str | None, sample_run: Path) -> list[int] | None:
+    """The feature indices the sweep explains, once ``sample_run`` is sampled (a random: rule draws here)."""
+    if not isinstance(features, str):
+        return features
+    from autointerp.sampling import choose_features, feature_rule, parse_feature_ranges
+
+    if feature_rule(features) is None:
+        return parse_feature_ranges(features)
+    return choose_features(sample_run, features)
+
+
 def load_records(sample_run: Path, features: Sequence[int] | None) -> list[FeatureRecord]:
     """The sampled records of ``sample_run`` restricted to ``features`` (indices): a sample run
     (``records/`` written by the sampler) or an explain run directory (``records.jsonl``)."""
@@ -345,15 +380,15 @@ async def run_sweep(
         check_cache_settings(spec.sample)
     if records is None:
         if spec.sample:
-            sample_run = sample_once(spec.sample, spec.features, sweep_dir / "sample")
-            records = load_records(sample_run, spec.features)
+            sample_run = sample_once(spec.sample, _tracked_features(spec.features), sweep_dir / "sample")
         elif spec.sample_run:
-            records = load_records(Path(spec.sample_run), spec.features)
+            sample_run = Path(spec.sample_run).expanduser()
         else:
             raise UserError(
                 "the sweep names no `sample_run` (or `sample` settings); run `autointerp sample` first and set "
                 "sample_run to its folder"
             )
+        records = load_records(sample_run, _chosen_features(spec.features, sample_run))
     if not records:
         raise UserError("the sweep has no features to explain; check `features` and the sample run")
     sweep_dir.mkdir(parents=True, exist_ok=True)

@@ -66,7 +66,10 @@ def _synthetic_sweep(root: Path, n_features: int = 12) -> tuple[SweepSpec, list[
         ({"grid": {"n_top_examples": []}}, "non-empty list"),
         ({"base": {"cot": True}, "grid": {"cot": [True, False]}}, "both"),
         ({"cache_run": "a", "cache": {"tokens": 10}}, "not both"),
-        ({"features": "0-5"}, "list of feature indices"),
+        ({"features": 5}, "list of feature indices"),
+        ({"features": "0-x"}, "bad feature range"),
+        ({"features": "random:3,k=2"}, "random:25"),
+        ({"features": " "}, "empty"),
         ([1, 2], "mapping"),
     ],
 )
@@ -288,3 +291,39 @@ def test_cache_settings_are_checked(tmp_path: Path) -> None:
         sample_once({"model": "gemma3-270m", "hook": "L6/mlp_neurons", "tokenz": 5}, None, tmp_path / "c")
     with pytest.raises(UserError, match="needs `sae"):
         sample_once({"tokens": 1000}, None, tmp_path / "c")
+
+
+async def test_sweep_features_rule_samples_every_feature_then_explains_the_drawn_ones(
+    tiny_model_dir: Path, tiny_corpus_file: Path, tmp_path: Path
+) -> None:
+    from autointerp.record_store import load_records_meta
+    from autointerp.sampling import choose_features
+
+    spec = spec_from_dict({
+        "sample": {"model": str(tiny_model_dir), "hook": "L1/mlp_neurons", "corpus": str(tiny_corpus_file),
+                   "tokens": 400, "window": 16, "threads": 1},
+        "features": "random:3,min=3,seed=2",
+        "base": {"max_records_per_split": 2, "scorers": ["simulation"], "baseline": False},
+        "grid": {"n_top_examples": [2]},
+        "n_boot": 100,
+    }, "s.yaml")
+    seen: list[list[int]] = []
+
+    class Runner(_FakeRunner):
+        async def __call__(self, cell: Cell, path: Path, records: list[FeatureRecord]) -> None:
+            seen.append([r.id.index for r in records])
+            await super().__call__(cell, path, records)
+
+    out = tmp_path / "sweep"
+    await run_sweep(spec, out, Runner(), allowed=explain_settings())
+    meta = load_records_meta(out / "sample")
+    assert meta["config"]["features"] is None and len(meta["features"]) == 48  # every one of d_mlp, not a guess
+    drawn = choose_features(out / "sample", "random:3,min=3,seed=2")
+    assert seen == [drawn] and len(set(tidy_table(out)["feature"])) == 3
+    # ranges work as on the command line; a rule needs a sample run's statistics
+    assert spec_from_dict({"features": "0-2,7"}).features == "0-2,7"
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    append_jsonl(cache / "records.jsonl", [synthetic_record(i).to_json() for i in range(3)])
+    with pytest.raises(UserError, match=r"no records/stats\.json"):
+        await run_sweep(spec_from_dict({"cache_run": str(cache), "features": "random:2"}), tmp_path / "s2", Runner())
