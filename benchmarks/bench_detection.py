@@ -1,0 +1,90 @@
+"""Detection balanced accuracy of a finished explain run's labels and shuffled baselines (issue #15's before and
+after), and its judge's uncached prompt share (issue #12), on a copy of the run.
+
+    .venv/bin/python benchmarks/bench_detection.py --run RUN --out COPY [--max 25] [--examples 5] \
+        [--examples-first] [--pair OTHER_COPY]
+
+RUN is copied to COPY (left as it is; a rerun with COPY present resumes it), then ``run_score(COPY, "detection",
+settings=...)`` (what ``autointerp score`` runs) scores the selected label and the shuffled baseline of the first
+``--max`` features by id that have both, with ``classifier_examples = --examples`` activating and as many
+non-activating held-out examples (the run's own setting is delphi's 50 + 50: with 5 examples per prompt, 44
+judge requests per latent, ~4 min of the embedded judge; ``classifier_examples`` is a record-choosing setting
+that ``autointerp score`` does not change, so this driver sets it on a copy with no detection scores yet).
+Prints the mean balanced accuracy of the labels and of the baselines with bootstrap 95% CIs and their paired
+difference, the judge's prompt tokens and the share its backend did not serve from its cache; with ``--pair``,
+the paired difference of the labels' balanced accuracy against another copy (e.g. ``--examples-first``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import time
+from pathlib import Path
+
+from bench_prompt_grouping import paired_line
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def balanced_accuracy(run: Path) -> dict[str, dict[str, float | None]]:
+    """{feature: {"label": ba, "baseline": ba}} from the run's detection scores."""
+    from autointerp.rundir import load_run
+
+    data = load_run(run, records=False, simulations=False)
+    out: dict[str, dict[str, float | None]] = {}
+    for (eid, name, _judge), sc in data.score_rows.items():
+        expl = data.explanations.get(eid)
+        if name != "detection" or expl is None:
+            continue
+        out.setdefault(expl.feature, {})["baseline" if expl.baseline else "label"] = sc.value
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--run", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--max", type=int, default=25)
+    ap.add_argument("--examples", type=int, default=5, help="activating and non-activating examples each")
+    ap.add_argument("--examples-first", action="store_true", help="--judge-examples-first")
+    ap.add_argument("--pair", type=Path, default=None, help="another copy scored the same way, to pair with")
+    args = ap.parse_args()
+
+    from autointerp.pipeline import run_score
+    from autointerp.rundir import load_run, load_run_usage
+
+    if not args.out.exists():
+        shutil.copytree(args.run, args.out)
+    data = load_run(args.out, simulations=False)
+    feats = sorted((f for f in data.records if data.selected(f) and data.baseline(f)),
+                   key=lambda f: int(f.rsplit(":", 1)[1]))[: args.max]
+    before = load_run_usage(args.out).get("judge", {})
+    t0 = time.time()
+    settings = {"classifier_examples": args.examples, "judge_examples_first": args.examples_first}
+    asyncio.run(run_score(args.out, "detection", settings=settings, features=feats))
+    after = load_run_usage(args.out).get("judge", {})
+    sent = after.get("prompt_tokens", 0) - before.get("prompt_tokens", 0)
+    cached = after.get("cached_prompt_tokens", 0) - before.get("cached_prompt_tokens", 0)
+    reqs = after.get("requests", 0) - before.get("requests", 0)
+    print(f"detection of {len(feats)} latents ({args.examples} + {args.examples} examples, examples first: "
+          f"{args.examples_first}) in {time.time() - t0:.0f} s, {reqs} judge requests")
+    if sent:
+        print(f"judge prompt tokens: sent {sent:,}, served from the backend's cache {cached:,}; uncached share "
+              f"{(sent - cached) / sent:.3f}; per latent sent {sent / len(feats):,.0f}, uncached "
+              f"{(sent - cached) / len(feats):,.0f}")
+    ba = balanced_accuracy(args.out)
+    rows = [ba.get(f, {}) for f in feats]
+    print(paired_line("detection balanced accuracy, shuffled baseline -> label",
+                      [(r.get("baseline"), r.get("label")) for r in rows], ("baseline", "label")))
+    if args.pair is not None:
+        other = balanced_accuracy(args.pair)
+        print(paired_line(f"labels' balanced accuracy, {args.pair.name} -> {args.out.name}",
+                          [(other.get(f, {}).get("label"), ba.get(f, {}).get("label")) for f in feats],
+                          (args.pair.name, args.out.name)))
+
+
+if __name__ == "__main__":
+    main()
