@@ -57,6 +57,7 @@ from autointerp.config import config_to_dict
 from autointerp.corpus import ContentDigest, Shard, TokenWindows, WindowBatch
 from autointerp.errors import RunDirError, UserError
 from autointerp.record_store import FinishedState, SplitSizes, load_records_meta, write_records
+from autointerp.rundir import RECORDS
 from autointerp.sources.base import DenseActs, FeatureSource, TopKActs
 from autointerp.subject import Subject
 
@@ -243,7 +244,9 @@ def sampling_features(text: str | None) -> tuple[int, ...] | None:
 
 def choose_features(sample_run: Path, text: str | None) -> list[int] | None:
     """The features of finished sample run ``sample_run`` that ``--features text`` selects (None: all of them).
-    Ranges must have been sampled; ``random:`` draws among the run's features (one source only)."""
+    Ranges must have been sampled (checked here against ``records/meta.json``; in a run that holds only
+    ``records.jsonl``, e.g. an explain run, when its records are read); ``random:`` draws among the run's
+    features (one source only)."""
     if not text:
         return None
     dirs = source_dirs(Path(sample_run))
@@ -261,6 +264,8 @@ def choose_features(sample_run: Path, text: str | None) -> list[int] | None:
         return chosen
     feats = parse_feature_ranges(text)
     for d in dirs:
+        if not (d / "records" / "meta.json").exists() and (d / RECORDS).exists():
+            continue
         sampled = {int(f) for f in load_records_meta(d)["features"]}
         missing = [f for f in feats if f not in sampled]
         if missing:

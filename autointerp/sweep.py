@@ -269,10 +269,8 @@ def _chosen_features(features: list[int] | str | None, sample_run: Path) -> list
     """The feature indices the sweep explains, once ``sample_run`` is sampled (a random: rule draws here)."""
     if not isinstance(features, str):
         return features
-    from autointerp.sampling import choose_features, feature_rule, parse_feature_ranges
+    from autointerp.sampling import choose_features
 
-    if feature_rule(features) is None:
-        return parse_feature_ranges(features)
     return choose_features(sample_run, features)
 
 

@@ -11,8 +11,10 @@ non-activating held-out examples (the run's own setting is delphi's 50 + 50: wit
 judge requests per latent, ~4 min of the embedded judge; ``classifier_examples`` is a record-choosing setting
 that ``autointerp score`` does not change, so this driver sets it on a copy with no detection scores yet).
 Prints the mean balanced accuracy of the labels and of the baselines with bootstrap 95% CIs and their paired
-difference, the judge's prompt tokens and the share its backend did not serve from its cache; with ``--pair``,
-the paired difference of the labels' balanced accuracy against another copy (e.g. ``--examples-first``).
+difference, the judge's prompt tokens and the share its backend did not serve from its cache, in all and apart
+for the answer (chat) and the P(yes) (top_logprobs) requests; with ``--pair``, the paired difference of the
+labels' balanced accuracy against another copy (e.g. ``--examples-first``). autointerp's response cache is off
+(``llm_cache = False``), so a copy scored again sends its requests to the judge rather than reading old answers.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import shutil
 import time
 from pathlib import Path
 
+from bench_label_dependence import score_entries
 from bench_prompt_grouping import paired_line
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -31,15 +34,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 def balanced_accuracy(run: Path) -> dict[str, dict[str, float | None]]:
     """{feature: {"label": ba, "baseline": ba}} from the run's detection scores."""
-    from autointerp.rundir import load_run
-
-    data = load_run(run, records=False, simulations=False)
     out: dict[str, dict[str, float | None]] = {}
-    for (eid, name, _judge), sc in data.score_rows.items():
-        expl = data.explanations.get(eid)
-        if name != "detection" or expl is None:
-            continue
-        out.setdefault(expl.feature, {})["baseline" if expl.baseline else "label"] = sc.value
+    for feature, _name, _judge, baseline, value in score_entries(run, ("detection",)):
+        out.setdefault(feature, {})["baseline" if baseline else "label"] = value
     return out
 
 
@@ -63,18 +60,23 @@ def main() -> None:
                    key=lambda f: int(f.rsplit(":", 1)[1]))[: args.max]
     before = load_run_usage(args.out).get("judge", {})
     t0 = time.time()
-    settings = {"classifier_examples": args.examples, "judge_examples_first": args.examples_first}
+    settings = {"classifier_examples": args.examples, "judge_examples_first": args.examples_first,
+                "llm_cache": False}
     asyncio.run(run_score(args.out, "detection", settings=settings, features=feats))
     after = load_run_usage(args.out).get("judge", {})
-    sent = after.get("prompt_tokens", 0) - before.get("prompt_tokens", 0)
-    cached = after.get("cached_prompt_tokens", 0) - before.get("cached_prompt_tokens", 0)
-    reqs = after.get("requests", 0) - before.get("requests", 0)
     print(f"detection of {len(feats)} latents ({args.examples} + {args.examples} examples, examples first: "
-          f"{args.examples_first}) in {time.time() - t0:.0f} s, {reqs} judge requests")
-    if sent:
-        print(f"judge prompt tokens: sent {sent:,}, served from the backend's cache {cached:,}; uncached share "
-              f"{(sent - cached) / sent:.3f}; per latent sent {sent / len(feats):,.0f}, uncached "
-              f"{(sent - cached) / len(feats):,.0f}")
+          f"{args.examples_first}) in {time.time() - t0:.0f} s")
+    parts = [("all", after, before)] + [
+        (kind, after.get("by_kind", {}).get(kind, {}), before.get("by_kind", {}).get(kind, {}))
+        for kind in ("chat", "top_logprobs")]
+    for name, a, b in parts:
+        sent = a.get("prompt_tokens", 0) - b.get("prompt_tokens", 0)
+        cached = a.get("cached_prompt_tokens", 0) - b.get("cached_prompt_tokens", 0)
+        reqs = a.get("requests", 0) - b.get("requests", 0)
+        if sent:
+            print(f"judge {name:12s}: {reqs} requests, prompt tokens sent {sent:,}, served from the backend's "
+                  f"cache {cached:,}; uncached share {(sent - cached) / sent:.3f}; per latent sent "
+                  f"{sent / len(feats):,.0f}, uncached {(sent - cached) / len(feats):,.0f}")
     ba = balanced_accuracy(args.out)
     rows = [ba.get(f, {}) for f in feats]
     print(paired_line("detection balanced accuracy, shuffled baseline -> label",

@@ -33,22 +33,27 @@ from bench_prompt_grouping import paired_line
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def per_latent(run: Path) -> dict[str, dict[str, dict[str, float | None]]]:
-    """{setting: {feature: {correlation, baseline, label_prior}}} over the run's simulation judges."""
+def score_entries(run: Path, names: tuple[str, ...]) -> list[tuple[str, str, str, bool, float | None]]:
+    """(feature, score name, judge, baseline?, value) of every stored score of the run named in ``names``."""
     from autointerp.rundir import load_run
 
     data = load_run(run, records=False, simulations=False)
-    out: dict[str, dict[str, dict[str, float | None]]] = {}
+    out = []
     for (eid, name, judge), sc in data.score_rows.items():
-        if name not in ("correlation", "label_prior_correlation"):
-            continue
         expl = data.explanations.get(eid)
-        if expl is None:
-            continue
+        if name in names and expl is not None:
+            out.append((expl.feature, name, judge, expl.baseline, sc.value))
+    return out
+
+
+def per_latent(run: Path) -> dict[str, dict[str, dict[str, float | None]]]:
+    """{setting: {feature: {correlation, baseline, label_prior}}} over the run's simulation judges."""
+    out: dict[str, dict[str, dict[str, float | None]]] = {}
+    for feature, name, judge, baseline, value in score_entries(run, ("correlation", "label_prior_correlation")):
         setting = "prior-subtracted" if "+prior-subtracted" in judge else "plain"
-        row = out.setdefault(setting, {}).setdefault(expl.feature, {})
-        key = "label_prior" if name == "label_prior_correlation" else ("baseline" if expl.baseline else "label")
-        row[key] = sc.value
+        row = out.setdefault(setting, {}).setdefault(feature, {})
+        key = "label_prior" if name == "label_prior_correlation" else ("baseline" if baseline else "label")
+        row[key] = value
     _plain_label_prior(run, out.get("plain", {}))
     return out
 

@@ -553,6 +553,29 @@ def test_usage_log_sums_sessions_per_role_and_keeps_undefined_costs(tmp_path: Pa
     assert out["clients"] == {"openai:gpt-4o-mini": {"attempts": 2, "retries": 1}}
 
 
+async def test_usage_log_splits_each_roles_tokens_by_request_kind(tmp_path: Path) -> None:
+    from autointerp.llm.base import ChatMessage, ChatRequest, TopLogprobsRequest
+    from autointerp.llm.usage import MeteredClient, UsageLog, usage_from_log
+    from autointerp.rundir import read_jsonl
+    from tests.fake_llm import FakeLLM
+
+    path = tmp_path / "usage.jsonl"
+    log = UsageLog(path)
+    log.append({"role": "judge", "spec": "fake:old", "usage": {"prompt_tokens": 7, "requests": 1}})  # no kind
+    judge = MeteredClient(FakeLLM(), UsageMeter(prices=PriceTable({}, "none"), role="judge", log=log))
+    chat = await judge.chat(ChatRequest(messages=(ChatMessage("user", "x" * 400),)))
+    probs = await judge.top_logprobs(TopLogprobsRequest(prompt="y" * 800, positions=(10, 20)))
+    await judge.chat(ChatRequest(messages=(ChatMessage("user", "z" * 40),)))
+    log.close()
+    out = usage_from_log(read_jsonl(path))["judge"]
+    kinds = out["by_kind"]
+    assert set(kinds) == {"chat", "top_logprobs", "unknown"}
+    assert kinds["chat"]["requests"] == 2 and kinds["chat"]["prompt_tokens"] == chat.usage.prompt_tokens + 10
+    assert kinds["top_logprobs"]["prompt_tokens"] == probs.usage.prompt_tokens == 200
+    assert kinds["unknown"]["prompt_tokens"] == 7
+    assert sum(k["prompt_tokens"] for k in kinds.values()) == out["prompt_tokens"]
+
+
 async def test_usage_meter_and_prices(tmp_path: Path) -> None:
     table = PriceTable.load()
     assert table.price("local:qwen2.5-coder-1.5b") is not None

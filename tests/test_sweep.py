@@ -255,6 +255,12 @@ async def test_run_sweep_errors(tmp_path: Path) -> None:
     append_jsonl(cache / "records.jsonl", [synthetic_record(0).to_json()])
     with pytest.raises(UserError, match="feature\\(s\\) 7 are not in"):
         await run_sweep(spec_from_dict({"cache_run": str(cache), "features": [0, 7]}), tmp_path / "s", _FakeRunner())
+    # The same as ranges in a string, from a run that holds only records.jsonl (no records/meta.json).
+    with pytest.raises(UserError, match="feature\\(s\\) 7 are not in"):
+        await run_sweep(spec_from_dict({"cache_run": str(cache), "features": "0,7"}), tmp_path / "s", _FakeRunner())
+    rule = spec_from_dict({"cache_run": str(cache), "features": "random:1"})
+    with pytest.raises(UserError, match=r"no records/stats\.json"):
+        await run_sweep(rule, tmp_path / "s", _FakeRunner())
 
 
 def test_example_sweep_file_is_valid() -> None:

@@ -14,8 +14,12 @@ arrives, to the run's :class:`UsageLog` (``usage.jsonl``), and ``usage.json`` is
 Usage-log lines (one JSON object per line)::
 
     {"session": "<time>", "prices": "<price table source>"}        a session (run_explain / run_score) starts
-    {"role", "spec", "usage": Usage.to_json(), "priced": bool}      one answer (cost filled when priced)
-    {"role", "spec", "failed": true}                                one request that failed for good
+    {"role", "spec", "kind", "usage": Usage.to_json(), "priced": bool}  one answer (cost filled when priced)
+    {"role", "spec", "kind", "failed": true}                        one request that failed for good
+
+``kind`` is the request type (:data:`KINDS`: chat, complete, top_logprobs), so a role's tokens can be told
+apart by what they were spent on (e.g. the judge's answers against its P(yes) requests); lines written
+before it existed have none and are counted under "unknown".
     {"clients": {spec: {attempts, retries, cache_hits, ...}}}       client counters at the end of a session
 
 Sums over :class:`Usage` go through its fields generically, so new counters added to ``Usage`` are summed
@@ -127,6 +131,9 @@ class PriceTable:
 ROLES = ("explainer", "simulator", "judge")
 """The LLM roles of a run, each metered by its own client."""
 
+KINDS = ("chat", "complete", "top_logprobs")
+"""The request types of :class:`~autointerp.llm.base.LLMClient`, as the usage log names them."""
+
 
 def usage_from_json(d: object) -> Usage:
     """A :class:`Usage` from its JSON form, over whatever fields ``Usage`` has (missing or null: the default)."""
@@ -179,16 +186,19 @@ class UsageMeter:
     log: UsageLog | None = None
     """Where each answer is appended as it arrives (the run's usage log), if anywhere."""
 
-    def add(self, spec: str, usage: Usage) -> None:
+    def add(self, spec: str, usage: Usage, kind: str = "") -> None:
+        """Count one answer of ``spec``; ``kind`` (one of :data:`KINDS`) is written to the log line."""
         self.by_spec[spec] = self.by_spec.get(spec, Usage()) + usage
         if self.log is not None:
             priced = spec not in self.unpriced
-            self.log.append({"role": self.role, "spec": spec, "usage": usage.to_json(), "priced": priced})
+            self.log.append(
+                {"role": self.role, "spec": spec, "kind": kind, "usage": usage.to_json(), "priced": priced}
+            )
 
-    def add_failure(self, spec: str) -> None:
+    def add_failure(self, spec: str, kind: str = "") -> None:
         self.failures[spec] = self.failures.get(spec, 0) + 1
         if self.log is not None:
-            self.log.append({"role": self.role, "spec": spec, "failed": True})
+            self.log.append({"role": self.role, "spec": spec, "kind": kind, "failed": True})
 
     def price_response(self, spec: str, response: LLMResponse) -> None:
         """Fill ``response.usage.cost_usd`` from the table (no change for cache hits); an unpriced spec that
@@ -240,25 +250,25 @@ class MeteredClient:
         self.supports_completion = inner.supports_completion
         self.supports_logprobs = inner.supports_logprobs
 
-    async def _metered(self, call: Awaitable[LLMResponse]) -> LLMResponse:
-        """Await one call; price and count its answer, or count its failure."""
+    async def _metered(self, kind: str, call: Awaitable[LLMResponse]) -> LLMResponse:
+        """Await one call of request type ``kind``; price and count its answer, or count its failure."""
         try:
             response = await call
         except LLMError:
-            self.meter.add_failure(self.spec)
+            self.meter.add_failure(self.spec, kind)
             raise
         self.meter.price_response(self.spec, response)
-        self.meter.add(self.spec, response.usage)
+        self.meter.add(self.spec, response.usage, kind)
         return response
 
     async def chat(self, request: ChatRequest) -> LLMResponse:
-        return await self._metered(self.inner.chat(request))
+        return await self._metered("chat", self.inner.chat(request))
 
     async def complete(self, request: CompletionRequest) -> LLMResponse:
-        return await self._metered(self.inner.complete(request))
+        return await self._metered("complete", self.inner.complete(request))
 
     async def top_logprobs(self, request: TopLogprobsRequest) -> LLMResponse:
-        return await self._metered(self.inner.top_logprobs(request))
+        return await self._metered("top_logprobs", self.inner.top_logprobs(request))
 
     async def aclose(self) -> None:
         await self.inner.aclose()
@@ -284,11 +294,13 @@ def usage_from_log(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """The content of ``usage.json``, derived from the lines of a run's usage log (all sessions).
 
     Per role (:data:`ROLES`, plus any other role found): the summed :class:`Usage` fields, ``spec`` (the
-    specs it used, comma-separated), ``by_spec`` (usage per spec), ``failures``; ``total``: summed over
+    specs it used, comma-separated), ``by_spec`` (usage per spec), ``by_kind`` (usage per request type,
+    :data:`KINDS`, "unknown" for lines written without one), ``failures``; ``total``: summed over
     roles. A role that sent a request to a spec with no price has ``cost_usd`` None, and so has the total;
     ``cost_reason`` names the specs and the fix and ``unpriced`` maps role -> specs. ``prices``: the price
     table of the last session; ``clients``: per spec, client counters summed over sessions."""
     by_role: dict[str, dict[str, Usage]] = {}
+    kinds: dict[str, dict[str, Usage]] = {}
     failures: dict[str, int] = {}
     unpriced: dict[str, list[str]] = {}
     clients: dict[str, dict[str, int]] = {}
@@ -311,6 +323,9 @@ def usage_from_log(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
                 continue
             used = usage_from_json(row.get("usage"))
             specs[spec] = specs.get(spec, Usage()) + used
+            kind = str(row.get("kind") or "unknown")
+            role_kinds = kinds.setdefault(role, {})
+            role_kinds[kind] = role_kinds.get(kind, Usage()) + used
             if not row.get("priced", True) and used.requests and spec not in unpriced.get(role, []):
                 unpriced.setdefault(role, []).append(spec)
     out: dict[str, Any] = {}
@@ -325,6 +340,7 @@ def usage_from_log(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
             **used.to_json(),
             "spec": ", ".join(specs),
             "by_spec": {k: v.to_json() for k, v in specs.items()},
+            "by_kind": {k: v.to_json() for k, v in kinds.get(role, {}).items()},
             "failures": failures.get(role, 0),
         }
         if unpriced.get(role):
