@@ -212,8 +212,8 @@ class ExplainConfig:
     """Non-activating windows for detection, fuzzing, embedding and surprisal: random, or hard (the
     non-firing random windows that share the most top-activating tokens with the feature's examples)."""
     judge_probabilities: bool = True
-    """Read the judge's P(yes) for AUCs (one extra top-logprobs request per judge prompt) when its backend
-    gives logprobs."""
+    """Read the judge's P(yes) for AUCs when its backend gives logprobs: from the logprobs of the judge's own
+    answer (llama.cpp, vLLM, OpenAI), else one extra top-logprobs request per judge prompt."""
     embedding_model: str = "all-minilm-l6-v2"
     """embedding scorer: the embedded all-minilm-l6-v2, or any sentence-transformers folder or hub name."""
     surprisal_model: str = "gemma3-270m"

@@ -40,9 +40,13 @@ negatives (``negatives``: ``random`` non-firing windows, or ``hard`` ones, see
 :func:`hard_negatives`), and which tokens fuzzing marks (``highlight_threshold`` x the record's max;
 0 marks every firing token, delphi uses 0.3).
 
-P(yes) is read with one extra top-logprobs request per judge prompt: the chat messages rendered as plain
-text, followed by the judge's own answer list, teacher-forced; at each 0/1 slot, P(yes) = p("1") /
-(p("1") + p("0")) among the top tokens (undefined for that example when neither is among them).
+P(yes) at each 0/1 slot of the judge's answer list is p("1") / (p("1") + p("0")) among the top tokens there
+(undefined for that example when neither is among them). The judge request asks for the top logprobs of its
+own answer tokens (``ChatRequest.top_logprobs``): when the backend gives them (llama.cpp, vLLM and OpenAI
+servers do) and every slot of the list is a token of its own, P(yes) is read from them, with no other
+request; otherwise with one extra top-logprobs request per judge prompt: the chat messages rendered as plain
+text, followed by the judge's own answer list, teacher-forced. ``details["probability_source"]`` says which
+(``answer`` or ``teacher-forced``).
 
 An unparseable judge answer is counted as failed and reported in ``details``, never as right or wrong.
 Undefined scores are ``Score(value=None, reason=...)``.
@@ -62,7 +66,7 @@ import numpy as np
 
 from autointerp.errors import UserError
 from autointerp.explain import highlight_tokens
-from autointerp.llm.base import ChatRequest, LLMClient, LLMError, TopLogprobsRequest
+from autointerp.llm.base import ChatRequest, LLMClient, LLMError, TokenLogprobs, TopLogprobsRequest
 from autointerp.llm.batching import MicroBatcher
 from autointerp.prompts import load_template
 from autointerp.records import ActivationRecord, FeatureRecord, Score, Simulation, Usage
@@ -434,8 +438,9 @@ class ClassifierSettings:
     """fuzzing: mark tokens whose activation exceeds this fraction of the record's max (0: every firing
     token; delphi: 0.3)."""
     judge_probabilities: bool = True
-    """Read the judge's P(yes) per example (one extra top-logprobs request per prompt) for the AUC, when the
-    judge backend gives logprobs."""
+    """Read the judge's P(yes) per example for the AUC, when the judge backend gives logprobs: from the logprobs
+    of the judge's own answer, or, where the backend does not return them, one extra top-logprobs request per
+    prompt."""
     examples_first: bool = False
     """Put the examples before the explanation in the judge prompt, so prompts that judge the same examples
     under another label (the shuffled baseline) share them as a prefix the backend's cache can serve."""
@@ -492,6 +497,35 @@ def positives_negatives(
     return pos, neg
 
 
+JUDGE_TOP_LOGPROBS = 20
+"""Alternatives per answer token a judge request asks for when P(yes) is read (OpenAI's maximum)."""
+
+
+def answer_probabilities(text: str, tokens: Sequence[TokenLogprobs]) -> list[float | None] | None:
+    """P(yes) at each value of the last ``[...]`` list of the judge's answer ``text``, from the answer's own
+    token logprobs; None when they cannot give it: no tokens, tokens that do not spell ``text``, or a value
+    that is not a token of its own (e.g. ``"[1"``), so that the caller asks the teacher-forced request."""
+    if not tokens or "".join(t.token for t in tokens) != text:
+        return None
+    found = list(re.finditer(r"\[[^\[\]]*\]", text))
+    if not found:
+        return None
+    last = found[-1]
+    values = [last.start() + m.start() for m in re.finditer(r"-?\d+(?:\.\d*)?", last.group())]
+    starts: dict[int, TokenLogprobs] = {}
+    pos = 0
+    for t in tokens:
+        starts[pos + len(t.token) - len(t.token.lstrip())] = t
+        pos += len(t.token)
+    out: list[float | None] = []
+    for v in values:
+        slot = starts.get(v)
+        if slot is None or slot.token.strip() not in ("0", "1"):
+            return None
+        out.append(choice_probability(slot.top))
+    return out
+
+
 def choice_probability(top: dict[str, float], yes: str = "1", no: str = "0") -> float | None:
     """P(yes) / (P(yes) + P(no)) among one slot's top tokens (compared stripped of spaces); None when neither
     is among them."""
@@ -522,6 +556,9 @@ class PartAnswer:
     """Why the P(yes) request failed, if it did."""
     usage: Usage
     """This part's share of the request's usage (by its number of examples)."""
+    probability_source: str | None = None
+    """Where P(yes) came from: "answer" (the judge answer's own logprobs), "teacher-forced" (the extra
+    request), or None (not asked, or failed)."""
 
 
 def split_usage(usage: Usage, weights: Sequence[int]) -> list[Usage]:
@@ -584,11 +621,13 @@ class _Classifier:
         msgs = self.template.render_chat(
             {"parts": listings, "n": start, "examples_first": self.settings.examples_first}
         )
-        return ChatRequest(messages=msgs, max_tokens=10 + 4 * start)
+        top = JUDGE_TOP_LOGPROBS if self.use_probabilities else 0
+        return ChatRequest(messages=msgs, max_tokens=10 + 4 * start, top_logprobs=top)
 
     async def judge_parts(self, parts: Sequence[JudgePart]) -> list[PartAnswer]:
-        """Ask the judge about ``parts`` in one request (and one P(yes) request, when used) and map its answer
-        back to each part in order. An LLMError of the judge request is raised."""
+        """Ask the judge about ``parts`` in one request (and one P(yes) request, when used and its answer's
+        logprobs do not give P(yes)) and map its answer back to each part in order. An LLMError of the judge
+        request is raised."""
         req = self.request_group(parts)
         sizes = [len(p.examples) for p in parts]
         n = sum(sizes)
@@ -597,16 +636,22 @@ class _Classifier:
         parsed = parse_binary_list(resp.text, n)
         probs: list[float | None] = [None] * n
         prob_failure = None
+        source = None
         if not isinstance(parsed, str) and self.use_probabilities:
-            try:
-                probs, u = await self._probabilities(req.messages, parsed)
-                usage = usage + u
-            except LLMError as e:
-                prob_failure = f"probability request failed: {e.reason}"
+            from_answer = answer_probabilities(resp.text, resp.logprobs)
+            if from_answer is not None and len(from_answer) == n:
+                probs, source = from_answer, "answer"
+            else:
+                try:
+                    probs, u = await self._probabilities(req.messages, parsed)
+                    usage = usage + u
+                    source = "teacher-forced"
+                except LLMError as e:
+                    prob_failure = f"probability request failed: {e.reason}"
         out, start = [], 0
         for size, u in zip(sizes, split_usage(usage, sizes), strict=True):
             preds = parsed if isinstance(parsed, str) else parsed[start : start + size]
-            out.append(PartAnswer(preds, probs[start : start + size], prob_failure, u))
+            out.append(PartAnswer(preds, probs[start : start + size], prob_failure, u, source))
             start += size
         return out
 
@@ -646,6 +691,7 @@ class _Classifier:
         got_labels: list[bool] = []
         got_preds: list[bool] = []
         got_probs: list[float | None] = []
+        sources: dict[str, int] = {}
         failures: list[str] = []
         for start in range(0, len(texts), s.per_prompt):
             batch = texts[start : start + s.per_prompt]
@@ -662,6 +708,8 @@ class _Classifier:
                 continue
             if ans.probability_failure:
                 failures.append(ans.probability_failure)
+            if ans.probability_source:
+                sources[ans.probability_source] = sources.get(ans.probability_source, 0) + 1
             got_preds += ans.predictions
             got_probs += ans.probabilities
             got_labels += labels[start : start + s.per_prompt]
@@ -685,6 +733,7 @@ class _Classifier:
             metric_reasons=reasons,
             confusion=Confusion.of(got_labels, got_preds).to_json(),
             n_with_probability=sum(p is not None for p in got_probs),
+            probability_source=sources,
         )
         ba = metrics["balanced_accuracy"]
         if ba is None:

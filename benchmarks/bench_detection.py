@@ -32,11 +32,23 @@ from bench_prompt_grouping import paired_line
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def balanced_accuracy(run: Path) -> dict[str, dict[str, float | None]]:
-    """{feature: {"label": ba, "baseline": ba}} from the run's detection scores."""
+def balanced_accuracy(run: Path, metric: str = "") -> dict[str, dict[str, float | None]]:
+    """{feature: {"label": value, "baseline": value}} from the run's detection scores: the balanced accuracy, or
+    ``details["metrics"][metric]`` (e.g. "auc")."""
     out: dict[str, dict[str, float | None]] = {}
-    for feature, _name, _judge, baseline, value in score_entries(run, ("detection",)):
+    for feature, _name, _judge, baseline, sc in score_entries(run, ("detection",)):
+        value = sc.details.get("metrics", {}).get(metric) if metric else sc.value
         out.setdefault(feature, {})["baseline" if baseline else "label"] = value
+    return out
+
+
+def probability_sources(run: Path, features: list[str]) -> dict[str, int]:
+    """Judge prompts by where their P(yes) came from (answer, teacher-forced), over these features' scores."""
+    out: dict[str, int] = {}
+    for feature, _name, _judge, _baseline, sc in score_entries(run, ("detection",)):
+        if feature in features:
+            for k, v in (sc.details.get("probability_source") or {"not recorded": 1}).items():
+                out[k] = out.get(k, 0) + v
     return out
 
 
@@ -81,7 +93,24 @@ def main() -> None:
     rows = [ba.get(f, {}) for f in feats]
     print(paired_line("detection balanced accuracy, shuffled baseline -> label",
                       [(r.get("baseline"), r.get("label")) for r in rows], ("baseline", "label")))
+    auc = balanced_accuracy(args.out, "auc")
+    print(f"P(yes) of the judge prompts from: {probability_sources(args.out, feats)}")
+    print(
+        paired_line(
+            "detection AUC of P(yes), shuffled baseline -> label",
+            [(auc.get(f, {}).get("baseline"), auc.get(f, {}).get("label")) for f in feats],
+            ("baseline", "label"),
+        )
+    )
     if args.pair is not None:
+        other_auc = balanced_accuracy(args.pair, "auc")
+        print(
+            paired_line(
+                f"labels' AUC, {args.pair.name} -> {args.out.name}",
+                [(other_auc.get(f, {}).get("label"), auc.get(f, {}).get("label")) for f in feats],
+                (args.pair.name, args.out.name),
+            )
+        )
         other = balanced_accuracy(args.pair)
         print(paired_line(f"labels' balanced accuracy, {args.pair.name} -> {args.out.name}",
                           [(other.get(f, {}).get("label"), ba.get(f, {}).get("label")) for f in feats],

@@ -30,11 +30,13 @@ from pathlib import Path
 import numpy as np
 from bench_prompt_grouping import paired_line
 
+from autointerp.records import Score
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def score_entries(run: Path, names: tuple[str, ...]) -> list[tuple[str, str, str, bool, float | None]]:
-    """(feature, score name, judge, baseline?, value) of every stored score of the run named in ``names``."""
+def score_entries(run: Path, names: tuple[str, ...]) -> list[tuple[str, str, str, bool, Score]]:
+    """(feature, score name, judge, baseline?, score) of every stored score of the run named in ``names``."""
     from autointerp.rundir import load_run
 
     data = load_run(run, records=False, simulations=False)
@@ -42,18 +44,18 @@ def score_entries(run: Path, names: tuple[str, ...]) -> list[tuple[str, str, str
     for (eid, name, judge), sc in data.score_rows.items():
         expl = data.explanations.get(eid)
         if name in names and expl is not None:
-            out.append((expl.feature, name, judge, expl.baseline, sc.value))
+            out.append((expl.feature, name, judge, expl.baseline, sc))
     return out
 
 
 def per_latent(run: Path) -> dict[str, dict[str, dict[str, float | None]]]:
     """{setting: {feature: {correlation, baseline, label_prior}}} over the run's simulation judges."""
     out: dict[str, dict[str, dict[str, float | None]]] = {}
-    for feature, name, judge, baseline, value in score_entries(run, ("correlation", "label_prior_correlation")):
+    for feature, name, judge, baseline, sc in score_entries(run, ("correlation", "label_prior_correlation")):
         setting = "prior-subtracted" if "+prior-subtracted" in judge else "plain"
         row = out.setdefault(setting, {}).setdefault(feature, {})
         key = "label_prior" if name == "label_prior_correlation" else ("baseline" if baseline else "label")
-        row[key] = value
+        row[key] = sc.value
     _plain_label_prior(run, out.get("plain", {}))
     return out
 

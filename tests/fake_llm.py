@@ -43,11 +43,15 @@ class FakeLLM:
         chat_fn: Callable[[ChatRequest], str] | None = None,
         logprob_fn: Callable[[str, int], dict[str, float]] = keyword_oracle,
         fail_chat: bool = False,
+        answer_logprob_fn: Callable[[ChatRequest, str, int], dict[str, float]] | None = None,
     ) -> None:
         self.spec = spec
         self.chat_fn = chat_fn or (lambda req: "Explanation: the word cat")
         self.logprob_fn = logprob_fn
         self.fail_chat = fail_chat
+        self.answer_logprob_fn = answer_logprob_fn
+        """When set, a chat request with ``top_logprobs`` gets the answer's tokens (runs of digits, of letters,
+        single other characters) with ``answer_logprob_fn(request, answer, token_start)`` as alternatives."""
         self.chat_requests: list[ChatRequest] = []
         self.logprob_requests: list[TopLogprobsRequest] = []
 
@@ -56,7 +60,14 @@ class FakeLLM:
         if self.fail_chat:
             raise LLMError("fake failure")
         n = sum(len(m.content) for m in request.messages) // 4
-        return LLMResponse(text=self.chat_fn(request), usage=Usage(prompt_tokens=n, completion_tokens=5, requests=1))
+        text = self.chat_fn(request)
+        lps = []
+        if request.top_logprobs and self.answer_logprob_fn is not None:
+            lps = [
+                TokenLogprobs(top=self.answer_logprob_fn(request, text, m.start()), token=m.group())
+                for m in re.finditer(r"\d+|[A-Za-z]+|.", text, re.S)
+            ]
+        return LLMResponse(text=text, logprobs=lps, usage=Usage(prompt_tokens=n, completion_tokens=5, requests=1))
 
     async def complete(self, request: CompletionRequest) -> LLMResponse:
         return LLMResponse(text="0", usage=Usage(prompt_tokens=len(request.prompt) // 4, requests=1))

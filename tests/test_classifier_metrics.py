@@ -92,6 +92,44 @@ async def test_detection_reads_p_yes_for_auc_and_records_metrics() -> None:
     assert off.details["metrics"]["auc"] is None
 
 
+def _answer_yes_if_cat(req: ChatRequest, answer: str, start: int) -> dict[str, float]:
+    """The judge's own P(1) at the answer token starting at ``start``: high when that slot's example mentions cat."""
+    slot = answer[:start].count(",")
+    examples = [ln for ln in req.messages[-1].content.splitlines() if ln.startswith("Example ")]
+    p1 = 0.9 if " cat" in examples[slot] else 0.2
+    return {"1": float(np.log(p1)), "0": float(np.log(1 - p1))}
+
+
+async def test_p_yes_comes_from_the_answers_own_logprobs_without_a_second_request() -> None:
+    judge = FakeLLM(chat_fn=_oracle, logprob_fn=_yes_if_cat, answer_logprob_fn=_answer_yes_if_cat)
+    s = await DetectionScorer(judge).score("cat", synthetic_record(1))
+    assert s.value == 1.0 and s.details["metrics"]["auc"] == 1.0 and s.details["n_with_probability"] == 10
+    assert judge.logprob_requests == [] and s.details["requests"] == len(judge.chat_requests)
+    assert s.details["probability_source"] == {"answer": len(judge.chat_requests)}
+    assert all(r.top_logprobs > 0 for r in judge.chat_requests)
+    # The same P(yes) as the teacher-forced request's, which a judge without answer logprobs still gets.
+    forced = await DetectionScorer(FakeLLM(chat_fn=_oracle, logprob_fn=_yes_if_cat)).score("cat", synthetic_record(1))
+    assert forced.details["probability_source"] == {"teacher-forced": len(judge.chat_requests)}
+    assert forced.details["metrics"] == s.details["metrics"]
+    off = DetectionScorer(FakeLLM(), ClassifierSettings(judge_probabilities=False))
+    assert off.request("cat", ["a", "b"]).top_logprobs == 0
+
+
+def test_answer_probabilities_need_each_value_to_be_a_token_of_its_own() -> None:
+    from autointerp.llm.base import TokenLogprobs
+    from autointerp.score import answer_probabilities
+
+    def toks(*pieces: str) -> list[TokenLogprobs]:
+        return [TokenLogprobs(top={"1": np.log(0.75), "0": np.log(0.25)}, token=p) for p in pieces]
+
+    assert answer_probabilities("Sure: [1, 0]", toks("Sure", ":", " [", "1", ",", " 0", "]")) == [0.75, 0.75]
+    assert answer_probabilities("[1, 0]", toks("[1", ",", " 0", "]")) is None  # "[1": not its own token
+    assert answer_probabilities("[1, 0]", toks("[", "1", ", 0]")) is None
+    assert answer_probabilities("[1, 0]", toks("[", "1", ",", " 0")) is None  # tokens do not spell the text
+    assert answer_probabilities("[1, 0]", []) is None
+    assert answer_probabilities("no list", toks("no", " list")) is None
+
+
 async def test_positives_convention_and_highlight_threshold_are_settings() -> None:
     rec = synthetic_record(3)
     s = await FuzzingScorer(FakeLLM(chat_fn=_oracle), ClassifierSettings(positives="top")).score("cat", rec)

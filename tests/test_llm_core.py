@@ -104,6 +104,12 @@ async def test_chat_complete_logprobs_fake_server(tmp_path: Path, fmt: Any) -> N
         client = make_client(f"openai-compatible:{srv.url}/v1/fake", fast_config(tmp_path))
         r = await client.chat(chat("hello there", temperature=0.5))
         assert r.text == "t=0.5 hello there" and r.usage.requests == 1 and r.usage.prompt_tokens > 0
+        assert r.logprobs == [] and "logprobs" not in srv.bodies[-1]
+        r = await client.chat(chat("hello [1, 0]", top_logprobs=2))
+        assert "".join(t.token for t in r.logprobs) == r.text == "t=0.0 hello [1, 0]"
+        assert r.logprobs[0].top == {"a0": -1.0, "a1": -2.0} and srv.bodies[-1]["top_logprobs"] == 2
+        cached = await client.chat(chat("hello [1, 0]", top_logprobs=2))  # from the response cache
+        assert cached.cached and cached.logprobs == r.logprobs
         r = await client.complete(CompletionRequest(prompt="abc", max_tokens=3))
         assert r.text == "t=0.0 ok"
         prompt = "one\ttwo\tthree\t"
@@ -198,6 +204,7 @@ def test_request_key_covers_every_field() -> None:
         chat("y"),
         chat("x", stop=("\n",)),
         chat("x", json_mode=True),
+        chat("x", top_logprobs=5),
     ]
     keys = {request_key("s", v) for v in variants} | {request_key("s", base), request_key("t", base)}
     assert len(keys) == len(variants) + 2
@@ -205,12 +212,17 @@ def test_request_key_covers_every_field() -> None:
 
 
 def test_request_key_is_the_canonical_json_of_asdict() -> None:
-    """The fast canonical form gives the same key as the asdict formula, so existing caches stay valid."""
+    """The fast canonical form gives the same key as the asdict formula, so existing caches stay valid; fields
+    added later (ChatRequest.top_logprobs) are left out at their default, so the keys of answers cached before
+    them are unchanged."""
     import dataclasses
     import hashlib
 
     def reference(spec: str, request: Any) -> str:
-        payload = {"spec": spec, "type": type(request).__name__, "request": dataclasses.asdict(request)}
+        fields = dataclasses.asdict(request)
+        if isinstance(request, ChatRequest) and fields["top_logprobs"] == 0:
+            del fields["top_logprobs"]  # the asdict of a ChatRequest before the field existed
+        payload = {"spec": spec, "type": type(request).__name__, "request": fields}
         text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
         return hashlib.sha256(text.encode()).hexdigest()
 
@@ -221,6 +233,7 @@ def test_request_key_is_the_canonical_json_of_asdict() -> None:
             seed=3,
             json_mode=True,
         ),
+        ChatRequest(messages=(ChatMessage("user", "rate"),), top_logprobs=20),
         CompletionRequest(prompt="a\tb", max_tokens=1, temperature=0.5),
         TopLogprobsRequest(prompt="x\ty\tz", positions=(2, 4), top_k=5),
     ]

@@ -22,6 +22,7 @@ class Params:
     stop: list[str] | None
     seed: int | None
     prompt_logprobs: int | None = None
+    logprobs: int | None = None
 
 
 @dataclass
@@ -34,6 +35,7 @@ class Logprob:
 class Completion:
     text: str
     token_ids: list[int]
+    logprobs: list[dict[int, Logprob]] | None = None
 
 
 @dataclass
@@ -64,6 +66,11 @@ class FakeEngine:
         if params.prompt_logprobs:
             plp = [None] + [{i: Logprob(-0.1, t), 10_000: Logprob(-2.0, "zz")} for i, t in enumerate(toks) if i]
         text = f"max={params.max_tokens} {prompt[-12:]}"
+        if params.logprobs:  # the answer's tokens, each with itself and one alternative ("zz")
+            pieces = fake_tokens(text)
+            ids = [100 + i for i in range(len(pieces))]
+            lps = [{t: Logprob(-0.1, piece), 10_000: Logprob(-2.0, "zz")} for t, piece in zip(ids, pieces, strict=True)]
+            return Output(list(range(len(toks))), [Completion(text, ids, lps)], cached, plp)
         return Output(list(range(len(toks))), [Completion(text, [1] * params.max_tokens)], cached, plp)
 
     def generate(self, prompts: list[str], params: list[Params], use_tqdm: bool = False) -> list[Output]:
@@ -106,6 +113,17 @@ async def test_chat_requests_are_batched_apart_from_completions() -> None:
     out = await asyncio.gather(*chats, *comps)
     assert sorted(engine.calls) == [("chat", 5), ("generate", 3)]
     assert [r.text for r in out[:5]] == [f"max=2 q{i}" for i in range(5)]
+
+
+async def test_chat_answers_carry_their_tokens_logprobs_when_asked() -> None:
+    backend = _backend(FakeEngine())
+    plain, asked = await asyncio.gather(
+        backend.chat(ChatRequest(messages=(ChatMessage("user", "[1, 0]"),), max_tokens=2)),
+        backend.chat(ChatRequest(messages=(ChatMessage("user", "[1, 0]"),), max_tokens=2, top_logprobs=2)),
+    )
+    assert plain.logprobs == []
+    assert "".join(t.token for t in asked.logprobs) == asked.text == "max=2 [1, 0]"
+    assert all(t.top == {t.token: -0.1, "zz": -2.0} for t in asked.logprobs)
 
 
 async def test_an_engine_failure_fails_every_request_of_its_batch_with_the_reason() -> None:

@@ -33,6 +33,10 @@ class ChatRequest:
     seed: int | None = None
     json_mode: bool = False
     """Ask the backend for a JSON object (where supported); callers still validate the output."""
+    top_logprobs: int = 0
+    """When > 0, also ask for the top-k alternatives of every generated token (``LLMResponse.logprobs``, one
+    entry per token with ``token`` set). A backend that cannot give them answers without them (``logprobs``
+    empty), so callers must handle their absence. Left out of the response cache's key when 0."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,9 @@ class TokenLogprobs:
     """Top-k alternatives for one next token: token text -> log-probability."""
 
     top: dict[str, float]
+    token: str = ""
+    """The token generated there (chat answers asked with ``top_logprobs``); empty for the positions of a
+    TopLogprobsRequest."""
 
 
 @dataclass
@@ -79,7 +86,8 @@ class LLMResponse:
     text: str = ""
     """Generated text (chat / completion); empty for logprob requests."""
     logprobs: list[TokenLogprobs] = field(default_factory=list)
-    """For TopLogprobsRequest: one entry per requested position, in order."""
+    """For TopLogprobsRequest: one entry per requested position, in order. For a ChatRequest with
+    ``top_logprobs``: one entry per generated token, in order, when the backend gives them (else empty)."""
     usage: Usage = field(default_factory=Usage)
     cached: bool = False
     """True when the answer came from the response cache (no request was sent)."""

@@ -54,6 +54,11 @@ _ATOMS = frozenset({str, int, float, bool, type(None)})
 _FIELD_NAMES: dict[type, tuple[str, ...] | None] = {}
 
 
+_KEY_OPTIONAL: dict[type, dict[str, Any]] = {ChatRequest: {"top_logprobs": 0}}
+"""Request fields added after caches were written, left out of the key while at these values, so that the
+answers cached before a field existed keep their keys."""
+
+
 def _field_names(cls: type) -> tuple[str, ...] | None:
     """The field names of a dataclass type (None for other types), looked up once per type."""
     if cls not in _FIELD_NAMES:
@@ -69,7 +74,12 @@ def _plain(value: Any) -> Any:
         return value
     names = _field_names(cls)
     if names is not None:
-        return {n: _plain(getattr(value, n)) for n in names}
+        optional = _KEY_OPTIONAL.get(cls, {})
+        return {
+            n: _plain(getattr(value, n))
+            for n in names
+            if n not in optional or getattr(value, n) != optional[n]
+        }
     if isinstance(value, (tuple, list)):
         return [_plain(v) for v in value]
     if isinstance(value, dict):
@@ -88,6 +98,7 @@ def response_to_json(r: LLMResponse) -> str:
         {
             "text": r.text,
             "logprobs": [lp.top for lp in r.logprobs],
+            **({"tokens": [lp.token for lp in r.logprobs]} if any(lp.token for lp in r.logprobs) else {}),
             "usage": r.usage.to_json(),
             "model": r.model,
         },
@@ -99,7 +110,10 @@ def response_from_json(s: str) -> LLMResponse:
     d = json.loads(s)
     return LLMResponse(
         text=d["text"],
-        logprobs=[TokenLogprobs(top={str(k): float(v) for k, v in t.items()}) for t in d["logprobs"]],
+        logprobs=[
+            TokenLogprobs(top={str(k): float(v) for k, v in t.items()}, token=str(tok))
+            for t, tok in zip(d["logprobs"], d.get("tokens") or [""] * len(d["logprobs"]), strict=True)
+        ],
         usage=Usage.from_json(d["usage"]),
         model=d.get("model", ""),
     )
@@ -179,7 +193,7 @@ def _cached_copy(r: LLMResponse) -> LLMResponse:
     """The answer as seen by a caller who caused no request: usage counts one cache hit, no tokens, no cost."""
     return LLMResponse(
         text=r.text,
-        logprobs=[TokenLogprobs(top=dict(t.top)) for t in r.logprobs],
+        logprobs=[TokenLogprobs(top=dict(t.top), token=t.token) for t in r.logprobs],
         usage=Usage(cache_hits=1),
         cached=True,
         model=r.model,

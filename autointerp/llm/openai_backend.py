@@ -54,6 +54,26 @@ def _as_dict(obj: Any) -> Any:
     return dump() if callable(dump) else obj
 
 
+def chat_token_logprobs(logprobs: Any) -> list[TokenLogprobs]:
+    """Each generated token with its top alternatives, from a chat answer's ``logprobs`` (OpenAI's and
+    llama.cpp's ``content: [{token, logprob, top_logprobs: [{token, logprob}]}]``); empty when the server gave
+    none or gave them in another form (callers treat that as "no logprobs", never as a failed answer)."""
+    lp = _as_dict(logprobs)
+    content = lp.get("content") if isinstance(lp, dict) else None
+    if not isinstance(content, list):
+        return []
+    out: list[TokenLogprobs] = []
+    for c in content:
+        c = _as_dict(c)
+        if not isinstance(c, dict) or not isinstance(c.get("token"), str):
+            return []
+        top = parse_top_logprobs({"content": [c]})
+        if top is None:
+            return []
+        out.append(TokenLogprobs(top=top, token=c["token"]))
+    return out
+
+
 def parse_top_logprobs(logprobs: Any) -> dict[str, float] | None:
     """Top-k alternatives of the first generated token, from any of the formats servers use.
 
@@ -323,6 +343,9 @@ class OpenAIBackend:
             args["seed"] = request.seed
         if request.json_mode:
             args["response_format"] = {"type": "json_object"}
+        if request.top_logprobs > 0:
+            args["logprobs"] = True
+            args["top_logprobs"] = min(request.top_logprobs, 20)  # OpenAI's limit
         r = await self._post("/chat/completions", args)
         try:
             text = r["choices"][0]["message"].get("content") or ""
@@ -330,7 +353,10 @@ class OpenAIBackend:
             raise garbage(self.spec, "no choices[0].message in chat response") from e
         if not isinstance(text, str):
             raise garbage(self.spec, "message content is not a string")
-        return LLMResponse(text=text, usage=_response_usage(r), model=str(r.get("model") or self.model))
+        lps = chat_token_logprobs(r["choices"][0].get("logprobs")) if request.top_logprobs > 0 else []
+        return LLMResponse(
+            text=text, logprobs=lps, usage=_response_usage(r), model=str(r.get("model") or self.model)
+        )
 
     def _check_completion(self) -> None:
         if not self.supports_completion:

@@ -143,7 +143,8 @@ def fake_tokens(text: str) -> list[str]:
 class FakeOpenAIServer(LoopbackHTTPServer):
     """An OpenAI-compatible server that answers after ``latency_s``, deterministically, and counts requests.
 
-    Chat reply: ``"t=<temperature> <last user message>"``. Completion reply: ``"t=<temperature> ok"``; with
+    Chat reply: ``"t=<temperature> <last user message>"`` (with ``logprobs`` and ``top_logprobs=k``: each token
+    with the k alternatives, in the chat ``content`` format). Completion reply: ``"t=<temperature> ok"``; with
     ``logprobs=k`` it returns k alternatives ``"a0".."a{k-1}"`` (log-probabilities -1, -2, ...) in the
     OpenAI legacy ``top_logprobs`` format, or llama.cpp's ``content`` format when ``logprobs_format`` says so.
 
@@ -216,15 +217,23 @@ class FakeOpenAIServer(LoopbackHTTPServer):
         if path.endswith("/chat/completions"):
             last = req["messages"][-1]["content"]
             text = f"t={temp} {last}"
+            answer: dict[str, Any] = {
+                "index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"
+            }
+            if req.get("logprobs") and req.get("top_logprobs"):
+                k = int(req["top_logprobs"])
+                answer["logprobs"] = {"content": [
+                    {"token": t, "logprob": -1.0,
+                     "top_logprobs": [{"token": a, "logprob": lp} for a, lp in self._alts(k, "").items()]}
+                    for t in fake_tokens(text)
+                ]}
             return json_reply(
                 {
                     "id": "fake",
                     "object": "chat.completion",
                     "created": 0,
                     "model": req.get("model", ""),
-                    "choices": [
-                        {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
-                    ],
+                    "choices": [answer],
                     "usage": {"prompt_tokens": len(last.split()) + 5, "completion_tokens": 3, "total_tokens": 0},
                 }
             )

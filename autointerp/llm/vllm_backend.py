@@ -23,6 +23,7 @@ from autointerp.llm.base import (
     CompletionRequest,
     LLMError,
     LLMResponse,
+    TokenLogprobs,
     TopLogprobsRequest,
 )
 from autointerp.llm.batching import MicroBatcher
@@ -108,10 +109,28 @@ class VLLMBackend:
 
     def _response(self, out: Any) -> LLMResponse:
         c = out.outputs[0]
-        return LLMResponse(text=c.text, usage=self._usage(out, len(c.token_ids)), model=self.model)
+        return LLMResponse(
+            text=c.text, logprobs=self._token_logprobs(c), usage=self._usage(out, len(c.token_ids)), model=self.model
+        )
+
+    @staticmethod
+    def _token_logprobs(c: Any) -> list[TokenLogprobs]:
+        """Each generated token with its top alternatives (``SamplingParams(logprobs=k)``: per token a dict token
+        id -> Logprob that holds the sampled token too); empty when not asked or not given."""
+        got = getattr(c, "logprobs", None)
+        if not got or len(got) != len(c.token_ids):
+            return []
+        out = []
+        for tid, alts in zip(c.token_ids, got, strict=True):
+            if not alts or tid not in alts:
+                return []
+            top = {str(v.decoded_token): float(v.logprob) for v in alts.values()}
+            out.append(TokenLogprobs(top=top, token=str(alts[tid].decoded_token)))
+        return out
 
     async def chat(self, request: ChatRequest) -> LLMResponse:
-        p = self._params(request.max_tokens, request.temperature, request.top_p, request.stop, request.seed)
+        extra = {"logprobs": request.top_logprobs} if request.top_logprobs > 0 else {}
+        p = self._params(request.max_tokens, request.temperature, request.top_p, request.stop, request.seed, **extra)
         msgs = [{"role": m.role, "content": m.content} for m in request.messages]
         return self._response(await self.chat_batcher.submit((msgs, p)))
 
