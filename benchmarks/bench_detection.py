@@ -12,9 +12,11 @@ judge requests per latent, ~4 min of the embedded judge; ``classifier_examples``
 that ``autointerp score`` does not change, so this driver sets it on a copy with no detection scores yet).
 Prints the mean balanced accuracy of the labels and of the baselines with bootstrap 95% CIs and their paired
 difference, the judge's prompt tokens and the share its backend did not serve from its cache, in all and apart
-for the answer (chat) and the P(yes) (top_logprobs) requests; with ``--pair``, the paired difference of the
-labels' balanced accuracy against another copy (e.g. ``--examples-first``). autointerp's response cache is off
-(``llm_cache = False``), so a copy scored again sends its requests to the judge rather than reading old answers.
+for the answer (chat) and the teacher-forced P(yes) (top_logprobs) requests, where P(yes) came from, and the
+AUC of P(yes); with ``--pair``, the paired differences of the labels' balanced accuracy and AUC against another
+copy. The layout is explicit: explanation first (autointerp's default) unless ``--examples-first``. autointerp's
+response cache is off (``llm_cache = False``), so a copy scored again sends its requests to the judge rather
+than reading old answers.
 """
 
 from __future__ import annotations
