@@ -153,7 +153,12 @@ async def run(args: argparse.Namespace, results: dict[str, Any]) -> None:
                 else:
                     jobs = (simulate_latent(client, labels[i], recs[i], args.records, together) for i in range(len(g)))
                     sims = list(await asyncio.gather(*jobs))
-                dets = await detect_group(client, labels, recs, args.examples, together)
+                if args.skip_detection:
+                    no_det = {"detection": None, "reason": "not judged", "failed_prompts": None,
+                              "tokens": _tokens(Usage())}
+                    dets = [no_det] * len(recs)
+                else:
+                    dets = await detect_group(client, labels, recs, args.examples, together)
                 for f, s, d in zip(feats, sims, dets, strict=True):
                     results["latents"].setdefault(f, {})[arm] = {
                         "correlation": s["correlation"], "correlation_reason": s["reason"], "sim_tokens": s["tokens"],
@@ -228,6 +233,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--skip-simulation", action="store_true", help="grouping mode: detection only")
+    ap.add_argument("--skip-detection", action="store_true", help="grouping mode: simulation only")
     ap.add_argument("--mode", choices=("grouping", "layout"), default="grouping",
                     help="grouping: records / latents per prompt; layout: examples before the explanation")
     args = ap.parse_args()
