@@ -50,6 +50,20 @@ async def test_openai_compatible_chat_complete_logprobs(llama: LocalServer, tmp_
     await client.aclose()
 
 
+async def test_chat_answer_logprobs_are_those_of_the_answers_own_tokens(llama: LocalServer, tmp_path: Path) -> None:
+    """What the judge reads P(yes) from: at temperature 0, every answer token comes with its alternatives, is the
+    most likely of them, and the tokens spell the answer."""
+    client = make_client("local:smollm2-135m", local_config(tmp_path))
+    r = await client.chat(user("Count from 1 to 5 as a JSON list.", max_tokens=20, top_logprobs=5))
+    assert r.text and "".join(t.token for t in r.logprobs) == r.text
+    for t in r.logprobs:
+        if t.token:  # the end-of-text token has no text
+            assert max(t.top, key=t.top.__getitem__) == t.token and len(t.top) <= 5
+    plain = await client.chat(user("Count from 1 to 5 as a JSON list.", max_tokens=20))
+    assert plain.text == r.text and plain.logprobs == []
+    await client.aclose()
+
+
 async def test_local_spec_shares_the_server_and_caches(llama: LocalServer, tmp_path: Path) -> None:
     client = make_client("local:smollm2-135m", local_config(tmp_path))
     assert client.backend.server is llama  # type: ignore[attr-defined]
