@@ -34,13 +34,15 @@ from bench_prompt_grouping import paired_line
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def balanced_accuracy(run: Path, metric: str = "") -> dict[str, dict[str, float | None]]:
-    """{feature: {"label": value, "baseline": value}} from the run's detection scores: the balanced accuracy, or
-    ``details["metrics"][metric]`` (e.g. "auc")."""
-    out: dict[str, dict[str, float | None]] = {}
+def detection_values(run: Path, features: list[str]) -> dict[str, dict[str, dict[str, float | None]]]:
+    """{metric: {feature: {"label": value, "baseline": value}}} from the run's detection scores of ``features``
+    ("ba": the score's value, the balanced accuracy; "auc": ``details["metrics"]["auc"]``), read once."""
+    out: dict[str, dict[str, dict[str, float | None]]] = {"ba": {}, "auc": {}}
     for feature, _name, _judge, baseline, sc in score_entries(run, ("detection",)):
-        value = sc.details.get("metrics", {}).get(metric) if metric else sc.value
-        out.setdefault(feature, {})["baseline" if baseline else "label"] = value
+        if feature in features:
+            who = "baseline" if baseline else "label"
+            out["ba"].setdefault(feature, {})[who] = sc.value
+            out["auc"].setdefault(feature, {})[who] = sc.details.get("metrics", {}).get("auc")
     return out
 
 
@@ -91,33 +93,22 @@ def main() -> None:
             print(f"judge {name:12s}: {reqs} requests, prompt tokens sent {sent:,}, served from the backend's "
                   f"cache {cached:,}; uncached share {(sent - cached) / sent:.3f}; per latent sent "
                   f"{sent / len(feats):,.0f}, uncached {(sent - cached) / len(feats):,.0f}")
-    ba = balanced_accuracy(args.out)
-    rows = [ba.get(f, {}) for f in feats]
+    got = detection_values(args.out, feats)
+    ba, auc = got["ba"], got["auc"]
     print(paired_line("detection balanced accuracy, shuffled baseline -> label",
-                      [(r.get("baseline"), r.get("label")) for r in rows], ("baseline", "label")))
-    auc = balanced_accuracy(args.out, "auc")
+                      [(ba.get(f, {}).get("baseline"), ba.get(f, {}).get("label")) for f in feats],
+                      ("baseline", "label")))
     print(f"P(yes) of the judge prompts from: {probability_sources(args.out, feats)}")
-    print(
-        paired_line(
-            "detection AUC of P(yes), shuffled baseline -> label",
-            [(auc.get(f, {}).get("baseline"), auc.get(f, {}).get("label")) for f in feats],
-            ("baseline", "label"),
-        )
-    )
+    print(paired_line("detection AUC of P(yes), shuffled baseline -> label",
+                      [(auc.get(f, {}).get("baseline"), auc.get(f, {}).get("label")) for f in feats],
+                      ("baseline", "label")))
     if args.pair is not None:
-        other_auc = balanced_accuracy(args.pair, "auc")
-        print(
-            paired_line(
-                f"labels' AUC, {args.pair.name} -> {args.out.name}",
-                [(other_auc.get(f, {}).get("label"), auc.get(f, {}).get("label")) for f in feats],
-                (args.pair.name, args.out.name),
-            )
-        )
-        other = balanced_accuracy(args.pair)
-        print(paired_line(f"labels' balanced accuracy, {args.pair.name} -> {args.out.name}",
-                          [(other.get(f, {}).get("label"), ba.get(f, {}).get("label")) for f in feats],
-                          (args.pair.name, args.out.name)))
-
+        other = detection_values(args.pair, feats)
+        for metric, what in (("auc", "AUC"), ("ba", "balanced accuracy")):
+            print(paired_line(f"labels' {what}, {args.pair.name} -> {args.out.name}",
+                              [(other[metric].get(f, {}).get("label"), got[metric].get(f, {}).get("label"))
+                               for f in feats],
+                              (args.pair.name, args.out.name)))
 
 if __name__ == "__main__":
     main()

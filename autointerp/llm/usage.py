@@ -16,11 +16,11 @@ Usage-log lines (one JSON object per line)::
     {"session": "<time>", "prices": "<price table source>"}        a session (run_explain / run_score) starts
     {"role", "spec", "kind", "usage": Usage.to_json(), "priced": bool}  one answer (cost filled when priced)
     {"role", "spec", "kind", "failed": true}                        one request that failed for good
+    {"clients": {spec: {attempts, retries, cache_hits, ...}}}       client counters at the end of a session
 
 ``kind`` is the request type (:data:`KINDS`: chat, complete, top_logprobs), so a role's tokens can be told
 apart by what they were spent on (e.g. the judge's answers against its P(yes) requests); lines written
 before it existed have none and are counted under "unknown".
-    {"clients": {spec: {attempts, retries, cache_hits, ...}}}       client counters at the end of a session
 
 Sums over :class:`Usage` go through its fields generically, so new counters added to ``Usage`` are summed
 without changes here.
