@@ -9,6 +9,13 @@ Two formats (prompt templates under ``prompts/``, few-shot examples inside the t
 * ``contrastive``: the highlighted examples beside hard negatives, counterexamples where the feature does not
   fire that look like the activating ones (:func:`autointerp.negatives.hard_negatives` on the record's
   ``train_random`` split: train-side windows, never a held-out test window).
+* ``evidence``: the feature's evidence (:mod:`autointerp.evidence`: its marked tokens by share of the activation,
+  with their consistent preceding token) and snippets of its examples cut to the marked tokens; the LLM names
+  what the tokens share, and the label keeps the evidence: ``<its phrase>, e.g. "was", "are", "been"``. A
+  label that names the tokens is what the simulator reads (shared FACTS, 2026-12-07).
+* ``tokens``: no LLM at all: ``the tokens "was", "are" (after "it"), ...``, the five marked tokens with the
+  largest summed activation (:func:`autointerp.evidence.token_label`). Cheap enough for every latent of a
+  131k SAE; also every run's yardstick, the no-LLM bar a label must beat.
 
 Token text is escaped for display (newline -> ``\\n``, tab -> ``\\t``, other control characters as
 ``\\xNN``, trailing spaces as ``␣``, special tokens such as ``<bos>`` as ``\\<bos\\>``, a literal
@@ -27,18 +34,27 @@ from typing import Any
 
 import numpy as np
 
+from autointerp.evidence import Evidence, compute_evidence, quoted, token_label
 from autointerp.llm.base import ChatRequest, LLMClient, LLMError
-from autointerp.prompts import PromptTemplate, load_template
+from autointerp.prompts import load_template
 from autointerp.records import ActivationRecord, Explanation, FeatureRecord, Usage
 
 log = logging.getLogger(__name__)
 
-EXPLAINER_KINDS = ("token_activation_pair", "highlighted", "contrastive")
+EXPLAINER_KINDS = ("token_activation_pair", "highlighted", "contrastive", "evidence", "tokens")
 _TEMPLATES = {
     "token_activation_pair": "explain_token_activation_pair.j2",
     "highlighted": "explain_highlighted.j2",
     "contrastive": "explain_contrastive.j2",
+    "evidence": "explain_evidence.j2",
 }
+"""The prompt template of each LLM explainer kind (``tokens`` sends none)."""
+LABEL_TOKENS = 5
+"""Tokens named by the ``tokens`` label and quoted in an ``evidence`` label."""
+EVIDENCE_CONTEXT = 3
+"""``evidence`` snippets: tokens of context on each side of the marked ones."""
+TOKENS_RULE = "tokens-v1: the 5 marked tokens with the largest summed activation, with a consistent preceding token"
+"""What stands for the prompt of the ``tokens`` kind in its hash (it has no template)."""
 CONTRASTIVE_POOL = 20
 """train_random windows per feature that ``autointerp explain --explainer-kind contrastive`` samples: the pool
 its hard negatives are ranked in."""
@@ -291,13 +307,38 @@ def select_train_examples(record: FeatureRecord, n_top: int, n_quantile: int) ->
 
 def explainer_prompt_hash(settings: ExplainerSettings) -> str:
     """Hash of the prompt template(s) an explainer with ``settings`` renders (stored with each label)."""
+    from autointerp.rundir import short_hash
+
+    if settings.kind == "tokens":
+        return short_hash(TOKENS_RULE)
     template = load_template(_TEMPLATES[settings.kind])
     extra = explainer_extra_templates(settings)
     if not extra:
         return template.hash
-    from autointerp.rundir import short_hash
-
     return short_hash(template.text + "".join(load_template(name).text for name in extra))
+
+
+def explainer_templates(settings: ExplainerSettings) -> list[str]:
+    """Every template an explainer with ``settings`` renders (for the manifest's prompt hashes)."""
+    own = [_TEMPLATES[settings.kind]] if settings.kind in _TEMPLATES else []
+    return own + explainer_extra_templates(settings)
+
+
+def shown_evidence(record: FeatureRecord, settings: ExplainerSettings) -> tuple[list[ActivationRecord], Evidence]:
+    """The train examples an explainer with ``settings`` shows for ``record`` and their evidence (the one
+    computation every kind and the token-list yardstick share)."""
+    examples = select_train_examples(record, settings.n_top, settings.n_quantile)
+    return examples, compute_evidence(examples, settings.highlight_threshold)
+
+
+def evidence_listing(evidence: Evidence, n: int = 8) -> str:
+    """``"was" 38%, "York" (after "New") 21%, ...``: the ``n`` heaviest tokens with their share."""
+    return ", ".join(f"{quoted(t)} {round(100 * t.share)}%" for t in evidence.top(n)) or "none"
+
+
+def evidence_label(phrase: str, evidence: Evidence) -> str:
+    """An ``evidence`` label: the LLM's phrase, then the tokens it stands for (``phrase, e.g. "a", "b"``)."""
+    return f"{phrase}, e.g. " + ", ".join(f'"{t.token}"' for t in evidence.top(LABEL_TOKENS))
 
 
 def explainer_extra_templates(settings: ExplainerSettings) -> list[str]:
@@ -317,6 +358,14 @@ def build_explainer_request(
     vocabulary projection when ``show_vocab``): what :meth:`Explainer.explain` sends, and what the report
     shows as a label's exact prompt (see :func:`explainer_request_for`)."""
     s = settings
+    if s.kind == "evidence":
+        snippets = format_highlighted(trim_examples(examples, s.highlight_threshold, s.trim or EVIDENCE_CONTEXT),
+                                      s.highlight_threshold)
+        evidence = compute_evidence(examples, s.highlight_threshold)
+        messages = load_template(_TEMPLATES[s.kind]).render_chat(
+            {"tokens": evidence_listing(evidence), "snippets": snippets}
+        )
+        return ChatRequest(messages=messages, max_tokens=s.max_tokens)
     listed = trim_examples(examples, s.highlight_threshold, s.trim) if s.trim > 0 else examples
     if s.kind == "token_activation_pair":
         body = format_token_activation_pairs(listed, s.max_value)
@@ -356,11 +405,12 @@ class Explainer:
         self.settings = settings or ExplainerSettings()
         if self.settings.kind not in EXPLAINER_KINDS:
             raise ValueError(f"unknown explainer kind {self.settings.kind!r}; use one of {EXPLAINER_KINDS}")
-        self.template: PromptTemplate = load_template(_TEMPLATES[self.settings.kind])
 
     @property
     def spec(self) -> str:
         s = self.settings
+        if s.kind == "tokens":
+            return "tokens[no llm]"
         extra = (",cot" if s.cot else "") + (",vocab" if s.show_vocab else "")
         return f"{s.kind}[{self.client.spec}]{extra}"
 
@@ -378,11 +428,16 @@ class Explainer:
         self, record: FeatureRecord, candidate: int = 0, temperature: float = 0.0, seed: int | None = None
     ) -> Explanation:
         """One candidate explanation of ``record``; raises :class:`ExplanationFailed` on a bad answer."""
-        examples = select_train_examples(record, self.settings.n_top, self.settings.n_quantile)
+        examples, evidence = shown_evidence(record, self.settings)
         if not examples:
             raise ExplanationFailed("the record has no train examples to show")
         if max(r.max_activation for r in examples) <= 0:
             raise ExplanationFailed("the feature never fired in its train examples (dead feature)")
+        if self.settings.kind == "tokens":
+            label = token_label(evidence, LABEL_TOKENS)
+            if label is None:
+                raise ExplanationFailed("no token is marked in the train examples")
+            return Explanation(record.id, label, self.spec, self.prompt_hash, "", Usage(), candidate)
         if self.settings.show_vocab and not record.vocab_projection:
             raise ExplanationFailed("the record has no vocabulary projection to show (compute it: --vocab-projection)")
         negatives = explainer_negatives(record, self.settings)
@@ -403,6 +458,8 @@ class Explainer:
             for example in shown:
                 if copies_example(label, example):
                     raise ExplanationFailed(f"the label copies a few-shot example of the prompt: {label!r}", resp.text)
+            if self.settings.kind == "evidence":
+                label = evidence_label(label, evidence)
         except ExplanationFailed as e:
             e.usage = resp.usage
             raise

@@ -6,7 +6,8 @@ when no usable label was produced), activation statistics (``frequency``, ``max_
 ``mean_activation``, ``mean_active``), ``vocab_top`` / ``vocab_bottom`` (JSON lists of the tokens the
 feature's output direction promotes / suppresses, its vocabulary projection; empty when not computed), then
 per score name ``score_<name>`` (value or empty),
-``score_<name>_reason`` (why undefined), ``baseline_<name>`` (the shuffled-label baseline's value), and
+``score_<name>_reason`` (why undefined), ``baseline_<name>`` (the shuffled-label baseline's value),
+``yardstick_explanation`` and ``yardstick_<name>`` (the token-list yardstick's label and scores: the no-LLM bar), and
 ``score_settings`` (JSON: name -> {judge spec, side, settings}; ``side`` is ``input`` for scores of what makes
 the feature fire (correlation, detection, fuzzing, embedding, surprisal), ``output`` for scores of what it
 does to the model's output (intervention, intervention_kl, intervention_logit_shift), from the scorer
@@ -90,6 +91,10 @@ def feature_rows(run_dir: Path) -> list[dict[str, Any]]:
             settings[name] = {"judge": judges.get(name, ""), "side": score_side(name), **sc.settings}
         for name, sc in sorted(run.scores_of(run.baseline(f)).items()):
             row[f"baseline_{name}"] = sc.value
+        yard = run.yardstick(f)
+        row["yardstick_explanation"] = yard.text if yard else None
+        for name, sc in sorted(run.scores_of(yard).items()):
+            row[f"yardstick_{name}"] = sc.value
         row["score_settings"] = json.dumps(settings, sort_keys=True, default=str)
         rows.append(row)
     return rows

@@ -48,21 +48,26 @@ import numpy as np
 from autointerp.config import config_to_dict
 from autointerp.corpus import Shard
 from autointerp.errors import RunDirError, UserError
+from autointerp.evidence import token_label
 from autointerp.explain import (
     EXPLAINER_KINDS,
     Explainer,
     ExplainerSettings,
     ExplanationFailed,
-    explainer_extra_templates,
+    explainer_templates,
+    shown_evidence,
 )
 from autointerp.llm.base import (
     ChatRequest,
     ClientConfig,
+    ClientWrapper,
     CompletionRequest,
     LLMClient,
     LLMError,
     LLMResponse,
     TopLogprobsRequest,
+    Unsupported,
+    capabilities_of,
 )
 from autointerp.llm.usage import ROLES, MeteredClient, PriceTable, UsageLog, UsageMeter
 from autointerp.prompts import load_template
@@ -131,9 +136,12 @@ class ExplainConfig:
     judge: str = ""
     """LLM spec of the detection/fuzzing judge; empty: same as the explainer."""
     explainer_kind: str = "token_activation_pair"
-    """Explainer prompt format: token_activation_pair (OpenAI style), highlighted (delphi style), or contrastive
-    (highlighted examples beside hard negatives from the train-side train_random split; needs a sample with
-    --n-train-random, which explain sets itself when it samples)."""
+    """Explainer kind, or a comma list of kinds that each give candidates (the best on the held-out 'valid'
+    split is kept): token_activation_pair (OpenAI style), highlighted (delphi style), contrastive (highlighted
+    examples beside hard negatives from the train-side train_random split; needs a sample with --n-train-random,
+    which explain sets itself when it samples), evidence (the marked tokens' statistics and snippets; the label
+    names what they share and quotes them), tokens (no LLM: the marked tokens with the largest summed
+    activation)."""
     contrastive_negatives: int = 5
     """contrastive explainer: counterexamples shown, the non-firing train_random windows that share the most
     top-activating tokens with the feature's train examples."""
@@ -238,6 +246,9 @@ class ExplainConfig:
     """Torch device of the models loaded at scoring time (subject, surprisal LM, embedding model)."""
     baseline: bool = True
     """Also score a shuffled baseline: each feature gets another feature's label (a derangement)."""
+    yardstick: bool = True
+    """Also score each feature's token-list label (the tokens explainer's, from the same shown examples): the
+    no-LLM bar a label must beat to have earned its LLM calls (the shuffled baseline is the floor)."""
     seed: int = 0
     """Seed of candidate sampling, the baseline permutation and the judges' example order."""
     concurrency: int = 4
@@ -270,8 +281,11 @@ class ExplainConfig:
     features at range boundaries."""
 
     def __post_init__(self) -> None:
-        if self.explainer_kind not in EXPLAINER_KINDS:
-            raise UserError(f"--explainer-kind {self.explainer_kind!r} is unknown; use one of {EXPLAINER_KINDS}")
+        kinds = [k.strip() for k in self.explainer_kind.split(",")]
+        bad = [k for k in kinds if k not in EXPLAINER_KINDS]
+        if bad or len(set(kinds)) != len(kinds):
+            what = f"kind {bad[0]!r} is unknown" if bad else "gives a kind twice"
+            raise UserError(f"--explainer-kind {what}; give one or a comma list of {', '.join(EXPLAINER_KINDS)}")
         if self.simulator_kind not in SIMULATOR_KINDS:
             raise UserError(f"--simulator-kind {self.simulator_kind!r} is unknown; use one of {SIMULATOR_KINDS}")
         scorer_entries(self.scorer_list)  # unknown names: UserError
@@ -286,7 +300,7 @@ class ExplainConfig:
             raise UserError("--token-stats and --trim-examples must be 0 (off) or a positive number of tokens")
         if self.vocab_projection < 0:
             raise UserError("--vocab-projection must be 0 (off) or a number of tokens")
-        if self.explainer_kind == "contrastive" and self.contrastive_negatives < 1:
+        if "contrastive" in self.explainer_kinds and self.contrastive_negatives < 1:
             raise UserError("--contrastive-negatives must be at least 1 for --explainer-kind contrastive")
         if self.n_candidates < 1:
             raise UserError("--n-candidates must be at least 1")
@@ -307,10 +321,15 @@ class ExplainConfig:
         if self.requests_per_minute < 0 or self.tokens_per_minute < 0:
             raise UserError("--requests-per-minute and --tokens-per-minute must be positive, or 0 for no limit")
 
-    def explainer_settings(self) -> ExplainerSettings:
-        """How this run's explainer builds its prompt."""
+    @property
+    def explainer_kinds(self) -> list[str]:
+        """The explainer kinds of ``explainer_kind``, in order (each gives candidates)."""
+        return [k.strip() for k in self.explainer_kind.split(",")]
+
+    def explainer_settings(self, kind: str | None = None) -> ExplainerSettings:
+        """How this run's explainer of ``kind`` (default: the first kind) builds its prompt."""
         return ExplainerSettings(
-            kind=self.explainer_kind,
+            kind=kind or self.explainer_kinds[0],
             n_top=self.n_top_examples,
             n_quantile=self.n_quantile_examples,
             cot=self.cot,
@@ -399,6 +418,13 @@ class Clients:
     explainer: LLMClient
     simulator: LLMClient
     judge: LLMClient
+
+    def missing_capabilities(self) -> dict[str, dict[str, str]]:
+        """Per role, what its endpoint turned out not to serve (capability -> reason); roles lacking none are
+        left out. For the manifest."""
+        roles = {"explainer": self.explainer, "simulator": self.simulator, "judge": self.judge}
+        out = {role: dict(capabilities_of(c).missing) for role, c in roles.items()}
+        return {role: m for role, m in out.items() if m}
 
     def metered(self, prices: PriceTable, log: UsageLog) -> tuple[Clients, dict[str, UsageMeter]]:
         """Each role's client wrapped in its own :class:`MeteredClient` (the underlying clients may be
@@ -495,7 +521,8 @@ def shard_ranges(ranges: list[list[str]], shard: Shard | None) -> range:
 
 @dataclass
 class RunSummary:
-    """What a run did; ``scores`` maps score name -> {"explained"|"baseline": (mean, low, high) or None}."""
+    """What a run did; ``scores`` maps score name -> {"explained"|"baseline"|"yardstick": (mean, low, high) or
+    None}."""
 
     run_dir: Path
     n_features: int
@@ -515,6 +542,10 @@ class RunSummary:
     """Per score label: mean over features of (explained - shuffled baseline) on the same feature, with its
     bootstrap 95% CI; None when no feature has both."""
     n_paired: dict[str, int] = field(default_factory=dict)
+    paired_vs_yardstick: dict[str, tuple[float, float, float] | None] = field(default_factory=dict)
+    """Per score label: mean over features of (explained - token-list yardstick) on the same feature, with its
+    bootstrap 95% CI: above 0, the labels earned their LLM calls."""
+    n_paired_vs_yardstick: dict[str, int] = field(default_factory=dict)
     label_prior: dict[str, tuple[float, int]] = field(default_factory=dict)
     """(median, n) of :func:`autointerp.score.label_prior_correlation` over the explained features, by score
     label (``label_prior_correlation``, or ``...@<judge>`` in a run scored by several simulators): how much the
@@ -598,20 +629,19 @@ class RequestsFailed(Exception):
     unit of work is written, so a rerun retries it."""
 
 
-class _Watched:
+class _Watched(ClientWrapper):
     """An LLMClient that passes requests through and remembers the request failures (LLMError) of its inner
     client, also those its caller catches and turns into a failed result."""
 
     def __init__(self, inner: LLMClient) -> None:
-        self.inner = inner
-        self.spec = inner.spec
-        self.supports_completion = inner.supports_completion
-        self.supports_logprobs = inner.supports_logprobs
+        super().__init__(inner)
         self.failures: list[str] = []
 
     async def _watch(self, aw: Any) -> LLMResponse:
         try:
             return await aw  # type: ignore[no-any-return]
+        except Unsupported:
+            raise  # a capability the endpoint lacks: the caller takes another path, the work has not failed
         except LLMError as e:
             self.failures.append(e.reason)
             raise
@@ -658,9 +688,8 @@ class _Runner:
         self.models = models or Models(device=config.scorer_device, threads=config.threads)
         self.context = ScoreContext(config, clients.judge, clients.simulator, self.scored_simulations, self.models)
         self._sim_locks: dict[tuple[str, str, tuple[int, ...]], asyncio.Lock] = {}
-        settings = config.explainer_settings()
-        self.explainer_settings = settings
-        self.explainer = Explainer(clients.explainer, settings)
+        self.explainer_settings = {k: config.explainer_settings(k) for k in config.explainer_kinds}
+        """Each explainer kind's settings, in the order its candidates are made."""
         self.sem = asyncio.Semaphore(max(1, config.concurrency))
 
     # -- simulation with the run-dir cache ---------------------------------------------------------
@@ -734,18 +763,21 @@ class _Runner:
         rows: list[dict[str, Any]] = []
         candidates: list[Explanation] = []
         watch = _Watched(self.clients.explainer)
-        explainer = Explainer(watch, self.explainer_settings)
-        for c in range(cfg.n_candidates + cfg.explain_retries):
-            # past the candidates, one more sampled try only while every answer so far was unusable
-            if c >= cfg.n_candidates and (candidates or not rows[-1]["raw"]):
+        explainers = [Explainer(watch, s) for s in self.explainer_settings.values()]
+        # Each kind gives its candidates (the first greedy, the others sampled; the no-LLM tokens kind one), numbered
+        # on across the kinds; past them, more sampled tries of the first LLM kind only while every answer so far
+        # was unusable.
+        plan = [(ex, j) for ex in explainers for j in range(1 if ex.settings.kind == "tokens" else cfg.n_candidates)]
+        retry = next((ex for ex in explainers if ex.settings.kind != "tokens"), None)
+        plan += [(retry, cfg.n_candidates + j) for j in range(cfg.explain_retries)] if retry is not None else []
+        for c, (explainer, j) in enumerate(plan):
+            if j >= cfg.n_candidates and (candidates or not rows[-1]["raw"]):
                 break
-            temp = 0.0 if c == 0 else cfg.candidate_temperature
+            temp = 0.0 if j == 0 else cfg.candidate_temperature
             try:
                 ex = await explainer.explain(record, candidate=c, temperature=temp, seed=cfg.seed + c)
             except ExplanationFailed as e:
-                failed = Explanation(
-                    record.id, "", self.explainer.spec, self.explainer.prompt_hash, e.raw, e.usage, c
-                )
+                failed = Explanation(record.id, "", explainer.spec, explainer.prompt_hash, e.raw, e.usage, c)
                 rows.append({**failed.to_json(), "explanation_id": f"{fid}#{c}", "selected": False, "failed": e.reason})
                 continue
             candidates.append(ex)
@@ -770,7 +802,27 @@ class _Runner:
         self.data.add_explanations(rows)
         self.stale.discard(("explain", fid))
 
-    # -- phase 2: shuffled baseline ---------------------------------------------------------------
+    # -- phase 2: the yardstick and the shuffled baseline -------------------------------------------
+    def add_yardsticks(self, features: list[str]) -> None:
+        """Give each explained feature of ``features`` its token-list label (the ``tokens`` explainer's, from the
+        same shown examples as the first kind's, :func:`autointerp.explain.shown_evidence`), stored as
+        ``<feature>#tokens`` with ``yardstick`` set: scored like any label, never selected."""
+        settings = replace(next(iter(self.explainer_settings.values())), kind="tokens")
+        explainer = Explainer(self.clients.explainer, settings)
+        rows = []
+        for f in features:
+            eid = f"{f}#tokens"
+            if self.data.selected(f) is None or eid in self.data.explanations:
+                continue
+            record = self.data.records[f]
+            label = token_label(shown_evidence(record, settings)[1])
+            if label is None:
+                continue
+            ex = Explanation(record.id, label, explainer.spec, explainer.prompt_hash, "", Usage(), -2)
+            rows.append({**ex.to_json(), "explanation_id": eid, "selected": False, "yardstick": True})
+        self.data.add_explanations(rows)
+
+
     def add_baselines(self, features: list[str], range_index: int = 0) -> None:
         """Give each explained feature of ``features`` (one feature range) the label of another feature of
         the range (a derangement seeded by the seed and the range's index, so a split run pairs the same)."""
@@ -851,12 +903,15 @@ class _Runner:
         )
 
     async def score_all(self, features: list[str]) -> None:
-        """Score the selected explanation of each feature, and its shuffled baseline unless ``baseline`` is off
-        (e.g. ``run_score(..., settings={"baseline": False})`` scores the selected labels only)."""
+        """Score the selected explanation of each feature, its shuffled baseline unless ``baseline`` is off and its
+        token-list yardstick unless ``yardstick`` is off (``run_score(..., settings={"baseline": False,
+        "yardstick": False})`` scores the selected labels only)."""
+        cfg = self.config
         todo = [
             e
             for f in features
-            for e in (self.data.selected(f), self.data.baseline(f) if self.config.baseline else None)
+            for e in (self.data.selected(f), self.data.baseline(f) if cfg.baseline else None,
+                      self.data.yardstick(f) if cfg.yardstick else None)
             if e is not None and e.feature in self.data.records
         ]
         await asyncio.gather(*(self.guarded(e.feature, "score", self.score_explanation(e)) for e in todo))
@@ -881,6 +936,26 @@ def stored_label_prior(data: RunData, cfg: ExplainConfig, feature: str) -> Score
     return label_prior_correlation([x[0] for x in stored], [x[1] for x in stored], cfg.max_failed_fraction)
 
 
+async def settle_simulator_kind(config: ExplainConfig, simulator: LLMClient) -> tuple[ExplainConfig, str]:
+    """Settle the simulator's logprob strategy (one tiny probe where the backend must ask) and, where its endpoint
+    serves no top logprobs (a chat-only API), the simulator kind: ``auto`` becomes ``json``; an explicit
+    ``logprob`` is refused (UserError) before any work. Returns the config to run with and the strategy."""
+    from autointerp.estimate import settle_strategy
+
+    strategy = await settle_strategy(simulator)
+    if strategy != "none" or config.simulator_kind == "json":
+        return config, strategy
+    missing = capabilities_of(simulator).missing
+    why = "; ".join(f"{k}: {v}" for k, v in missing.items()) or "it serves no top logprobs"
+    if config.simulator_kind == "logprob":
+        raise UserError(
+            f"--simulator-kind logprob needs top logprobs, but {simulator.spec} serves none ({why}); "
+            "use --simulator-kind auto or json, or a simulator that serves /v1/completions"
+        )
+    log.warning("%s serves no top logprobs (%s): simulating with JSON", simulator.spec, why)
+    return replace(config, simulator_kind="json"), strategy
+
+
 async def plan_llm_use(
     config: ExplainConfig, records: Callable[[], Iterable[FeatureRecord]], clients: Clients
 ) -> tuple[ExplainConfig, dict[str, Any]]:
@@ -890,13 +965,13 @@ async def plan_llm_use(
 
     A billed simulator without prompt logprobs would send every slot's prefix: with ``--simulator-kind auto``
     the JSON simulator is used instead; with ``logprob`` the run is refused with both estimates."""
-    from autointerp.estimate import describe, estimate_run, measured_chars_per_token, settle_strategy, total_cost
+    from autointerp.estimate import describe, estimate_run, measured_chars_per_token, total_cost
     from autointerp.simulate import build_all_at_once_prompt
 
     cc = config.client_config()
     prices = PriceTable.load(cc.prices_path)
     specs = config.role_specs()
-    strategy = await settle_strategy(clients.simulator)
+    config, strategy = await settle_simulator_kind(config, clients.simulator)
     windows = [w for r in itertools.islice(records(), 1) for w in (*r.test_top, *r.valid, *r.train)][:1]
     template = load_template("simulate_all_at_once.j2")
     sample = build_all_at_once_prompt(template, "x", windows[0].tokens).text if windows else ""
@@ -934,6 +1009,7 @@ async def plan_llm_use(
     plan = {
         "logprob_strategy": strategy,
         "simulator_kind": config.simulator_kind,
+        "missing_capabilities": clients.missing_capabilities(),
         "estimate": {role: e.to_json() for role, e in estimates.items()},
         "estimated_cost_usd": cost,
     }
@@ -941,12 +1017,10 @@ async def plan_llm_use(
 
 
 def _prompt_names(config: ExplainConfig) -> list[str]:
-    names = [
-        "explain_token_activation_pair.j2"
-        if config.explainer_kind == "token_activation_pair"
-        else "explain_highlighted.j2"
-    ]
-    names += explainer_extra_templates(config.explainer_settings())
+    """The templates a run sends, each once: every explainer kind's own (the contrastive template for
+    contrastive, none for tokens), then the simulators' and the scorers'."""
+    kinds = config.explainer_kinds
+    names = list(dict.fromkeys(n for k in kinds for n in explainer_templates(config.explainer_settings(k))))
     names += ["simulate_all_at_once.j2", "simulate_json.j2"]
     for e in scorer_entries(config.scorer_list):
         names += [n for n in e.prompts if n not in names]
@@ -966,27 +1040,31 @@ def summarize(
     feats = data.features()
     by: dict[str, dict[str, list[float | None]]] = {}
     gains: dict[str, list[float | None]] = {}
+    over_yardstick: dict[str, list[float | None]] = {}
     prior: dict[str, list[float]] = {}
     refused: dict[str, dict[str, int]] = {}
     n_explained = n_failed = 0
     for f in feats:
-        sel, base = data.selected(f), data.baseline(f)
+        sel, base, yard = data.selected(f), data.baseline(f), data.yardstick(f)
         n_explained += sel is not None
-        n_failed += sel is None and any(e.failed and not e.baseline for e in data.explanations_of(f))
-        for group, e in (("explained", sel), ("baseline", base)):
+        n_failed += sel is None and data.failed_reason(f) not in (None, "not explained")
+        for group, e in (("explained", sel), ("baseline", base), ("yardstick", yard)):
             for label, sc in data.scores_of(e).items():
                 if sc.name == LABEL_DEPENDENCE:
                     if sc.value is not None and group == "explained":
                         prior.setdefault(label, []).append(sc.value)
                     continue
-                by.setdefault(label, {"explained": [], "baseline": []})[group].append(sc.value)
+                by.setdefault(label, {"explained": [], "baseline": []}).setdefault(group, []).append(sc.value)
                 if sc.value is None and (sc.reason or "").startswith(CALIBRATION_REFUSED):
-                    refused.setdefault(label, {"explained": 0, "baseline": 0})[group] += 1
-        if sel is not None and base is not None:
-            mine, theirs = data.scores_of(sel), data.scores_of(base)
-            for label in mine.keys() & theirs.keys():
-                a, b = mine[label].value, theirs[label].value
-                gains.setdefault(label, []).append(None if a is None or b is None else a - b)
+                    refused.setdefault(label, {"explained": 0, "baseline": 0})[group] = (
+                        refused.get(label, {}).get(group, 0) + 1
+                    )
+        for other, into in ((base, gains), (yard, over_yardstick)):
+            if sel is not None and other is not None:
+                mine, theirs = data.scores_of(sel), data.scores_of(other)
+                for label in mine.keys() & theirs.keys():
+                    a, b = mine[label].value, theirs[label].value
+                    into.setdefault(label, []).append(None if a is None or b is None else a - b)
     scores = {name: {g: bootstrap_ci(v, n=1000, seed=0) for g, v in groups.items()} for name, groups in by.items()}
     n_scored = {name: {g: sum(x is not None for x in v) for g, v in groups.items()} for name, groups in by.items()}
     label_prior = {k: (float(np.median(v)), len(v)) for k, v in prior.items() if v}
@@ -1010,6 +1088,8 @@ def summarize(
         run_usage=data.usage,
         paired_gain={k: bootstrap_ci(v, n=1000, seed=0) for k, v in gains.items()},
         n_paired={k: sum(x is not None for x in v) for k, v in gains.items()},
+        paired_vs_yardstick={k: bootstrap_ci(v, n=1000, seed=0) for k, v in over_yardstick.items()},
+        n_paired_vs_yardstick={k: sum(x is not None for x in v) for k, v in over_yardstick.items()},
         label_prior=label_prior,
         flags=flags,
         n_calibration_refused=refused,
@@ -1038,7 +1118,7 @@ def add_vocab_projections(records: Sequence[FeatureRecord], models: Models, k: i
 def check_explainer_inputs(config: ExplainConfig, records: Sequence[FeatureRecord]) -> None:
     """Bad input for the explainer, before any work: the contrastive explainer needs train-side random
     windows (the ``train_random`` split) to draw its counterexamples from."""
-    if config.explainer_kind == "contrastive" and records and not any(r.train_random for r in records):
+    if "contrastive" in config.explainer_kinds and records and not any(r.train_random for r in records):
         raise UserError(
             "--explainer-kind contrastive shows train-side counterexamples, but the records have no train_random "
             "windows; sample with --n-train-random 20 (autointerp explain does so itself when it samples)"
@@ -1089,7 +1169,7 @@ async def run_explain(
         raise UserError(f"no feature records to explain in {run_dir}; pass records or a --sample-run")
     check_scorers(config, stream.sources(), models)
     ranges = stream.ranges(config.range_size)
-    if config.explainer_kind == "contrastive":  # its inputs are checked on the first range's records
+    if "contrastive" in config.explainer_kinds:  # its inputs are checked on the first range's records
         check_explainer_inputs(config, list(stream.load(ranges[0])))
     mine = shard_ranges(ranges, shard)
     my_features = [f for k in mine for f in ranges[k]]
@@ -1157,6 +1237,8 @@ async def run_explain(
             session.data = data
             runner = _Runner(config, session, models, retry_failed)
             await runner.explain_all(ids)
+            if config.yardstick:
+                runner.add_yardsticks(ids)
             if config.baseline:
                 runner.add_baselines(ids, k)
             await runner.score_all(ids)
@@ -1176,6 +1258,7 @@ async def run_explain(
         raise
     finally:
         _record_models(run, models)
+        run.update_manifest({"llm": {**plan, "missing_capabilities": clients.missing_capabilities()}})
         session.close(counters.delta())
         for c in to_close:
             await c.aclose()
@@ -1254,11 +1337,20 @@ async def run_score(
     to_close: list[LLMClient] = []
     if clients is None:
         clients, to_close = open_clients(config)
+    try:
+        if "simulation" in config.scorer_list:
+            config, _ = await settle_simulator_kind(config, clients.simulator)
+    except BaseException:
+        for c in to_close:
+            await c.aclose()
+        raise
     counters = _Counters(clients)
     session = _Session(data, config, clients)
     try:
         runner = _Runner(config, session, models, retry_failed)
         todo = list(data.records) if features is None else list(features)
+        if config.yardstick:  # a run explained before the yardstick existed gets it here
+            runner.add_yardsticks(todo)
         await runner.score_all(todo)
         runner.add_label_prior(todo)
     finally:

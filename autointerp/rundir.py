@@ -6,7 +6,8 @@ Layout (each stage owns its files; any stage can be rerun or resumed alone)::
     manifest.json        versions, command, config, models, prompt hashes, seeds, per-stage status
     records/             sampler output of a sampling run (see sampling.py)
     records.jsonl        FeatureRecord.to_json() per feature (an explain run is self-contained)
-    explanations.jsonl   Explanation.to_json() + explanation_id ("<feature>#<candidate>" | "<feature>#baseline")
+    explanations.jsonl   Explanation.to_json() + explanation_id ("<feature>#<candidate>" | "<feature>#baseline" |
+                         "<feature>#tokens", the token-list yardstick, with yardstick: true)
                          + selected (best-of-N winner) [+ failed: reason, for an unusable answer] [+ donor]
     simulations.jsonl    {explanation_id, feature, split, record_index, simulator, simulation}
     scores.jsonl         {explanation_id, feature, baseline, judge, score: Score.to_json()}; one line per
@@ -24,8 +25,8 @@ never meet its fragment; when a key was written twice, the last line wins.
 the run summary, the sweep tables, the report and the export. It owns the two rules every reader shares:
 
 * **the selected explanation** of a feature (:meth:`RunData.selected`): the usable (not failed, not
-  baseline) explanation marked ``selected``, the last one when several are; when none is marked, the usable
-  one with the lowest candidate index;
+  baseline, not the yardstick) explanation marked ``selected``, the last one when several are; when none is
+  marked, the usable one with the lowest candidate index;
 * **score labels** (:meth:`RunData.score_names`): scores are keyed by (explanation, score name, judge). A
   score name produced by one judge only is labelled by its name (``detection``); when a run holds the same
   score from several judges (a rescoring with ``--judge``), each judge's scores are labelled
@@ -296,6 +297,8 @@ class ExplanationRow:
     """The whole JSON line."""
     failed: str | None = None
     """Why the explainer's answer was unusable (no label); None for a usable explanation."""
+    yardstick: bool = False
+    """The feature's token-list label (``<feature>#tokens``): scored beside the selected one, never selected."""
 
     @classmethod
     def from_json(cls, row: dict[str, Any]) -> ExplanationRow:
@@ -310,12 +313,13 @@ class ExplanationRow:
             selected=bool(row.get("selected", False)),
             raw=row,
             failed=None if not row.get("failed") else str(row["failed"]),
+            yardstick=bool(row.get("yardstick", False)),
         )
 
     @property
     def usable(self) -> bool:
-        """A real (not baseline) explanation with a label."""
-        return not self.baseline and not self.failed
+        """A real explanation with a label (not the shuffled baseline, not the yardstick)."""
+        return not self.baseline and not self.yardstick and not self.failed
 
 
 ScoreKey = tuple[str, str, str]
@@ -396,12 +400,17 @@ class RunData:
         base = [e for e in self.explanations_of(feature) if e.baseline]
         return base[-1] if base else None
 
+    def yardstick(self, feature: str) -> ExplanationRow | None:
+        """The token-list yardstick of ``feature``, if any (the last one written)."""
+        rows = [e for e in self.explanations_of(feature) if e.yardstick]
+        return rows[-1] if rows else None
+
     def failed_reason(self, feature: str) -> str | None:
         """Why ``feature`` has no selected explanation: the failure of its last failed candidate, "not
         explained" when it has none; None when it has a selected explanation."""
         if self.selected(feature) is not None:
             return None
-        failed = [e.failed for e in self.explanations_of(feature) if e.failed and not e.baseline]
+        failed = [e.failed for e in self.explanations_of(feature) if e.failed and not e.baseline and not e.yardstick]
         return failed[-1] if failed else "not explained"
 
     def _label_map(self) -> dict[tuple[str, str], str]:

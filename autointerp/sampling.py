@@ -719,14 +719,13 @@ def run_sampling(
     if dupes:
         raise UserError(f"source {dupes[0]} is given twice; give each hook or SAE once")
     multi = len(sources) > 1
-    outs = [Path(run_dir) / "sources" / source_slug(s.address) if multi else Path(run_dir) for s in sources]
-    rec_dirs = [o / "records" for o in outs]
+    rec_dirs = _records_dirs(run_dir, sources)
     for r in rec_dirs:
         r.mkdir(parents=True, exist_ok=True)
     fingerprints = [_fingerprint(config, s, subject, windows, shard) for s in sources]
-    done = [_already_done(r, fp, shard) for r, fp in zip(rec_dirs, fingerprints, strict=True)]
-    if all(d is not None for d in done):
-        return _combined([d for d in done if d is not None])
+    done = finished_pass(subject, sources, windows, config, run_dir, shard)
+    if done is not None:
+        return done
 
     samplers = [Sampler(subject, s, config) for s in sources]
     hooks = list(dict.fromkeys(s.source.hook for s in samplers))
@@ -788,6 +787,48 @@ def run_sampling(
                for smp, rec_dir, fp in zip(samplers, rec_dirs, fingerprints, strict=True)]
     ckpt.unlink(missing_ok=True)
     return _combined(results)
+
+
+def _records_dirs(run_dir: Path, sources: Sequence[FeatureSource]) -> list[Path]:
+    multi = len(sources) > 1
+    return [(Path(run_dir) / "sources" / source_slug(s.address) if multi else Path(run_dir)) / "records"
+            for s in sources]
+
+
+def finished_pass(subject: Subject, sources: Sequence[FeatureSource], windows: TokenWindows, config: SamplingConfig,
+                  run_dir: Path, shard: Shard | None = None) -> SamplingResult | None:
+    """The result of an earlier pass of the same settings that finished in ``run_dir``, or None when there is
+    none. RunDirError when the records there are of other settings, or when the corpus changed since that pass
+    (:func:`check_corpus_unchanged`): a finished run is never reused over another corpus."""
+    fingerprints = [_fingerprint(config, s, subject, windows, shard) for s in sources]
+    done = [_already_done(r, fp, shard) if r.exists() else None
+            for r, fp in zip(_records_dirs(run_dir, sources), fingerprints, strict=True)]
+    if not all(d is not None for d in done):
+        return None
+    finished = [d for d in done if d is not None]
+    check_corpus_unchanged(windows, finished[0], config.batch_size, shard)
+    return _combined(finished)
+
+
+def check_corpus_unchanged(windows: TokenWindows, done: SamplingResult, batch_size: int, shard: Shard | None) -> None:
+    """Refuse (RunDirError) to reuse a finished pass whose corpus changed since: the content fingerprint of the
+    windows it read (its first ``done.n_windows`` windows, of ``shard`` where given) is computed again from the
+    corpus as it is now (tokenizing only, no model) and compared with the one stored."""
+    if done.content_fingerprint is None:
+        return
+    digest = ContentDigest()
+    seen = 0
+    for i, row, length in windows:
+        if seen >= done.n_windows:
+            break
+        if shard is None or shard.owns(i, batch_size):
+            digest.update(i, row, length)
+            seen += 1
+    if seen < done.n_windows or digest.hexdigest() != done.content_fingerprint:
+        raise RunDirError(
+            f"corpus {windows.name} changed since the pass in {done.records_dir.parent} finished (its content "
+            "fingerprint differs); restore the corpus or sample into a new --run-dir"
+        )
 
 
 def _combined(results: list[SamplingResult]) -> SamplingResult:
@@ -1096,6 +1137,10 @@ class SamplingJob:
     sources: list[FeatureSource]
     """One or several sources (several share one forward pass)."""
     windows: TokenWindows
+
+    def finished(self, run_dir: Path, shard: Shard | None = None) -> SamplingResult | None:
+        """The result of this pass if it already finished in ``run_dir`` (see :func:`finished_pass`)."""
+        return finished_pass(self.subject, self.sources, self.windows, self.config, run_dir, shard)
 
     @property
     def source(self) -> FeatureSource:

@@ -66,7 +66,15 @@ import numpy as np
 
 from autointerp.errors import UserError
 from autointerp.explain import highlight_tokens
-from autointerp.llm.base import ChatRequest, LLMClient, LLMError, TokenLogprobs, TopLogprobsRequest
+from autointerp.llm.base import (
+    ChatRequest,
+    LLMClient,
+    LLMError,
+    TokenLogprobs,
+    TopLogprobsRequest,
+    Unsupported,
+    capabilities_of,
+)
 from autointerp.llm.batching import MicroBatcher
 from autointerp.prompts import load_template
 from autointerp.records import ActivationRecord, FeatureRecord, Score, Simulation, Usage
@@ -559,6 +567,9 @@ class PartAnswer:
     probability_source: str | None = None
     """Where P(yes) came from: "answer" (the judge answer's own logprobs), "teacher-forced" (the extra
     request), or None (not asked, or failed)."""
+    probability_unavailable: str | None = None
+    """Why P(yes) is undefined because the judge's endpoint cannot give it (no logprobs served): not a failure,
+    the answers still score."""
 
 
 def split_usage(usage: Usage, weights: Sequence[int]) -> list[Usage]:
@@ -600,7 +611,18 @@ class _Classifier:
 
     @property
     def use_probabilities(self) -> bool:
-        return self.settings.judge_probabilities and bool(getattr(self.client, "supports_logprobs", False))
+        """Whether P(yes) can be had: from the logprobs of the judge's own answer (unless the endpoint is known to
+        give none) or from a teacher-forced top-logprobs request (unless it serves none)."""
+        if not self.settings.judge_probabilities:
+            return False
+        return bool(getattr(self.client, "supports_logprobs", False)) or capabilities_of(self.client).has(
+            "chat_logprobs"
+        )
+
+    def no_logprobs_reason(self) -> str:
+        """Why the judge's endpoint gives no P(yes): what it was found not to serve."""
+        caps = [c for c in ("completions", "chat_logprobs") if c in capabilities_of(self.client).missing]
+        return f"the judge's endpoint gives no logprobs (missing: {', '.join(caps) or 'logprobs'}; see the manifest)"
 
     def request(self, explanation: str, batch: Sequence[str]) -> ChatRequest:
         """The judge request for one batch of example texts."""
@@ -635,23 +657,27 @@ class _Classifier:
         usage = resp.usage
         parsed = parse_binary_list(resp.text, n)
         probs: list[float | None] = [None] * n
-        prob_failure = None
+        prob_failure = unavailable = None
         source = None
         if not isinstance(parsed, str) and self.use_probabilities:
             from_answer = answer_probabilities(resp.text, resp.logprobs)
             if from_answer is not None and len(from_answer) == n:
                 probs, source = from_answer, "answer"
+            elif not self.client.supports_logprobs:
+                unavailable = self.no_logprobs_reason()
             else:
                 try:
                     probs, u = await self._probabilities(req.messages, parsed)
                     usage = usage + u
                     source = "teacher-forced"
+                except Unsupported as e:
+                    unavailable = e.reason
                 except LLMError as e:
                     prob_failure = f"probability request failed: {e.reason}"
         out, start = [], 0
         for size, u in zip(sizes, split_usage(usage, sizes), strict=True):
             preds = parsed if isinstance(parsed, str) else parsed[start : start + size]
-            out.append(PartAnswer(preds, probs[start : start + size], prob_failure, u, source))
+            out.append(PartAnswer(preds, probs[start : start + size], prob_failure, u, source, unavailable))
             start += size
         return out
 
@@ -693,6 +719,7 @@ class _Classifier:
         got_probs: list[float | None] = []
         sources: dict[str, int] = {}
         failures: list[str] = []
+        unavailable: list[str] = []
         for start in range(0, len(texts), s.per_prompt):
             batch = texts[start : start + s.per_prompt]
             try:
@@ -708,6 +735,8 @@ class _Classifier:
                 continue
             if ans.probability_failure:
                 failures.append(ans.probability_failure)
+            if ans.probability_unavailable:
+                unavailable.append(ans.probability_unavailable)
             if ans.probability_source:
                 sources[ans.probability_source] = sources.get(ans.probability_source, 0) + 1
             got_preds += ans.predictions
@@ -728,6 +757,8 @@ class _Classifier:
         if not got_preds:
             return Score(self.name, None, reason="no judge answer could be parsed", settings=settings, details=details)
         metrics, reasons = classifier_metrics(got_labels, got_preds, got_probs if use_probs else None)
+        if metrics["auc"] is None and s.judge_probabilities and (unavailable or not self.use_probabilities):
+            reasons["auc"] = f"P(yes) undefined: {unavailable[0] if unavailable else self.no_logprobs_reason()}"
         details.update(
             metrics=metrics,
             metric_reasons=reasons,

@@ -306,3 +306,39 @@ def test_sweep_dir_that_is_a_file_exits_2(tmp_path: Path, capsys: pytest.Capture
     err = capsys.readouterr().err
     assert_one_line_error(err)
     assert "--sweep-dir" in err and a_file.read_text() == "x"
+
+
+@pytest.mark.parametrize("command", ["sample", "explain"])
+def test_a_finished_run_refuses_a_changed_corpus_and_keeps_its_results(
+    command: str, tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from conftest import WORDS
+    from fake_llm import FakeLLM
+    from test_pipeline import smart_chat
+
+    import autointerp.pipeline
+    from autointerp.pipeline import Clients
+
+    llm = FakeLLM(chat_fn=smart_chat)
+    monkeypatch.setattr(autointerp.pipeline, "open_clients", lambda config: (Clients(llm, llm, llm), []))
+    corpus = tmp_path / "c.txt"
+    docs = [" ".join(WORDS[(i * 5 + j) % len(WORDS)] for j in range(30)) for i in range(12)]
+    corpus.write_text("\n\n".join(docs))
+    run = tmp_path / "run"
+    argv = [command, "--model", str(tiny_model_dir), "--corpus", str(corpus), "--hook", "L1/mlp_neurons",
+            "--window", "16", "--tokens", "200", "--features", "0-1", "--run-dir", str(run)]
+    if command == "explain":
+        argv += ["--scorers", "detection", "--max-records-per-split", "2"]
+    assert run_cli(argv) == 0
+    capsys.readouterr()
+    assert run_cli(argv) == 0  # the same corpus: done, reused
+    capsys.readouterr()
+    files = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    corpus.write_text("\n\n".join([" ".join(WORDS[::-1]), *docs]))  # a document added at the front
+    assert run_cli(argv) == 2
+    out, err = capsys.readouterr()
+    assert_one_line_error(err)
+    assert "changed since the pass" in err and "new --run-dir" in err
+    assert "features" not in out  # no result printed
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == files  # nothing written

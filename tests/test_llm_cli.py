@@ -2,38 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from autointerp.cli import main
-from autointerp.llm.testing import FakeOpenAIServer
+from autointerp.llm.testing import FakeOpenAIServer, serving_in_thread
 
 
 @pytest.fixture
 def fake_server_url() -> Iterator[tuple[str, FakeOpenAIServer]]:
     """A fake server on its own event loop in a thread (the CLI runs its own asyncio.run)."""
-    loop = asyncio.new_event_loop()
-    srv = FakeOpenAIServer()
-    ready = threading.Event()
-
-    def serve() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(srv.start())
-        ready.set()
-        loop.run_forever()
-
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
-    ready.wait(10)
-    yield f"openai-compatible:{srv.url}/v1/fake", srv
-    asyncio.run_coroutine_threadsafe(srv.stop(), loop).result(10)
-    loop.call_soon_threadsafe(loop.stop)
-    t.join(10)
-    loop.close()
+    with serving_in_thread(FakeOpenAIServer()) as srv:
+        yield f"openai-compatible:{srv.url}/v1/fake", srv
 
 
 def test_llm_ask_and_cache_commands(

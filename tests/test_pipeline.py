@@ -81,7 +81,7 @@ async def test_run_writes_schema_and_beats_baseline(tmp_path: Path) -> None:
     # rescoring with another scorer adds only its rows
     s2 = await run_score(run, "fuzzing", clients=Clients(fake, fake, fake))
     assert s2.scores["fuzzing"]["explained"][0] == 1.0  # type: ignore[index]
-    assert _count(run / "scores.jsonl") == sizes[2] + 8
+    assert _count(run / "scores.jsonl") == sizes[2] + 12  # 4 features x (selected, baseline, token-list yardstick)
 
 
 async def test_rescoring_some_features_without_baseline_scores_only_their_selected_labels(tmp_path: Path) -> None:
@@ -91,7 +91,8 @@ async def test_rescoring_some_features_without_baseline_scores_only_their_select
                       Clients(fake, fake, fake))
     before = _count(run / "scores.jsonl")
     want = ["toy/L0/mlp_neurons:1", "toy/L0/mlp_neurons:3"]
-    await run_score(run, "detection", clients=Clients(fake, fake, fake), settings={"baseline": False}, features=want)
+    only_selected = {"baseline": False, "yardstick": False}
+    await run_score(run, "detection", clients=Clients(fake, fake, fake), settings=only_selected, features=want)
     new = [r for r in read_jsonl(run / "scores.jsonl")][before:]
     assert sorted((r["feature"], r["baseline"], r["score"]["name"]) for r in new) == [
         (f, False, "detection") for f in want
@@ -232,4 +233,4 @@ async def test_simulations_of_one_explanation_are_requested_together(tmp_path: P
     await run_explain(cfg, tmp_path / "run", _records(4), Clients(fake, fake, fake))
     labels = [re.findall(r"Feature explanation: (.*)", r.prompt)[-1] for r in fake.logprob_requests]
     runs = [lab for i, lab in enumerate(labels) if i == 0 or labels[i - 1] != lab]
-    assert len(set(labels)) == 4 and len(runs) == 4, runs
+    assert len(set(labels)) == 8 and len(runs) == 8, runs  # 4 features x (label, token-list yardstick)

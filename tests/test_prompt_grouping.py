@@ -211,7 +211,7 @@ async def test_latents_per_prompt_in_a_run_sends_fewer_judge_tokens_for_the_same
             grouped = r["judge"].endswith("+latents-per-prompt=3")
             by[(r["explanation_id"], r["score"]["name"], grouped)] = r["score"]["value"]
     keys = {(e, n) for e, n, _ in by}
-    assert len(keys) == 16  # 4 latents x (selected + baseline) x 2 scorers, each scored both ways
+    assert len(keys) == 24  # 4 latents x (selected + baseline + yardstick) x 2 scorers, each scored both ways
     for e, n in keys:  # the perfect judge reads each part against its own label: the same scores both ways
         assert by[(e, n, False)] == pytest.approx(by[(e, n, True)])
     (req1, tok1), (req3, tok3) = out[1], out[3]

@@ -127,6 +127,15 @@ def _print_label_checks(summary: Any) -> None:
             "label predicts its own feature than another feature's label does; a CI above 0 means the labels "
             "carry information about their features."
         )
+    for label, diff in sorted(summary.paired_vs_yardstick.items()):
+        if label.partition("@")[0] != "correlation" or diff is None:
+            continue
+        console.print(
+            f"{escape(label)} over the token-list yardstick (same features, paired): {diff[0]:+.3f} "
+            f"[{diff[1]:+.2f}, {diff[2]:+.2f}], n={summary.n_paired_vs_yardstick.get(label, 0)}: how much better "
+            "each label predicts its feature than the list of its five most-activating marked tokens (no LLM) "
+            "does; above 0, the labels earned their LLM calls."
+        )
     for label, (median, n) in sorted(summary.label_prior.items()):
         console.print(
             f"{escape(label)} (median of {n}): {median:.2f}: how alike the simulations under the label and under "
@@ -239,7 +248,7 @@ def explain(
     if sample_run is None and not resuming:
         from autointerp.explain import CONTRASTIVE_POOL
 
-        pool = CONTRASTIVE_POOL if config.explainer_kind == "contrastive" else 0
+        pool = CONTRASTIVE_POOL if "contrastive" in config.explainer_kinds else 0
         sample = _prepare_sampling(
             model, hook, sae, sae_dir, features, tokens, window, corpus, device, config.threads, models, pool
         )

@@ -111,6 +111,12 @@ def sample(
         raise
     run = RunDir.create(run_path, STAGE, manifest_cfg)
     console.print(f"run dir [bold]{escape(str(run.path))}[/]")
+    # A pass that already finished here is reused only over the same corpus (checked before anything is
+    # written or printed: a changed corpus is refused, and the finished run's records and stage stay as they are)
+    finished = job.finished(run.path, part) if job is not None else None
+    if finished is not None:
+        _print_result(f"sample: {address} (already done)", finished, cfg.window)
+        return
     run.update_manifest(described)
     run.set_stage(STAGE, "running")
     start = time.perf_counter()

@@ -68,12 +68,11 @@ def means_table(
     t.add_column("score")
     t.add_column("explained", justify="right")
     t.add_column("shuffled baseline", justify="right")
+    yardstick = any("yardstick" in groups for groups in scores.values())
+    if yardstick:
+        t.add_column("token list", justify="right")
     for name, groups in sorted(scores.items()):
         n = n_scored.get(name, {})
-        t.add_row(
-            name,
-            _stacked(groups.get("explained"), n.get("explained", 0)),
-            _stacked(groups.get("baseline"), n.get("baseline", 0)),
-            end_section=True,
-        )
+        cells = [_stacked(groups.get(g), n.get(g, 0)) for g in ("explained", "baseline", "yardstick")[: 2 + yardstick]]
+        t.add_row(name, *cells, end_section=True)
     return t

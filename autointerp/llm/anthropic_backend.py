@@ -12,7 +12,14 @@ import inspect
 import logging
 from typing import Any
 
-from autointerp.llm.base import ChatRequest, CompletionRequest, LLMError, LLMResponse, TopLogprobsRequest
+from autointerp.llm.base import (
+    Capabilities,
+    ChatRequest,
+    CompletionRequest,
+    LLMResponse,
+    TopLogprobsRequest,
+    Unsupported,
+)
 from autointerp.llm.errors import garbage, map_exception
 from autointerp.records import Usage
 
@@ -29,6 +36,12 @@ class AnthropicBackend:
 
         self.spec = spec
         self.model = model
+        self.capabilities = Capabilities(
+            {
+                "completions": "the Anthropic API has no raw completions",
+                "chat_logprobs": "the Anthropic API gives no logprobs",
+            }
+        )
         self._client = AsyncAnthropic(api_key=api_key, base_url=base_url, timeout=timeout_s, max_retries=0)
         params = inspect.signature(self._client.messages.create).parameters
         self._sampling_params = "temperature" in params
@@ -79,10 +92,12 @@ class AnthropicBackend:
         return LLMResponse(text=text, usage=usage, model=str(getattr(r, "model", "") or self.model))
 
     async def complete(self, request: CompletionRequest) -> LLMResponse:
-        raise LLMError(f"{self.spec}: the Anthropic API has no raw completions; use chat")
+        raise Unsupported(f"{self.spec}: the Anthropic API has no raw completions; use chat", "completions")
 
     async def top_logprobs(self, request: TopLogprobsRequest) -> LLMResponse:
-        raise LLMError(f"{self.spec}: the Anthropic API returns no logprobs; use a local/openai-compatible backend")
+        raise Unsupported(
+            f"{self.spec}: the Anthropic API returns no logprobs; use a local/openai-compatible backend", "completions"
+        )
 
 
 def min_cache_tokens(model: str) -> int:

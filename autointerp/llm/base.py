@@ -115,6 +115,56 @@ class LLMError(Exception):
         """Seconds the server asked us to wait (``Retry-After``), when it said."""
 
 
+UNSERVED_STATUSES = frozenset({404, 405, 501})
+"""HTTP statuses with which an endpoint says it does not serve a path or a method at all."""
+
+
+class Unsupported(LLMError):
+    """A request of a kind the endpoint does not serve (refused with 404/405/501, or known to be missing from an
+    earlier refusal): never retried, and not a failure of the work that asked. Callers take the next correct
+    path (the JSON simulator, P(yes) undefined with this reason, ...)."""
+
+    def __init__(self, reason: str, capability: str, *, status: int | None = None) -> None:
+        super().__init__(reason, status=status, retryable=False)
+        self.capability = capability
+        """The capability that is missing (one of :data:`CAPABILITIES`)."""
+
+
+CAPABILITIES = ("completions", "echo", "prompt_logprobs", "tokenize", "chat_logprobs")
+"""What an endpoint may lack: raw ``/completions`` (so also the prefix list and teacher-forced logprobs), prompt
+logprobs by ``echo``, vLLM's ``prompt_logprobs``, llama.cpp's ``/tokenize``, logprobs of chat answers."""
+
+
+@dataclass
+class Capabilities:
+    """What one endpoint serves, learned from its answers: every capability is assumed until a request that
+    needs it is refused; then it is missing, with the reason, for the rest of the run (and in the manifest).
+    Shared by reference between a backend and every client that wraps it, and between the endpoints of a pool
+    (they serve one model)."""
+
+    missing: dict[str, str] = field(default_factory=dict)
+    """capability -> why it is missing (the refusal that showed it)."""
+
+    def has(self, capability: str) -> bool:
+        return capability not in self.missing
+
+    def refuse(self, capability: str, reason: str, status: int | None = None) -> Unsupported:
+        """Mark ``capability`` missing (the first reason is kept) and return the error to raise."""
+        self.missing.setdefault(capability, reason)
+        return Unsupported(reason, capability, status=status)
+
+    def check(self, capability: str, spec: str) -> None:
+        """Raise :class:`Unsupported` when ``capability`` is known to be missing (no request is sent)."""
+        if capability in self.missing:
+            raise Unsupported(f"{spec} does not serve {capability} ({self.missing[capability]})", capability)
+
+
+def capabilities_of(client: object) -> Capabilities:
+    """The capabilities a client (or backend) tracks; an empty one (nothing known missing) when it tracks none."""
+    caps = getattr(client, "capabilities", None)
+    return caps if isinstance(caps, Capabilities) else Capabilities()
+
+
 @dataclass(frozen=True)
 class ClientConfig:
     """How a client talks to its backend: timeouts, retries, limits, cache, threads, prices."""
@@ -164,8 +214,13 @@ class LLMClient(Protocol):
     spec: str
     """The spec this client was built from, e.g. ``openai:gpt-4o-mini`` or ``local:qwen2.5-coder-1.5b``."""
 
-    supports_completion: bool
-    supports_logprobs: bool
+    @property
+    def supports_completion(self) -> bool: ...
+
+    @property
+    def supports_logprobs(self) -> bool:
+        """Whether ``top_logprobs`` may work; False once the endpoint refused what it needs (see Capabilities)."""
+        ...
 
     async def chat(self, request: ChatRequest) -> LLMResponse: ...
 
@@ -174,3 +229,28 @@ class LLMClient(Protocol):
     async def top_logprobs(self, request: TopLogprobsRequest) -> LLMResponse: ...
 
     async def aclose(self) -> None: ...
+
+
+class ClientWrapper:
+    """Base of every client that wraps another (retries, cache, meter, pool member, ...): ``spec`` and what the
+    inner client serves are read through to it, so a capability found missing by the backend shows in every
+    layer at once. Subclasses define ``chat`` / ``complete`` / ``top_logprobs``; ``aclose`` closes ``inner``."""
+
+    def __init__(self, inner: LLMClient) -> None:
+        self.inner = inner
+        self.spec = inner.spec
+
+    @property
+    def supports_completion(self) -> bool:
+        return bool(self.inner.supports_completion)
+
+    @property
+    def supports_logprobs(self) -> bool:
+        return bool(self.inner.supports_logprobs)
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return capabilities_of(self.inner)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()

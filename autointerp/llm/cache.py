@@ -29,6 +29,7 @@ from typing import Any
 
 from autointerp.llm.base import (
     ChatRequest,
+    ClientWrapper,
     CompletionRequest,
     LLMClient,
     LLMResponse,
@@ -200,15 +201,12 @@ def _cached_copy(r: LLMResponse) -> LLMResponse:
     )
 
 
-class CachedClient:
+class CachedClient(ClientWrapper):
     """Answers from the cache when it can; coalesces identical in-flight requests into one; stores answers."""
 
     def __init__(self, inner: LLMClient, cache: ResponseCache) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.cache = cache
-        self.spec = inner.spec
-        self.supports_completion = inner.supports_completion
-        self.supports_logprobs = inner.supports_logprobs
         self._inflight: dict[str, asyncio.Future[LLMResponse]] = {}
         self._unstored: list[tuple[tuple[str, str, str, LLMResponse], asyncio.Future[None]]] = []
         """Answers waiting for the next group commit, each with the future its fetch awaits."""

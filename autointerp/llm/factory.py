@@ -39,6 +39,7 @@ from autointerp.errors import UserError
 from autointerp.llm.base import (
     ChatRequest,
     ClientConfig,
+    ClientWrapper,
     CompletionRequest,
     LLMClient,
     LLMResponse,
@@ -276,7 +277,7 @@ def make_pool(spec: str, config: ClientConfig) -> PoolBackend:
     return PoolBackend(spec, pool, backends, caps)
 
 
-class ManagedClient:
+class ManagedClient(ClientWrapper):
     """What :func:`make_client` returns: an :class:`LLMClient` with ``meter``, ``cache_stats()`` and ``aclose()``.
 
     Use one client within one event loop (its semaphore, rate limiters and HTTP connections belong to the
@@ -291,6 +292,7 @@ class ManagedClient:
         cache: ResponseCache | None,
         owns_cache: bool = False,
     ) -> None:
+        super().__init__(backend)
         self.backend = backend
         self.config = config
         self.meter = meter
@@ -303,9 +305,6 @@ class ManagedClient:
         self._cache = cache
         self._owns_cache = owns_cache
         self._outer = MeteredClient(inner, meter)
-        self.spec = backend.spec
-        self.supports_completion = backend.supports_completion
-        self.supports_logprobs = backend.supports_logprobs
 
     async def chat(self, request: ChatRequest) -> LLMResponse:
         return await self._outer.chat(request)

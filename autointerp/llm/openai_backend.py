@@ -36,12 +36,15 @@ from dataclasses import replace
 from typing import Any, Literal
 
 from autointerp.llm.base import (
+    UNSERVED_STATUSES,
+    Capabilities,
     ChatRequest,
     CompletionRequest,
     LLMError,
     LLMResponse,
     TokenLogprobs,
     TopLogprobsRequest,
+    Unsupported,
 )
 from autointerp.llm.errors import garbage, map_exception, parse_retry_after, status_retryable
 from autointerp.records import Usage
@@ -112,7 +115,13 @@ def parse_top_logprobs(logprobs: Any) -> dict[str, float] | None:
     return None
 
 
-LogprobStrategy = Literal["auto", "prompt-logprobs", "echo", "prefix-list"]
+LogprobStrategy = Literal["auto", "prompt-logprobs", "echo", "prefix-list", "none"]
+"""``none``: the endpoint serves no ``/completions`` (a chat-only API or gateway), so no top logprobs at all."""
+
+_PATH_CAPABILITY = {"/completions": "completions", "/tokenize": "tokenize"}
+"""Paths whose refusal with 404/405/501 means the endpoint lacks a capability (not that one request failed). A
+refused ``/chat/completions`` is an error, not a capability: nothing would be left to do (and a 404 there may
+mean a wrong model name)."""
 
 
 def _usage(u: Any, timings: Any = None) -> Usage:
@@ -243,8 +252,11 @@ class OpenAIBackend:
 
         self.spec = spec
         self.model = model
-        self.supports_completion = supports_completion
-        self.supports_logprobs = supports_completion
+        self.capabilities = Capabilities()
+        """What the endpoint turned out not to serve (shared by the clients around this backend; a pool shares
+        one between its endpoints)."""
+        if not supports_completion:
+            self.capabilities.missing["completions"] = "the backend serves chat only"
         self.use_max_completion_tokens = use_max_completion_tokens
         self.logprob_strategy: LogprobStrategy = logprob_strategy
         """How ``top_logprobs`` asks (module doc); ``auto`` until the first request settles it."""
@@ -264,6 +276,14 @@ class OpenAIBackend:
         self._headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
         self._timeout_s = timeout_s
         self._session: Any = None
+
+    @property
+    def supports_completion(self) -> bool:
+        return self.capabilities.has("completions")
+
+    @property
+    def supports_logprobs(self) -> bool:
+        return self.capabilities.has("completions")
 
     async def probe(self) -> None:
         """One ``GET /models``: returns when the server answers, raises otherwise (endpoint pools' health probe)."""
@@ -322,7 +342,11 @@ class OpenAIBackend:
                 r: Any = await self._client.post(url, cast_to=self._response_cls, body=body)
                 data = json.loads(r.content)
         except Exception as e:
-            raise map_exception(e, self.spec) from e
+            err = map_exception(e, self.spec)
+            capability = _PATH_CAPABILITY.get(path)
+            if capability is not None and err.status in UNSERVED_STATUSES:
+                raise self.capabilities.refuse(capability, err.reason, err.status) from e
+            raise err from e
         if not isinstance(data, dict):
             raise garbage(self.spec, f"body is a JSON {type(data).__name__}, not an object")
         if "error" in data and "choices" not in data:
@@ -354,15 +378,15 @@ class OpenAIBackend:
         if not isinstance(text, str):
             raise garbage(self.spec, "message content is not a string")
         lps = chat_token_logprobs(r["choices"][0].get("logprobs")) if request.top_logprobs > 0 else []
+        if request.top_logprobs > 0 and not lps and text:
+            self.capabilities.missing.setdefault("chat_logprobs", "chat answers carry no logprobs")
         return LLMResponse(
             text=text, logprobs=lps, usage=_response_usage(r), model=str(r.get("model") or self.model)
         )
 
     def _check_completion(self) -> None:
-        if not self.supports_completion:
-            raise LLMError(
-                f"{self.spec} does not serve raw completions / logprobs; use a chat-only method or another backend"
-            )
+        """Raise :class:`Unsupported` (no request sent) once the endpoint is known to serve no ``/completions``."""
+        self.capabilities.check("completions", self.spec)
 
     async def complete(self, request: CompletionRequest) -> LLMResponse:
         self._check_completion()
@@ -431,14 +455,21 @@ class OpenAIBackend:
     async def settle_logprob_strategy(self) -> LogprobStrategy:
         """Settle ``auto`` before a run, so that estimates and the manifest name the way that will be used: a
         server with llama.cpp's ``/tokenize`` takes the prefix list (llama.cpp ignores echo; tokenizing
-        evaluates nothing); others get one tiny echo request (its few tokens are not metered)."""
-        if self.logprob_strategy == "auto" and self.supports_completion and await self.tokenize_pieces("a") is not None:
-            self.logprob_strategy = "prefix-list"  # llama.cpp (it has /tokenize with pieces) ignores echo
-        if self.logprob_strategy == "auto" and self.supports_completion:
-            probe = "a\tb\tc"
-            await self.top_logprobs(TopLogprobsRequest(prompt=probe, positions=(2, 4), top_k=1))
-            if self.logprob_strategy == "auto":
-                self.logprob_strategy = "echo"
+        evaluates nothing); others get one tiny echo request (its few tokens are not metered). An endpoint
+        that serves no ``/completions`` (it refused the probe with 404/405/501) settles on ``none``."""
+        try:
+            auto = self.logprob_strategy == "auto" and self.supports_completion
+            if auto and await self.tokenize_pieces("a") is not None:
+                self.logprob_strategy = "prefix-list"  # llama.cpp (it has /tokenize with pieces) ignores echo
+            if self.logprob_strategy == "auto" and self.supports_completion:
+                probe = "a\tb\tc"
+                await self.top_logprobs(TopLogprobsRequest(prompt=probe, positions=(2, 4), top_k=1))
+                if self.logprob_strategy == "auto":
+                    self.logprob_strategy = "echo"
+        except Unsupported as err:
+            logger.info("%s serves no %s (%s): no top logprobs", self.spec, err.capability, err.reason)
+        if not self.supports_completion:
+            self.logprob_strategy = "none"
         return self.logprob_strategy
 
     async def tokenize_pieces(self, text: str) -> list[bytes] | None:
@@ -453,6 +484,7 @@ class OpenAIBackend:
                 raise
             logger.info("%s: no /tokenize endpoint (%s); prefix-list tokens are estimated", self.spec, err.reason)
             self.tokenizer_endpoint = False
+            self.capabilities.missing.setdefault("tokenize", err.reason)
             return None
         tokens = r.get("tokens")
         pieces: list[bytes] = []
@@ -505,9 +537,10 @@ class OpenAIBackend:
         try:
             r = await self._post("/completions", body)
         except LLMError as err:
-            if err.retryable or (settled and way == "echo"):
+            if err.retryable or isinstance(err, Unsupported) or (settled and way == "echo"):
                 raise
             logger.info("%s: %s refused (%s); using the prefix list", self.spec, way, err.reason)
+            self.capabilities.missing.setdefault(way.replace("-", "_"), err.reason)
             self.logprob_strategy = "prefix-list"
             return None, Usage()
         usage = _response_usage(r)
@@ -521,6 +554,7 @@ class OpenAIBackend:
             if settled and way == "echo":
                 raise garbage(self.spec, "echo logprobs do not align with the prompt")
             logger.info("%s: no aligned prompt logprobs with %s; using the prefix list", self.spec, way)
+            self.capabilities.missing.setdefault(way.replace("-", "_"), "the answer's prompt logprobs do not align")
             self.logprob_strategy = "prefix-list"
             return None, usage
         self.logprob_strategy = way

@@ -46,11 +46,13 @@ from typing import Any, TypeVar
 
 from autointerp.errors import UserError
 from autointerp.llm.base import (
+    Capabilities,
     ChatRequest,
     CompletionRequest,
     LLMError,
     LLMResponse,
     TopLogprobsRequest,
+    capabilities_of,
 )
 from autointerp.llm.reliable import TokenBucket, estimate_tokens
 
@@ -205,12 +207,22 @@ class PoolBackend:
             _Endpoint(pool.endpoint_spec(i), b, c, pool.endpoints[i], i)
             for i, (b, c) in enumerate(zip(backends, capacities, strict=True))
         ]
-        first = backends[0]
-        self.supports_completion = bool(first.supports_completion)
-        self.supports_logprobs = bool(first.supports_logprobs)
+        self.capabilities = capabilities_of(backends[0])
+        """One for the whole pool (its endpoints serve one model): what one endpoint refused, none is asked."""
+        for b in backends[1:]:
+            if isinstance(getattr(b, "capabilities", None), Capabilities):
+                b.capabilities = self.capabilities
         self._changed: asyncio.Condition | None = None
         self._started: asyncio.Task[None] | None = None
         self._waiting = 0
+
+    @property
+    def supports_completion(self) -> bool:
+        return bool(self.endpoints[0].backend.supports_completion)
+
+    @property
+    def supports_logprobs(self) -> bool:
+        return bool(self.endpoints[0].backend.supports_logprobs)
 
     @property
     def capacity(self) -> int:

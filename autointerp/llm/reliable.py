@@ -31,11 +31,13 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 from autointerp.llm.base import (
     ChatRequest,
     ClientConfig,
+    ClientWrapper,
     CompletionRequest,
     LLMClient,
     LLMError,
     LLMResponse,
     TopLogprobsRequest,
+    Unsupported,
 )
 from autointerp.llm.errors import map_exception
 
@@ -102,16 +104,13 @@ def estimate_tokens(request: ChatRequest | CompletionRequest | TopLogprobsReques
     return sum(request.positions) // 4 + len(request.positions)
 
 
-class ReliableClient:
+class ReliableClient(ClientWrapper):
     """Wraps a backend with timeouts, retries, a concurrency bound and rate limits (see module doc)."""
 
     def __init__(self, inner: LLMClient, config: ClientConfig, rng: random.Random | None = None) -> None:
         if config.timeout_s is not None and config.timeout_s <= 0:
             raise ValueError("timeout_s must be positive, or None for timeouts fitted to each request")
-        self.inner = inner
-        self.spec = inner.spec
-        self.supports_completion = inner.supports_completion
-        self.supports_logprobs = inner.supports_logprobs
+        super().__init__(inner)
         self.config = config
         self._rng = rng or random.Random()
         self._sem = asyncio.Semaphore(max(1, config.max_concurrency))
@@ -245,6 +244,8 @@ def _exception(state: RetryCallState) -> BaseException | None:
 def _tried(e: LLMError, attempts: int) -> LLMError:
     """``e`` with the number of attempts made appended to its reason."""
     tried = f"after {attempts} attempt{'s' if attempts != 1 else ''}"
+    if isinstance(e, Unsupported):
+        return Unsupported(f"{e.reason} ({tried})", e.capability, status=e.status)
     return LLMError(f"{e.reason} ({tried})", status=e.status, retryable=e.retryable, retry_after=e.retry_after)
 
 

@@ -17,7 +17,8 @@ import contextlib
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable
+import threading
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
@@ -298,6 +299,67 @@ class FakeOpenAIServer(LoopbackHTTPServer):
         if path.endswith("/models"):
             return json_reply({"object": "list", "data": [{"id": "fake", "object": "model"}]})
         return json_reply({"error": {"message": f"no route {path}"}}, 404)
+
+
+@contextlib.contextmanager
+def serving_in_thread(server: S) -> Iterator[S]:
+    """Run ``server`` on its own event loop in a daemon thread (for code that runs its own ``asyncio.run``, such
+    as the CLI); stopped on exit."""
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+
+    def serve() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(server.start())
+        ready.set()
+        loop.run_forever()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    if not ready.wait(10):
+        raise RuntimeError("the loopback server did not start within 10 s")
+    try:
+        yield server
+    finally:
+        asyncio.run_coroutine_threadsafe(server.stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        t.join(10)
+        loop.close()
+
+
+class ChatOnlyServer(LoopbackHTTPServer):
+    """A chat-only OpenAI-compatible endpoint, as many hosted APIs and gateways are: ``/v1/chat/completions``
+    and ``/v1/models`` only; ``/v1/completions``, ``/tokenize`` and anything else are 404, as such a server
+    answers. Replies come from ``chat_fn(messages) -> text`` and look like a real server's (id, model,
+    ``finish_reason``, usage counted by :func:`fake_tokens`); no logprobs, even when asked for.
+    ``empty_choices``: answer chat with 200 and an empty ``choices`` list instead (a broken gateway)."""
+
+    def __init__(self, chat_fn: Callable[[list[dict[str, str]]], str], empty_choices: bool = False) -> None:
+        super().__init__()
+        self.chat_fn = chat_fn
+        self.empty_choices = empty_choices
+        self.paths: list[str] = []
+        """The path of every request, in order."""
+
+    async def handle(self, method: str, path: str, headers: dict[str, str], body: bytes) -> HTTPReply:
+        self.paths.append(path)
+        if path.endswith("/chat/completions") and method == "POST":
+            req = json.loads(body or b"{}")
+            text = self.chat_fn(req["messages"])
+            prompt = sum(len(fake_tokens(m["content"])) for m in req["messages"])
+            choices = [] if self.empty_choices else [
+                {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+            ]
+            completion = len(fake_tokens(text))
+            return json_reply({
+                "id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": req.get("model", ""),
+                "choices": choices,
+                "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
+                          "total_tokens": prompt + completion},
+            })
+        if path.endswith("/models") and method == "GET":
+            return json_reply({"object": "list", "data": [{"id": "m", "object": "model"}]})
+        return json_reply({"error": {"message": f"Not Found: {path}", "type": "not_found_error"}}, 404)
 
 
 FaultKind = Literal["429", "500", "400", "stall", "truncate", "garbage"]

@@ -41,7 +41,15 @@ from pathlib import Path
 from typing import Any
 
 from autointerp.errors import UserError
-from autointerp.llm.base import ChatRequest, CompletionRequest, LLMClient, LLMError, LLMResponse, TopLogprobsRequest
+from autointerp.llm.base import (
+    ChatRequest,
+    ClientWrapper,
+    CompletionRequest,
+    LLMClient,
+    LLMError,
+    LLMResponse,
+    TopLogprobsRequest,
+)
 from autointerp.records import Usage
 
 logger = logging.getLogger(__name__)
@@ -238,17 +246,14 @@ class UsageMeter:
         }
 
 
-class MeteredClient:
+class MeteredClient(ClientWrapper):
     """Prices each answer and adds its usage (or its failure) to a :class:`UsageMeter`. A run wraps the
     (possibly shared) client of each role in one, with that role's meter; ``aclose`` closes ``inner``, so
     close the underlying clients instead when they are shared."""
 
     def __init__(self, inner: LLMClient, meter: UsageMeter) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.meter = meter
-        self.spec = inner.spec
-        self.supports_completion = inner.supports_completion
-        self.supports_logprobs = inner.supports_logprobs
 
     async def _metered(self, kind: str, call: Awaitable[LLMResponse]) -> LLMResponse:
         """Await one call of request type ``kind``; price and count its answer, or count its failure."""

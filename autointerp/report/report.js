@@ -347,7 +347,7 @@
       var tr = el("tr", e.selected ? "selected" : (e.baseline ? "baseline" : ""));
       if (e.failed) { var ft = el("td", "label undef", "explainer answer unusable"); ft.title = e.failed; tr.appendChild(ft); }
       else { tr.appendChild(el("td", "label", e.text)); }
-      tr.appendChild(el("td", null, e.baseline ? "shuffled baseline" : (e.selected ? "selected #" + e.candidate : "candidate #" + e.candidate)));
+      tr.appendChild(el("td", null, e.baseline ? "shuffled baseline" : (e.yardstick ? "token-list yardstick" : (e.selected ? "selected #" + e.candidate : "candidate #" + e.candidate))));
       tr.appendChild(el("td", "spec", e.explainer));
       tr.appendChild(el("td", "spec", e.simulator || ""));
       NAMES.forEach(function (n) { tr.appendChild(scoreObjNode("td", e.scores[n])); });
@@ -376,7 +376,7 @@
     }
     f.explanations.forEach(function (e) {
       var box = el("div", "raw");
-      box.appendChild(el("div", "raw-head", (e.baseline ? "shuffled baseline" : "candidate #" + e.candidate) +
+      box.appendChild(el("div", "raw-head", (e.baseline ? "shuffled baseline" : (e.yardstick ? "token-list yardstick" : "candidate #" + e.candidate)) +
         " · " + e.explainer + (e.prompt_hash ? " · prompt " + e.prompt_hash : "")));
       box.appendChild(el("pre", null, e.raw === null || e.raw === undefined || e.raw === "" ? "(no raw answer stored)" : e.raw));
       if (e.settings && Object.keys(e.settings).length) {
@@ -429,6 +429,7 @@
     d.appendChild(el("h2", "feature-id", f.id));
     d.appendChild(el("p", "feature-label", f.label === null ? (f.label_failed ? "explanation failed: " + f.label_failed : "(no explanation)") : f.label));
     if (f.baseline_label) { d.appendChild(el("p", "baseline-label", "shuffled baseline label: " + f.baseline_label)); }
+    if (f.yardstick_label) { d.appendChild(el("p", "baseline-label", "token-list yardstick (no LLM): " + f.yardstick_label)); }
     if (CMP) {
       var other = CMP.label[i];
       d.appendChild(el("p", "compare-label", CMP.name + ": " + (other === null ? "(no explanation)" : other)));
@@ -442,6 +443,12 @@
       b.appendChild(el("span", null, "baseline "));
       b.appendChild(scoreObjNode("span", f.baseline[n]));
       card.appendChild(b);
+      if (f.yardstick && f.yardstick[n]) {
+        var y = el("div", "card-base");
+        y.appendChild(el("span", null, "token list "));
+        y.appendChild(scoreObjNode("span", f.yardstick[n]));
+        card.appendChild(y);
+      }
       if (CMP && CMP.scores[n]) {
         var c = el("div", "card-base");
         c.appendChild(el("span", null, CMP.name + " "));

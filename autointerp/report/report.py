@@ -227,8 +227,10 @@ def feature_card(
     stats = run.stats.get(fid)
     sel = run.selected(fid)
     base = run.baseline(fid)
+    yard = run.yardstick(fid)
     sel_scores = run.scores.get(sel.explanation_id, {}) if sel else {}
     base_scores = run.scores.get(base.explanation_id, {}) if base else {}
+    yard_scores = run.scores.get(yard.explanation_id, {}) if yard else {}
     shown = [e for e in (sel, base) if e is not None]
     examples: dict[str, list[dict[str, Any]]] = {}
     rec = run.records.get(fid)
@@ -259,12 +261,14 @@ def feature_card(
         "id": fid,
         "label": sel.text if sel else None,
         "label_id": sel.explanation_id if sel else None,
-        "label_failed": None if sel else next((e.failed for e in expls if e.failed and not e.baseline), None),
+        "label_failed": None if sel else run.failed_reason(fid),
         "baseline_id": base.explanation_id if base else None,
         "baseline_label": base.text if base else None,
         "stats": stats_json,
         "scores": {n: _score_json(sel_scores.get(n)) for n in names},
         "baseline": {n: _score_json(base_scores.get(n)) for n in names},
+        "yardstick_label": yard.text if yard else None,
+        "yardstick": {n: _score_json(yard_scores.get(n)) for n in names} if yard else None,
         "explanations": [
             {
                 "id": e.explanation_id,
@@ -272,6 +276,7 @@ def feature_card(
                 "explainer": e.explainer,
                 "candidate": e.candidate,
                 "baseline": e.baseline,
+                "yardstick": e.yardstick,
                 "selected": sel is not None and e.explanation_id == sel.explanation_id,
                 "failed": e.failed,
                 "simulator": run.simulators.get(e.explanation_id),
