@@ -318,6 +318,13 @@ def explainer_prompt_hash(settings: ExplainerSettings) -> str:
     return short_hash(template.text + "".join(load_template(name).text for name in extra))
 
 
+def short_hash_of(template: str, base_hash: str) -> str:
+    """The prompt hash of a label made by ``template`` on top of a label of prompt hash ``base_hash``."""
+    from autointerp.rundir import short_hash
+
+    return short_hash(base_hash + load_template(template).text)
+
+
 def explainer_templates(settings: ExplainerSettings) -> list[str]:
     """Every template an explainer with ``settings`` renders (for the manifest's prompt hashes)."""
     own = [_TEMPLATES[settings.kind]] if settings.kind in _TEMPLATES else []
@@ -397,6 +404,42 @@ def explainer_request_for(settings: ExplainerSettings, record: FeatureRecord) ->
     return build_explainer_request(settings, examples, record.vocab_projection, explainer_negatives(record, settings))
 
 
+REFINE_TEMPLATE = "explain_refine.j2"
+REFINE_RECORDS = 2
+"""Selection-split records a refinement shows: those the label predicted worst."""
+
+
+def misses(record: ActivationRecord, expected: np.ndarray, threshold: float) -> tuple[float, list[str], list[str]]:
+    """How badly ``expected`` (a simulation, 0..10 scale) predicts ``record``: (error, missed tokens, false
+    alarms). Both sides are scaled to 0..1 (the record by its own maximum); the error is their summed absolute
+    difference; a token is missed where the feature fires (above ``threshold`` x the maximum) and the simulation
+    is below 0.3, a false alarm where the simulation is at least 0.5 and the feature does not fire."""
+    acts = np.maximum(np.asarray(record.activations, dtype=np.float64), 0.0)
+    top = float(acts.max()) if len(acts) else 0.0
+    true = acts / top if top > 0 else np.zeros_like(acts)
+    sim = np.clip(np.asarray(expected, dtype=np.float64) / 10.0, 0.0, 1.0)
+    fires = true > max(threshold, 1e-9)
+    missed = [escape_text(record.tokens[i]) for i in np.flatnonzero(fires & (sim < 0.3))]
+    alarms = [escape_text(record.tokens[i]) for i in np.flatnonzero(~fires & (sim >= 0.5))]
+    return float(np.abs(true - sim).sum()), missed, alarms
+
+
+def build_refine_request(label: str, worst: Sequence[tuple[ActivationRecord, np.ndarray]], threshold: float,
+                         max_tokens: int = 60) -> ChatRequest:
+    """The refinement request: the label, then each record it predicted worst, highlighted by its true
+    activations, with the tokens the simulation missed and those it predicted wrongly."""
+    parts = []
+    for i, (rec, expected) in enumerate(worst, 1):
+        _, missed, alarms = misses(rec, expected, threshold)
+        mark = rec.activations > threshold * rec.max_activation if rec.max_activation > 0 else rec.activations > 0
+        parts.append(
+            f"Example {i}: {highlight_tokens(rec.tokens, mark)}\n"
+            f"  missed: {', '.join(missed) or 'none'}\n  predicted wrongly: {', '.join(alarms) or 'none'}"
+        )
+    messages = load_template(REFINE_TEMPLATE).render_chat({"explanation": label, "examples": "\n\n".join(parts)})
+    return ChatRequest(messages=messages, max_tokens=max_tokens)
+
+
 class Explainer:
     """An LLM explainer with one prompt format."""
 
@@ -472,3 +515,26 @@ class Explainer:
             usage=resp.usage,
             candidate=candidate,
         )
+
+    async def refine(
+        self, record: FeatureRecord, label: str, worst: Sequence[tuple[ActivationRecord, np.ndarray]], candidate: int
+    ) -> Explanation:
+        """A revision of ``label`` from the selection-split records it predicted worst (``worst``: each record with
+        its simulation under ``label``); an ``evidence`` label is revised in its phrase and keeps quoting its
+        tokens. Raises :class:`ExplanationFailed` on an unusable answer."""
+        s = self.settings
+        req = build_refine_request(label.split(", e.g. ")[0] if s.kind == "evidence" else label, worst,
+                                   s.highlight_threshold, s.max_tokens)
+        try:
+            resp = await self.client.chat(req)
+        except LLMError as e:
+            raise ExplanationFailed(f"refinement request failed: {e.reason}") from e
+        try:
+            text = parse_explanation(resp.text)
+        except ExplanationFailed as e:
+            e.usage = resp.usage
+            raise
+        if s.kind == "evidence":
+            text = evidence_label(text, shown_evidence(record, s)[1])
+        return Explanation(record.id, text, self.spec + ",refined", short_hash_of(REFINE_TEMPLATE, self.prompt_hash),
+                           resp.text, resp.usage, candidate)

@@ -170,6 +170,11 @@ class ExplainConfig:
     """Candidate explanations per feature; with more than 1 the best by simulation on 'valid' is kept."""
     candidate_temperature: float = 0.7
     """Sampling temperature of candidates after the first (the first is greedy)."""
+    refine: bool = False
+    """One refinement round: the explainer sees the held-out 'valid' records its selected label predicted worst
+    (missed activations, false alarms) and may revise the label; the revision is kept only if it scores better on
+    'valid' (the test records are never shown or read). Costs one explainer request and the revision's 'valid'
+    simulations per feature."""
     explain_retries: int = 1
     """When every candidate's answer is unusable (its label copies a few-shot example of the prompt, or
     cannot be parsed), ask for up to this many more candidates at --candidate-temperature; the unusable ones
@@ -762,6 +767,7 @@ class _Runner:
         cfg = self.config
         rows: list[dict[str, Any]] = []
         candidates: list[Explanation] = []
+        made_by: dict[int, Explainer] = {}  # candidate -> the explainer that made it
         watch = _Watched(self.clients.explainer)
         explainers = [Explainer(watch, s) for s in self.explainer_settings.values()]
         # Each kind gives its candidates (the first greedy, the others sampled; the no-LLM tokens kind one), numbered
@@ -781,26 +787,66 @@ class _Runner:
                 rows.append({**failed.to_json(), "explanation_id": f"{fid}#{c}", "selected": False, "failed": e.reason})
                 continue
             candidates.append(ex)
+            made_by[ex.candidate] = explainer
         watch.check("explainer")  # nothing is written for a feature whose explainer requests failed
         best: Explanation | None = None
-        if len(candidates) == 1:
+        if len(candidates) == 1 and not cfg.refine:
             best = candidates[0]
         elif candidates:
             best_value = -np.inf
             for ex in candidates:
-                eid = f"{fid}#{ex.candidate}"
-                sims, _ = await self.scored_simulations(eid, ex.text, record, "valid")
-                recs = limit_records(record.valid, cfg.max_records_per_split)
-                s = correlation_score("valid_correlation", recs, sims, cfg.max_failed_fraction)
-                value = s.value if s.value is not None else -np.inf
+                value = (await self._on_valid(record, ex))[0]
                 if best is None or value > best_value:
                     best, best_value = ex, value
+            author = made_by[best.candidate] if best is not None else None
+            if cfg.refine and best is not None and author is not None and author.settings.kind != "tokens":
+                revised = await self._refine(record, author, best, len(plan), rows)
+                watch.check("explainer")
+                if revised is not None:
+                    candidates.append(revised)
+                    if (await self._on_valid(record, revised))[0] > best_value:
+                        best = revised
         for ex in candidates:
             row = {**ex.to_json(), "explanation_id": f"{fid}#{ex.candidate}", "selected": ex is best}
             rows.append(row)
         rows.sort(key=lambda r: int(r["candidate"]))
         self.data.add_explanations(rows)
         self.stale.discard(("explain", fid))
+
+    async def _on_valid(self, record: FeatureRecord, ex: Explanation) -> tuple[float, list[Simulation]]:
+        """The correlation of candidate ``ex`` on the held-out selection split 'valid' (-inf when undefined) and its
+        simulations there: what selection and refinement compare (never a test record)."""
+        cfg = self.config
+        sims, _ = await self.scored_simulations(f"{record.id}#{ex.candidate}", ex.text, record, "valid")
+        recs = limit_records(record.valid, cfg.max_records_per_split)
+        s = correlation_score("valid_correlation", recs, sims, cfg.max_failed_fraction)
+        return (s.value if s.value is not None else -np.inf), sims
+
+    async def _refine(
+        self, record: FeatureRecord, explainer: Explainer, best: Explanation, candidate: int, rows: list[dict[str, Any]]
+    ) -> Explanation | None:
+        """One refinement round of ``best`` (``--refine``): the explainer sees the 'valid' records its label predicted
+        worst and may revise it; the revision is a candidate (numbered ``candidate``), kept by the caller only if it
+        scores better on 'valid'. None (with the failed answer in ``rows``) when the revision is unusable or there
+        is nothing to show."""
+        from autointerp.explain import REFINE_RECORDS, misses
+
+        _, sims = await self._on_valid(record, best)
+        recs = limit_records(record.valid, self.config.max_records_per_split)
+        t = explainer.settings.highlight_threshold
+        scored = [(misses(r, s.expected, t)[0], r, s.expected) for r, s in zip(recs, sims, strict=True)
+                  if s.expected is not None]
+        worst = [(r, e) for _, r, e in sorted(scored, key=lambda x: -x[0])[:REFINE_RECORDS]]
+        if not worst:
+            return None
+        try:
+            return await explainer.refine(record, best.text, worst, candidate)
+        except ExplanationFailed as e:
+            failed = Explanation(record.id, "", explainer.spec + ",refined", explainer.prompt_hash, e.raw, e.usage,
+                                 candidate)
+            rows.append({**failed.to_json(), "explanation_id": f"{record.id}#{candidate}", "selected": False,
+                         "failed": e.reason})
+            return None
 
     # -- phase 2: the yardstick and the shuffled baseline -------------------------------------------
     def add_yardsticks(self, features: list[str]) -> None:
@@ -1021,6 +1067,7 @@ def _prompt_names(config: ExplainConfig) -> list[str]:
     contrastive, none for tokens), then the simulators' and the scorers'."""
     kinds = config.explainer_kinds
     names = list(dict.fromkeys(n for k in kinds for n in explainer_templates(config.explainer_settings(k))))
+    names += ["explain_refine.j2"] if config.refine else []
     names += ["simulate_all_at_once.j2", "simulate_json.j2"]
     for e in scorer_entries(config.scorer_list):
         names += [n for n in e.prompts if n not in names]

@@ -66,7 +66,7 @@ def _kind_chat(req: ChatRequest) -> str:
     """The fake explainer LLM: names the marked word for the evidence prompt; for the highlighted prompt, a wrong
     label ("mat") so that the selection has a worse candidate to reject; the judge answers as smart_chat does."""
     system, last = req.messages[0].content, req.messages[-1].content
-    if "Name what these tokens have in common" in system:
+    if "what kind of token these are" in system:
         word = re.findall(r'Tokens: "([^"]+)"', last)[0]
         return f"Explanation: the word {word}"
     if "Summarize" in system:
@@ -127,3 +127,48 @@ async def test_the_yardstick_is_scored_like_any_label_and_reported_beside_the_ba
     assert all(r["yardstick_explanation"].startswith("the token") and "yardstick_correlation" in r for r in rows)
     expl = list(read_jsonl(tmp_path / "run" / "explanations.jsonl"))
     assert sum(bool(e.get("yardstick")) for e in expl) == 4
+
+
+def _refining_chat(revision: str):  # type: ignore[no-untyped-def]
+    """The explainer first answers a wrong label ("mat tokens"), then, asked to refine, ``revision``."""
+
+    def chat(req: ChatRequest) -> str:
+        system = req.messages[0].content
+        if "You wrote a short explanation" in system:
+            return f"Explanation: {revision}"
+        if "Summarize" in system:
+            return "Explanation: mat tokens"
+        return smart_chat(req)
+
+    return chat
+
+
+async def test_a_refinement_is_kept_only_when_it_scores_better_on_the_valid_split(tmp_path: Path) -> None:
+    cfg = ExplainConfig(explainer_kind="highlighted", scorers="simulation", n_top_examples=4, max_records_per_split=3,
+                        highlight_threshold=0.1, baseline=False, yardstick=False, calibrate=False, refine=True)
+    records = _records(2)
+    better = FakeLLM(spec="local:fake", chat_fn=lambda req: _refining_chat(  # the revision names the marked word
+        (re.findall(r"<<\s*(\w+)>>", req.messages[-1].content) or ["x"])[0] + " tokens")(req))
+    await run_explain(cfg, tmp_path / "better", records, Clients(better, better, better))
+    data = load_run(tmp_path / "better")
+    for f, rec in data.records.items():
+        rows = data.explanations_of(f)
+        assert [r.text for r in rows] == ["mat tokens", f"{_word(rec)} tokens"]
+        assert data.selected(f).explainer.endswith(",refined")
+    # the refinement prompts showed selection-split records only
+    refine_prompts = [r.messages[-1].content for r in better.chat_requests if "You wrote" in r.messages[0].content]
+    valid = {"".join(r.tokens) for rec in records for r in rec.valid}
+    shown = [re.sub(r"<<|>>", "", ln.split(": ", 1)[1]) for p in refine_prompts for ln in p.splitlines()
+             if ln.startswith("Example ")]
+    assert shown and all(s in valid for s in shown)
+
+    worse = FakeLLM(spec="local:fake", chat_fn=_refining_chat("zebra tokens"))
+    await run_explain(cfg, tmp_path / "worse", records, Clients(worse, worse, worse))
+    data = load_run(tmp_path / "worse")
+    for f in data.records:
+        assert data.selected(f).text == "mat tokens"  # the worse revision is stored but not selected
+        assert "zebra tokens" in [r.text for r in data.explanations_of(f)]
+
+
+def _word(rec) -> str:  # type: ignore[no-untyped-def]
+    return str(next(t for r in rec.train for t, a in zip(r.tokens, r.activations, strict=True) if a > 0)).strip()

@@ -665,7 +665,9 @@
       box.dataset.score = n;
       box.appendChild(el("h3", null, n));
       var t = el("table", "means");
-      [["explained", s.explained, "ex"], ["shuffled baseline", s.baseline, "bl"]].forEach(function (row) {
+      var rows = [["explained", s.explained, "ex"], ["shuffled baseline", s.baseline, "bl"]];
+      if (s.yardstick) { rows.push(["token-list yardstick (no LLM)", s.yardstick, "bl"]); }
+      rows.forEach(function (row) {
         var tr = el("tr");
         var key = el("td");
         key.appendChild(el("span", "swatch " + row[2]));

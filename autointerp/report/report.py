@@ -343,9 +343,8 @@ def _columns(run: RunData, features: list[str]) -> _Columns:
         c.index.append(idx)
         sel, base = run.selected(fid), run.baseline(fid)
         c.label.append(sel.text if sel else None)
-        failed = None if sel else next(
-            (e.failed for e in run.explanations_of(fid) if e.failed and not e.baseline), None
-        )
+        failed = None if sel else run.failed_reason(fid)
+        failed = None if failed == "not explained" else failed
         c.label_failed.append(c.intern(failed) if failed else None)
         st = run.stats.get(fid)
         c.freq.append(_num(st.frequency) if st else None)
@@ -393,6 +392,14 @@ def _group(values: list[float | None], reasons: list[int | None], reason_text: l
 
 
 def _overview(run: RunData, c: _Columns, warnings: list[str]) -> dict[str, Any]:
+    yards = [run.yardstick(fid) for fid in c.ids]
+    yard_scores = [run.scores.get(y.explanation_id, {}) if y else {} for y in yards]
+    yard_values: dict[str, list[float | None]] = {}
+    yard_reasons: dict[str, list[int | None]] = {}
+    for n in c.names:
+        got = [ys.get(n) for ys in yard_scores]
+        yard_values[n] = [_num(s.value) if s else None for s in got]
+        yard_reasons[n] = [c.intern(s.reason if s else "not scored") for s in got]
     reason_text = list(c.reasons)
     scores: dict[str, Any] = {}
     for n in c.names:
@@ -404,6 +411,8 @@ def _overview(run: RunData, c: _Columns, warnings: list[str]) -> dict[str, Any]:
             "explained": {**_group(c.scores[n], c.reason[n], reason_text), "hist": _hist(ex, edges)},
             "baseline": {**_group(c.baseline[n], c.baseline_reason[n], reason_text), "hist": _hist(bl, edges)},
         }
+        if any(y is not None for y in yards):  # the token-list yardstick: means beside the floor
+            scores[n]["yardstick"] = _group(yard_values[n], yard_reasons[n], reason_text)
     failed_expl = Counter(e.failed for e in run.explanations.values() if e.failed)
     failed_sims = Counter(s.failed for s in run.simulations.values() if s.failed)
     present = {name: run.path.joinpath(name).exists() for name in _RUN_FILES} if run.path.is_dir() else {}
