@@ -40,14 +40,13 @@ import re
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from autointerp.llm.testing import HTTPReply, LoopbackHTTPServer
+from autointerp.llm.testing import HTTPReply, LoopbackHTTPServer, serving_in_thread
 
 
 class CountingProxy(LoopbackHTTPServer):
@@ -257,30 +256,22 @@ def main() -> None:
     shutil.rmtree(args.run_dir, ignore_errors=True)
     server, base = start_server(args.threads, args.llm)
     print(f"llm: {args.llm} behind llama.cpp, {args.threads} threads, one slot")
-    proxy = CountingProxy(base)
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
+    with serving_in_thread(CountingProxy(base)) as proxy:
+        run_job(args, proxy, base)
+    del server
 
-    def serve() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(proxy.start())
-        ready.set()
-        loop.run_forever()
 
-    threading.Thread(target=serve, daemon=True).start()
-    ready.wait(10)
+def run_job(args: argparse.Namespace, proxy: CountingProxy, base: str) -> None:
+    """The measured job (or one of the --*-only parts) against the counting proxy in front of the server."""
     spec = f"openai-compatible:{proxy.url}/v1/qwen"
     if args.paths_only:
         print(f"prompt tokens per latent, 6 records, by path: {json.dumps(path_tokens(args.paths_only, base))}")
-        asyncio.run_coroutine_threadsafe(proxy.stop(), loop).result(10)
         return
     if args.simulate_only and args.judge_only:
         judge_only(args, spec, proxy, base)
-        asyncio.run_coroutine_threadsafe(proxy.stop(), loop).result(10)
         return
     if args.simulate_only:
         simulate_only(args, spec, proxy, base)
-        asyncio.run_coroutine_threadsafe(proxy.stop(), loop).result(10)
         return
     source = ["--sae", "gemma3-270m/L6", "--tokens", args.tokens, "--window", "32"]
     if args.records:  # a run dir holding only records.jsonl is explained as it is (no sampling)
@@ -329,8 +320,6 @@ def main() -> None:
     uncached = recorded - sum(int(c or 0) for c in reads) if all(c is not None for c in reads) else None
     print(f"server evaluated (llamacpp:prompt_tokens_total): {evaluated:,}; usage.json prompt - cached: {uncached}")
     print(f"prompt tokens per latent, 6 records, by path: {json.dumps(path_tokens(args.run_dir, base))}")
-    asyncio.run_coroutine_threadsafe(proxy.stop(), loop).result(10)
-    del server
 
 
 if __name__ == "__main__":

@@ -118,24 +118,22 @@ def _print_label_checks(summary: Any) -> None:
     """The paired gain over the shuffled baseline and how much the simulations read the label, each with a
     sentence on what it means."""
     # Labels are "<name>" or "<name>@<judge>" (one per simulator setting of a run scored by several).
-    for label, gain in sorted(summary.paired_gain.items()):
-        if label.partition("@")[0] != "correlation" or gain is None:
-            continue
-        console.print(
-            f"{escape(label)} gain over the shuffled baseline (same features, paired): {gain[0]:+.3f} "
-            f"[{gain[1]:+.2f}, {gain[2]:+.2f}], n={summary.n_paired.get(label, 0)}: how much better each "
-            "label predicts its own feature than another feature's label does; a CI above 0 means the labels "
-            "carry information about their features."
-        )
-    for label, diff in sorted(summary.paired_vs_yardstick.items()):
-        if label.partition("@")[0] != "correlation" or diff is None:
-            continue
-        console.print(
-            f"{escape(label)} over the token-list yardstick (same features, paired): {diff[0]:+.3f} "
-            f"[{diff[1]:+.2f}, {diff[2]:+.2f}], n={summary.n_paired_vs_yardstick.get(label, 0)}: how much better "
-            "each label predicts its feature than the list of its five most-activating marked tokens (no LLM) "
-            "does; above 0, the labels earned their LLM calls."
-        )
+    comparisons = (
+        ("gain over the shuffled baseline", summary.paired_gain, summary.n_paired,
+         "how much better each label predicts its own feature than another feature's label does; a CI above 0 "
+         "means the labels carry information about their features."),
+        ("over the token-list yardstick", summary.paired_vs_yardstick, summary.n_paired_vs_yardstick,
+         "how much better each label predicts its feature than the list of its five most-activating marked tokens "
+         "(no LLM) does; above 0, the labels earned their LLM calls."),
+    )
+    for what, diffs, counts, meaning in comparisons:
+        for label, d in sorted(diffs.items()):
+            if label.partition("@")[0] != "correlation" or d is None:
+                continue
+            console.print(
+                f"{escape(label)} {what} (same features, paired): {d[0]:+.3f} [{d[1]:+.2f}, {d[2]:+.2f}], "
+                f"n={counts.get(label, 0)}: {meaning}"
+            )
     for label, (median, n) in sorted(summary.label_prior.items()):
         console.print(
             f"{escape(label)} (median of {n}): {median:.2f}: how alike the simulations under the label and under "
