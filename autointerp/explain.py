@@ -343,13 +343,32 @@ def evidence_listing(evidence: Evidence, n: int = 8) -> str:
     return ", ".join(f"{quoted(t)} {round(100 * t.share)}%" for t in evidence.top(n)) or "none"
 
 
+BARE_CLASSES = frozenset(
+    "noun nouns verb verbs adjective adjectives adverb adverbs pronoun pronouns preposition prepositions conjunction "
+    "conjunctions word words token tokens phrase phrases punctuation "
+    "and or of".split()
+)
+"""Words that alone make an ``evidence`` phrase too broad to predict anything ("nouns", "nouns and adjectives"):
+a phrase made only of them is refused, and the token list stands without it."""
+
+
+def check_evidence_phrase(phrase: str) -> None:
+    """Raise :class:`ExplanationFailed` when ``phrase`` names only bare word classes (see :data:`BARE_CLASSES`)."""
+    words = re.findall(r"[a-z]+", phrase.lower())
+    if words and all(w in BARE_CLASSES for w in words):
+        raise ExplanationFailed(f"the phrase names only a bare word class, too broad to predict anything: {phrase!r}")
+
+
 def evidence_label(phrase: str, evidence: Evidence) -> str:
     """An ``evidence`` label: the LLM's phrase, then the tokens it stands for (``phrase, e.g. "a", "b"``)."""
     return f"{phrase}, e.g. " + ", ".join(f'"{t.token}"' for t in evidence.top(LABEL_TOKENS))
 
 
 def explainer_extra_templates(settings: ExplainerSettings) -> list[str]:
-    """The templates an explainer with ``settings`` appends to its examples (vocabulary, token statistics)."""
+    """The templates an explainer with ``settings`` appends to its examples (vocabulary, token statistics); none for
+    ``evidence`` (its own statistics are its prompt) and ``tokens`` (no prompt)."""
+    if settings.kind in ("evidence", "tokens"):
+        return []
     return (["explain_vocab.j2"] if settings.show_vocab else []) + (
         ["explain_token_stats.j2"] if settings.token_stats > 0 else []
     )
@@ -502,6 +521,7 @@ class Explainer:
                 if copies_example(label, example):
                     raise ExplanationFailed(f"the label copies a few-shot example of the prompt: {label!r}", resp.text)
             if self.settings.kind == "evidence":
+                check_evidence_phrase(label)
                 label = evidence_label(label, evidence)
         except ExplanationFailed as e:
             e.usage = resp.usage
