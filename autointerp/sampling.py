@@ -806,7 +806,19 @@ def finished_pass(subject: Subject, sources: Sequence[FeatureSource], windows: T
     if not all(d is not None for d in done):
         return None
     finished = [d for d in done if d is not None]
-    check_corpus_unchanged(windows, finished[0], config.batch_size, shard)
+    parts = load_records_meta(finished[0].records_dir.parent).get("merged_from") if shard is None else None
+    if parts:  # merged shards: each read its own windows, so each shard's fingerprint is checked
+        for part in parts:
+            path = Path(part) / "records" / PARTIAL
+            if not path.exists():
+                log.warning("cannot check the corpus of shard %s (its partial state is gone)", part)
+                continue
+            d = torch.load(path, map_location="cpu", weights_only=False)
+            i, n = (int(x) for x in d["fingerprint"]["shard"])
+            own = replace(finished[0], n_windows=int(d["state"]["n_windows"]), content_fingerprint=str(d["content"]))
+            check_corpus_unchanged(windows, own, config.batch_size, Shard(i, n))
+    else:
+        check_corpus_unchanged(windows, finished[0], config.batch_size, shard)
     return _combined(finished)
 
 

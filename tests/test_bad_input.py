@@ -308,9 +308,11 @@ def test_sweep_dir_that_is_a_file_exits_2(tmp_path: Path, capsys: pytest.Capture
     assert "--sweep-dir" in err and a_file.read_text() == "x"
 
 
-@pytest.mark.parametrize("command", ["sample", "explain"])
+@pytest.mark.parametrize(("command", "extra"), [("sample", []), ("explain", []),
+                                             ("sample", ["--executor", "local", "--workers", "2"])],
+                         ids=["sample", "explain", "sample-2-local-shards"])
 def test_a_finished_run_refuses_a_changed_corpus_and_keeps_its_results(
-    command: str, tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    command: str, extra: list[str], tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from conftest import WORDS
@@ -327,7 +329,7 @@ def test_a_finished_run_refuses_a_changed_corpus_and_keeps_its_results(
     corpus.write_text("\n\n".join(docs))
     run = tmp_path / "run"
     argv = [command, "--model", str(tiny_model_dir), "--corpus", str(corpus), "--hook", "L1/mlp_neurons",
-            "--window", "16", "--tokens", "200", "--features", "0-1", "--run-dir", str(run)]
+            "--window", "16", "--tokens", "200", "--features", "0-1", "--run-dir", str(run), *extra]
     if command == "explain":
         argv += ["--scorers", "detection", "--max-records-per-split", "2"]
     assert run_cli(argv) == 0

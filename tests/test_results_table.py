@@ -69,3 +69,12 @@ def test_feature_table_names_failed_explanations_and_multi_source_ids(tmp_path: 
     cells = _column_text(text, 1)
     assert "(failed: the explainer's answer had no label)" in cells
     assert rows[1]["feature"] in _column_text(text, 0).replace(" ", "")
+
+
+def test_scores_undefined_for_every_feature_get_no_row_but_are_named() -> None:
+    scores = {"correlation": {"explained": (0.2, 0.1, 0.3), "baseline": (0.0, -0.1, 0.1)},
+              "r_squared": {"explained": None, "baseline": None}}
+    n = {"correlation": {"explained": 5, "baseline": 5}, "r_squared": {"explained": 0, "baseline": 0}}
+    text = _render(means_table(scores, n))
+    assert "│ correlation" in text and "│ r_squared" not in text
+    assert "undefined for every feature: r_squared" in text

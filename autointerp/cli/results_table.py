@@ -62,9 +62,13 @@ def _stacked(ci: tuple[float, float, float] | None, n: int) -> str:
 def means_table(
     scores: dict[str, dict[str, tuple[float, float, float] | None]], n_scored: dict[str, dict[str, int]]
 ) -> Table:
-    """Run-level mean of every score, explained and shuffled baseline, each stacked over its bootstrap
-    95% CI and its n."""
-    t = Table(title="run-level means (95% bootstrap CI)")
+    """Run-level mean of every score, explained and shuffled baseline (and the token-list yardstick where the run
+    has one), each stacked over its bootstrap 95% CI and its n. Scores undefined for every feature (e.g.
+    ``r_squared`` under ``--no-calibrate``) get no row: the caption names them."""
+    empty = sorted(n for n, counts in n_scored.items() if not any(counts.values()))
+    scores = {n: g for n, g in scores.items() if n not in empty}
+    caption = f"undefined for every feature: {', '.join(empty)}" if empty else None
+    t = Table(title="run-level means (95% bootstrap CI)", caption=caption)
     t.add_column("score")
     t.add_column("explained", justify="right")
     t.add_column("shuffled baseline", justify="right")
