@@ -53,6 +53,46 @@ def run_arm(arm: str, sample: Path, features: str, out: Path) -> None:
     path.write_text(json.dumps({"seconds": old.get("seconds", 0.0) + seconds, "command": cmd}))
 
 
+def token_variant(run: Path, out: Path, n_tokens: int, context: bool) -> None:
+    """A copy of ``run`` whose token-list yardstick is another token rule (``n_tokens`` tokens, with or without the
+    preceding-token context), rescored: only the yardstick's simulations are sent, so the arm's label and baseline
+    are paired with the variant on the same records. Reported like an arm (``--report-only --arms`` does not know
+    it: its report is printed here)."""
+    import asyncio
+    import shutil
+    from dataclasses import replace as dc_replace
+
+    from autointerp.evidence import token_label
+    from autointerp.explain import shown_evidence
+    from autointerp.pipeline import ExplainConfig, run_score
+    from autointerp.rundir import load_run, read_jsonl
+
+    if not out.exists():
+        shutil.copytree(run, out)
+        data = load_run(out)
+        cfg = ExplainConfig.from_dict(dict(data.manifest["config"]))
+        settings = cfg.explainer_settings(cfg.explainer_kinds[0])
+        texts = {}
+        for f, record in data.records.items():
+            ev = shown_evidence(record, settings)[1]
+            if not context:
+                ev = dc_replace(ev, tokens=tuple(dc_replace(t, before=None) for t in ev.tokens))
+            texts[f"{f}#tokens"] = token_label(ev, n_tokens)
+        for name in ("explanations.jsonl", "simulations.jsonl", "scores.jsonl"):
+            rows = list(read_jsonl(out / name))
+            keep = []
+            for r in rows:
+                eid = r.get("explanation_id")
+                if eid in texts and name == "explanations.jsonl":
+                    keep.append({**r, "text": texts[eid]})
+                elif eid not in texts or name == "explanations.jsonl":
+                    keep.append(r)
+            (out / name).write_text("".join(json.dumps(r) + "\n" for r in keep))
+    t0 = time.perf_counter()
+    asyncio.run(run_score(out, "simulation"))
+    (out / "bench.json").write_text(json.dumps({"seconds": time.perf_counter() - t0, "variant": [n_tokens, context]}))
+
+
 def per_latent(run: Path) -> dict[str, dict[str, Any]]:
     """{feature: {corr/base/yard, det/det_base/det_yard, prior, kind, label, yardstick}} from the run's stored
     scores (plain simulation and detection judges)."""
@@ -132,11 +172,20 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--arms", default="evidence-tokens")
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--variant", metavar="N,CONTEXT", help="rescore a copy of the first arm with another token rule as "
+                    "its yardstick, e.g. 8,1 (8 tokens, with context) or 5,0 (5 tokens, no context)")
     args = ap.parse_args()
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     unknown = [a for a in arms if a not in ARMS]
     if unknown:
         raise SystemExit(f"unknown arm {unknown[0]}; use some of {', '.join(ARMS)}")
+    if args.variant:
+        n, ctx = (int(x) for x in args.variant.split(","))
+        name = f"{arms[0]}-yardstick-{n}{'-context' if ctx else ''}"
+        token_variant(args.out / arms[0], args.out / name, n, bool(ctx))
+        ARMS[name] = []
+        report(args.out, [name])
+        return
     if not args.report_only:
         if args.sample_run is None:
             raise SystemExit("--sample-run is needed unless --report-only")
