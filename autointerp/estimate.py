@@ -112,8 +112,12 @@ def estimate_run(
     chars = {"explainer": 0, "simulator": 0, "judge": 0}
     requests = {"explainer": 0, "simulator": 0, "judge": 0}
     client: LLMClient = NoClient()
-    explainer_settings = cfg.explainer_settings()
-    scored = 2 if cfg.baseline else 1  # each feature's label, and a baseline label from another feature
+    kinds = [cfg.explainer_settings(k) for k in cfg.explainer_kinds]
+    # candidates per kind (the no-LLM tokens kind gives one and sends nothing), and a --refine revision
+    per_kind = [1 if s.kind == "tokens" else cfg.n_candidates for s in kinds]
+    candidates = sum(per_kind) + (1 if cfg.refine else 0)
+    # each feature's label, a baseline label from another feature, and the token-list yardstick
+    scored = 1 + int(cfg.baseline) + int(cfg.yardstick)
     classifiers = [
         cls(client, ClassifierSettings(cfg.classifier_examples, cfg.classifier_examples, cfg.examples_per_prompt))
         for name, cls in (("detection", DetectionScorer), ("fuzzing", FuzzingScorer))
@@ -124,8 +128,13 @@ def estimate_run(
     for record in records:
         examples = select_train_examples(record, cfg.n_top_examples, cfg.n_quantile_examples)
         if examples:
-            chars["explainer"] += cfg.n_candidates * _chat_chars(explainer_request_for(explainer_settings, record))
-            requests["explainer"] += cfg.n_candidates
+            for s, n_cand in zip(kinds, per_kind, strict=True):
+                if s.kind != "tokens":
+                    chars["explainer"] += n_cand * _chat_chars(explainer_request_for(s, record))
+                    requests["explainer"] += n_cand
+            if cfg.refine:  # about the size of the first kind's request
+                chars["explainer"] += _chat_chars(explainer_request_for(kinds[0], record))
+                requests["explainer"] += 1
         texts = [getattr(record, s)[i].tokens for s, idx in cfg.simulated_records(record) for i in idx]
         valid = [r.tokens for r in _limit(record.valid, cfg.max_records_per_split)]
         if "simulation" in cfg.scorer_list:
@@ -134,10 +143,10 @@ def estimate_run(
             times = scored + (1 if cfg.subtract_prior else 0)
             chars["simulator"] += times * c
             requests["simulator"] += times * n
-        if cfg.n_candidates > 1:  # candidates are compared by simulation on the valid records
+        if candidates > 1:  # candidates are compared by simulation on the valid records
             c, n = simulation_chars(valid, strategy, cfg.simulator_kind)
-            chars["simulator"] += (cfg.n_candidates - 1) * c
-            requests["simulator"] += (cfg.n_candidates - 1) * n
+            chars["simulator"] += candidates * c
+            requests["simulator"] += candidates * n
         for clf in classifiers:
             ex_texts, _ = clf.examples(record, np.random.default_rng([cfg.seed, record.id.index]))
             per = max(1, cfg.examples_per_prompt)

@@ -351,7 +351,14 @@ class Score:
     settings: dict[str, Any] = field(default_factory=dict)
     """The scorer's settings, so scores from different settings are never mixed silently."""
     details: dict[str, Any] = field(default_factory=dict)
-    """Scorer-specific extras (per-example correctness, counts, ...)."""
+    """Scorer-specific extras (per-example correctness, counts, ...). ``undefined_by: "configuration"`` marks a
+    score undefined because the run's settings did not ask for it (e.g. r_squared under --no-calibrate): readers
+    may leave such a score out, unlike one that failed."""
+
+    @property
+    def by_configuration(self) -> bool:
+        """Undefined because the run's settings did not ask for it (see ``details``), not because it failed."""
+        return self.value is None and self.details.get("undefined_by") == "configuration"
 
     def __post_init__(self) -> None:
         if self.value is not None:

@@ -226,6 +226,10 @@ def calibration_indices(record: FeatureRecord, limit: int) -> tuple[list[int], l
     return list(range(k)), spare[:k]
 
 
+BY_CONFIGURATION = {"undefined_by": "configuration"}
+"""``Score.details`` of a score the run's settings did not ask for (see :attr:`Score.by_configuration`)."""
+
+
 def simulation_scores(
     splits: Mapping[str, tuple[Sequence[ActivationRecord], Sequence[Simulation]]],
     calibration: tuple[Sequence[ActivationRecord], Sequence[Simulation]] | None = None,
@@ -249,7 +253,8 @@ def simulation_scores(
         correlation_score("correlation_random", rnd[0], rnd[1], max_failed_fraction),
         correlation_score("correlation_quantiles", qua[0], qua[1], max_failed_fraction)
         if "test_quantiles" in splits
-        else Score("correlation_quantiles", None, reason="test_quantiles records were not simulated"),
+        else Score("correlation_quantiles", None, reason="test_quantiles records were not simulated",
+                   details=BY_CONFIGURATION),
     ]
     settings = {
         "calibration": "linear least squares on held-out top (valid) and random (test_random) records, 1:1",
@@ -263,7 +268,8 @@ def simulation_scores(
             else "no calibration records: a 1:1 top/random calibration needs test_random records beyond the "
             "scored ones (sample more with --n-random, or lower --max-records-per-split)"
         )
-        out += [Score(n, None, reason=reason, settings=settings) for n in names]
+        by = BY_CONFIGURATION if calibration is None else {}
+        out += [Score(n, None, reason=reason, settings=settings, details=dict(by)) for n in names]
         return out
     cal = [(r.activations, s.expected) for r, s in zip(*calibration, strict=True) if s.expected is not None]
     try:

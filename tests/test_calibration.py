@@ -63,8 +63,9 @@ async def test_no_calibrate_skips_the_calibration_records_and_leaves_the_correla
         cfg = ExplainConfig(max_records_per_split=3, calibrate=calibrate)
         summaries[calibrate] = await run_explain(cfg, tmp_path / str(calibrate), records, Clients(fake, fake, fake))
         requests[calibrate] = len(fake.logprob_requests)
-    # per feature, label and baseline: 3 test_top + 3 test_random, plus 2 calibration records when calibrating
-    assert requests == {True: 3 * 2 * 8, False: 3 * 2 * 6}
+    # per feature, label, baseline and token-list yardstick: 3 test_top + 3 test_random, plus 2 calibration
+    # records when calibrating
+    assert requests == {True: 3 * 3 * 8, False: 3 * 3 * 6}
     on, off = summaries[True], summaries[False]
     assert off.scores["correlation"] == on.scores["correlation"]
     assert on.n_scored["r_squared"]["explained"] == 3 and off.n_scored["r_squared"]["explained"] == 0

@@ -367,3 +367,20 @@ def test_export_rows_carry_input_and_output_scores_with_their_side(tmp_path: Pat
         assert settings["detection"]["side"] == "input" and isinstance(row["score_detection"], float)
         assert settings["correlation"]["side"] == "input" and "score_correlation" in row
         assert row["baseline_intervention_kl"] == row["score_intervention_kl"]  # steering does not read the label
+
+
+async def test_scores_undefined_by_the_run_settings_get_no_column_but_a_failed_one_does(tmp_path: Path) -> None:
+    from fake_llm import FakeLLM
+    from test_pipeline import _records, smart_chat
+
+    from autointerp.pipeline import Clients, ExplainConfig, run_explain
+
+    fake = FakeLLM(spec="local:fake", chat_fn=smart_chat)
+    await run_explain(ExplainConfig(calibrate=False, max_records_per_split=3), tmp_path / "run", _records(3),
+                      Clients(fake, fake, fake))
+    data = report_data(load_run(tmp_path / "run"))
+    names = data["index"]["score_names"]
+    assert "correlation" in names and "r_squared" not in names and "correlation_quantiles" not in names
+    undefined = data["index"]["overview"]["undefined_scores"]
+    assert "not calibrated (--no-calibrate)" in undefined["r_squared"] and "correlation_quantiles" in undefined
+    assert all("r_squared" not in card["scores"] for card in data["cards"])

@@ -150,7 +150,10 @@ def _print_results(run_dir: Path, summary: Any) -> None:
     rows = feature_rows(run_dir)
     first = ("correlation", "detection", "fuzzing", "saebench_detection")
     # Score labels are "<name>", or "<name>@<judge>" for each judge of a run scored by several.
-    names = sorted(summary.scores, key=lambda n: (
+    # Scores undefined for every feature (e.g. r_squared under --no-calibrate) get no line per feature: the means
+    # table's caption names them.
+    defined = [n for n in summary.scores if any(summary.n_scored.get(n, {}).values())]
+    names = sorted(defined, key=lambda n: (
         first.index(n.partition("@")[0]) if n.partition("@")[0] in first else len(first), n))
     console.print(feature_table(rows, names))
     if len(rows) > MAX_ROWS:

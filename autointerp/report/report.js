@@ -190,7 +190,7 @@
     head.textContent = "";
     head.style.gridTemplateColumns = GRID;
     COLUMNS.forEach(function (col) {
-      var h = el("div", "cell th " + (col.cls || ""), col.title);
+      var h = el("div", "cell th " + (col.cls || ""), col.title.replace(/_/g, "_\u200b"));
       h.dataset.key = col.key;
       h.tabIndex = 0;
       h.title = "sort by " + col.title;
@@ -658,6 +658,11 @@
       v.appendChild(w);
     }
     v.appendChild(el("p", null, o.n_features + " features, " + o.n_explained + " with a label, " + o.n_simulations + " simulations."));
+    var undef = Object.keys(o.undefined_scores || {});
+    if (undef.length) {
+      v.appendChild(el("p", "hint", "Undefined for every feature, so not shown: " + undef.map(function (n) {
+        return n + " (" + o.undefined_scores[n] + ")"; }).join("; ")));
+    }
     var grid = el("div", "overview-grid");
     NAMES.forEach(function (n) {
       var s = o.scores[n];
@@ -830,7 +835,10 @@
     pending = requestAnimationFrame(function () { pending = null; applyFilter(); });
   });
   sel.addEventListener("change", applyFilter);
-  document.getElementById("list").addEventListener("scroll", function () { renderVisible(false); }, { passive: true });
+  document.getElementById("list").addEventListener("scroll", function (ev) {
+    document.getElementById("list-head").scrollLeft = ev.target.scrollLeft;  // the header follows the columns
+    renderVisible(false);
+  }, { passive: true });
   document.getElementById("list").addEventListener("click", function (ev) {
     var row = ev.target.closest ? ev.target.closest(".row") : null;
     if (row && row.dataset.pos) { state.cursor = parseInt(row.dataset.pos, 10); openFeature(parseInt(row.dataset.index, 10)); }

@@ -316,6 +316,9 @@ class _Columns:
     baseline_reason: dict[str, list[int | None]] = field(default_factory=dict)
     sources: dict[str, int] = field(default_factory=dict)
     reasons: dict[str, int] = field(default_factory=dict)
+    undefined: dict[str, str] = field(default_factory=dict)
+    """Scores undefined for every feature (e.g. r_squared under --no-calibrate): no column, no card line; the
+    overview names each with its most common reason."""
 
     def intern(self, reason: str | None) -> int | None:
         if reason is None:
@@ -334,6 +337,8 @@ def _split_id(fid: str) -> tuple[str, int | None]:
 def _columns(run: RunData, features: list[str]) -> _Columns:
     names = run.score_names()
     c = _Columns(names)
+    # scores undefined by the run's settings for every feature and explanation: no column, no card line
+    by_config = {n: bool(features) for n in names}
     for n in names:
         c.scores[n], c.reason[n], c.baseline[n], c.baseline_reason[n] = [], [], [], []
     for fid in features:
@@ -353,10 +358,18 @@ def _columns(run: RunData, features: list[str]) -> _Columns:
         base_scores = run.scores.get(base.explanation_id, {}) if base else {}
         for n in names:
             s, b = sel_scores.get(n), base_scores.get(n)
+            shown = [x for x in (s, b) if x is not None]
+            by_config[n] = by_config[n] and bool(shown) and all(x.by_configuration for x in shown)
             c.scores[n].append(_num(s.value) if s else None)
             c.reason[n].append(c.intern(s.reason if s else "not scored"))
             c.baseline[n].append(_num(b.value) if b else None)
             c.baseline_reason[n].append(c.intern(b.reason if b else "not scored"))
+    text = list(c.reasons)
+    for n in [n for n, only in by_config.items() if only]:
+        c.undefined[n] = Counter(text[r] for r in c.reason[n] if r is not None).most_common(1)[0][0]
+        for d in (c.scores, c.reason, c.baseline, c.baseline_reason):
+            del d[n]
+    c.names = [n for n in names if n not in c.undefined]
     return c
 
 
@@ -443,6 +456,7 @@ def _overview(run: RunData, c: _Columns, warnings: list[str]) -> dict[str, Any]:
         "files": present,
         "missing": missing,
         "warnings": warnings,
+        "undefined_scores": c.undefined,
     }
 
 
