@@ -991,8 +991,8 @@ async def settle_simulator_kind(config: ExplainConfig, simulator: LLMClient) -> 
     strategy = await settle_strategy(simulator)
     if strategy != "none" or config.simulator_kind == "json":
         return config, strategy
-    missing = capabilities_of(simulator).missing
-    why = "; ".join(f"{k}: {v}" for k, v in missing.items()) or "it serves no top logprobs"
+    refused = capabilities_of(simulator).missing.get("completions", "it serves no top logprobs")
+    why = "/v1/completions refused: " + refused.removeprefix(f"{simulator.spec}: ")[:80]
     if config.simulator_kind == "logprob":
         raise UserError(
             f"--simulator-kind logprob needs top logprobs, but {simulator.spec} serves none ({why}); "
