@@ -66,7 +66,7 @@ def _kind_chat(req: ChatRequest) -> str:
     """The fake explainer LLM: names the marked word for the evidence prompt; for the highlighted prompt, a wrong
     label ("mat") so that the selection has a worse candidate to reject; the judge answers as smart_chat does."""
     system, last = req.messages[0].content, req.messages[-1].content
-    if "what kind of token these are" in system:
+    if "Snippets:" in last:  # the evidence prompt
         word = re.findall(r'Tokens: "([^"]+)"', last)[0]
         return f"Explanation: the word {word}"
     if "Summarize" in system:
