@@ -32,6 +32,7 @@ import itertools
 import json
 import logging
 import math
+import re
 from dataclasses import replace
 from typing import Any, Literal
 
@@ -122,6 +123,33 @@ _PATH_CAPABILITY = {"/completions": "completions", "/tokenize": "tokenize"}
 """Paths whose refusal with 404/405/501 means the endpoint lacks a capability (not that one request failed). A
 refused ``/chat/completions`` is an error, not a capability: nothing would be left to do (and a 404 there may
 mean a wrong model name)."""
+
+
+_UNKNOWN_MODEL = re.compile(r"model_not_found|\bmodel\b[^.]{0,120}\b(does not exist|not found|is not served)", re.I)
+
+
+_CONTEXT_OVERFLOW = re.compile(r"maximum context length|context (length|window) (is|of)|prompt is too long", re.I)
+"""A 400 saying the prompt does not fit the model (vLLM: "This model's maximum context length is 2048 tokens.
+However, your prompt contains ..."): a refused request, not a refused way of asking."""
+
+
+class UnknownModel(LLMError):
+    """A 404 that names the model as unknown: the spec is wrong. Never retried, never a missing capability, and no
+    fallback (another way of asking would name the same model)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason, status=404, retryable=False)
+
+
+def _names_unknown_model(reason: str) -> bool:
+    """Whether a 404's text says the model is unknown (vLLM: "The model `x` does not exist."; OpenAI:
+    ``model_not_found``), rather than that the path is not served."""
+    return _UNKNOWN_MODEL.search(reason) is not None
+
+
+def _one_line(text: str, n: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[: n - 3] + "..."
 
 
 def _usage(u: Any, timings: Any = None) -> Usage:
@@ -322,7 +350,7 @@ class OpenAIBackend:
             content = await r.read()
             if r.status >= 400:
                 raise LLMError(
-                    f"{self.spec}: HTTP {r.status}: {content[:200].decode('utf-8', 'replace')}",
+                    f"{self.spec}: HTTP {r.status}: {_one_line(content[:400].decode('utf-8', 'replace'))}",
                     status=r.status,
                     retryable=status_retryable(r.status),
                     retry_after=parse_retry_after(r.headers),
@@ -343,6 +371,12 @@ class OpenAIBackend:
                 data = json.loads(r.content)
         except Exception as e:
             err = map_exception(e, self.spec)
+            if err.status == 404 and "model" in body and _names_unknown_model(err.reason):
+                # A wrong model name, not a missing path: an error of the spec (vLLM answers 404 on every path)
+                raise UnknownModel(
+                    f"{self.spec}: the server serves no model {self.model!r}; fix the model name after the base URL "
+                    f"({err.reason.removeprefix(self.spec + ': ')})"
+                ) from e
             capability = _PATH_CAPABILITY.get(path)
             if capability is not None and err.status in UNSERVED_STATUSES:
                 raise self.capabilities.refuse(capability, err.reason, err.status) from e
@@ -480,7 +514,7 @@ class OpenAIBackend:
         try:
             r = await self._post("/tokenize", {"content": text, "with_pieces": True}, root=True)
         except LLMError as err:
-            if err.retryable and self.tokenizer_endpoint:
+            if (err.retryable and self.tokenizer_endpoint) or isinstance(err, UnknownModel):
                 raise
             logger.info("%s: no /tokenize endpoint (%s); prefix-list tokens are estimated", self.spec, err.reason)
             self.tokenizer_endpoint = False
@@ -537,8 +571,13 @@ class OpenAIBackend:
         try:
             r = await self._post("/completions", body)
         except LLMError as err:
-            if err.retryable or isinstance(err, Unsupported) or (settled and way == "echo"):
-                raise
+            if (
+                err.retryable
+                or isinstance(err, (Unsupported, UnknownModel))
+                or (settled and way == "echo")
+                or _CONTEXT_OVERFLOW.search(err.reason)
+            ):
+                raise  # (a prompt too long for the model is too long for the prefix list as well)
             logger.info("%s: %s refused (%s); using the prefix list", self.spec, way, err.reason)
             self.capabilities.missing.setdefault(way.replace("-", "_"), err.reason)
             self.logprob_strategy = "prefix-list"
