@@ -286,7 +286,7 @@ class ExplainConfig:
     features at range boundaries."""
 
     def __post_init__(self) -> None:
-        kinds = [k.strip() for k in self.explainer_kind.split(",")]
+        kinds = self.explainer_kinds
         bad = [k for k in kinds if k not in EXPLAINER_KINDS]
         if bad or len(set(kinds)) != len(kinds):
             what = f"kind {bad[0]!r} is unknown" if bad else "gives a kind twice"
